@@ -287,6 +287,8 @@ class NeuralODE(eqx.Module):
 
     def _diffeqsolve(self, W, h0, solver: Solver, saveat, t0, t1, throw, terms=None, y0=None):
         term = terms or diffrax.ODETerm(lambda t, h, W: self.vector_field(W, h))
+        dtype = h0.dtype  # times in the state's precision keep float32 solves in float32
+        t0, t1 = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
         return diffrax.diffeqsolve(
             term,
             solver.diffrax_solver(),
@@ -296,7 +298,7 @@ class NeuralODE(eqx.Module):
             h0 if y0 is None else y0,
             args=W,
             saveat=saveat,
-            stepsize_controller=solver.controller(h0.dtype if y0 is None else jax.tree_util.tree_leaves(y0)[0].dtype),
+            stepsize_controller=solver.controller(dtype),
             max_steps=solver.max_steps if solver.steps is None else max(solver.max_steps, solver.steps),
             throw=throw,
         )

@@ -82,13 +82,22 @@ def covariances(draw):
     return a, b, r * np.sqrt(a * b)
 
 
+_JITTED = {}
+
+
+def _jitted(name):
+    if name not in _JITTED:
+        act = A.get_activation(name)
+        _JITTED[name] = (jax.jit(act.dual), jax.jit(act.ddual))
+    return _JITTED[name]
+
+
 @pytest.mark.parametrize("name", ALL)
 @settings(max_examples=25, deadline=None)
 @given(cov=covariances())
 def test_duals_finite_symmetric_psd(name, cov):
-    act = A.get_activation(name)
-    a, b, c = cov
-    for dual in (act.dual, act.ddual):
+    a, b, c = (np.float64(t) for t in cov)
+    for dual in _jitted(name):
         k = np.array(
             [[float(dual(a, a, a)), float(dual(a, b, c))], [float(dual(b, a, c)), float(dual(b, b, b))]]
         )

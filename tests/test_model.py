@@ -1,0 +1,145 @@
+"""The Neural ODE forward pass: ResNet exactness, solver convergence, options, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntk_ode as no
+
+
+def setup(width=48, d=5, N=4, **kw):
+    model = no.NeuralODE(**kw)
+    params = model.init(jax.random.PRNGKey(0), d=d, width=width)
+    x = jax.random.normal(jax.random.PRNGKey(1), (N, d))
+    return model, params, x
+
+
+def resnet_reference(model, params, x, L):
+    """A plain numpy loop of h^l = h^{l-1} + dt sigma_w/sqrt(n) W phi(h^{l-1})."""
+    U, W, v = (np.asarray(params[k]) for k in "UWv")
+    n, d = U.shape
+    h = model.sigma_u / np.sqrt(d) * np.asarray(x) @ U.T
+    for _ in range(L):
+        h = h + model.T / L * model.sigma_w / np.sqrt(n) * np.asarray(model.activation.fn(h)) @ W.T
+    z = np.asarray(model.activation.fn(h)) if model.head == "phi" else h
+    return model.sigma_v / np.sqrt(n) * z @ v
+
+
+@pytest.mark.parametrize("head", ["linear", "phi"])
+def test_resnet_matches_numpy_loop_and_diffrax_euler(head):
+    model, params, x = setup(activation="tanh", sigma_w=1.4, sigma_u=0.7, sigma_v=1.3, head=head, T=1.5)
+    for L in (1, 7, 32):
+        yL = model.apply(params, x, depth=L)
+        np.testing.assert_allclose(yL, resnet_reference(model, params, x, L), rtol=0, atol=1e-12)
+        ye = model.apply(params, x, solver="euler", steps=L)
+        np.testing.assert_allclose(ye, yL, rtol=0, atol=1e-12)
+
+
+def test_default_solve_matches_fine_rk4_and_rk4_converges_at_order_4():
+    model, params, x = setup(activation="softplus", sigma_w=1.5, T=2.0)
+    ref = model.apply(params, x, solver="rk4", steps=4000)
+    np.testing.assert_allclose(model.apply(params, x), ref, rtol=0, atol=1e-8 * max(1.0, float(jnp.abs(ref).max())))
+    errs = [float(jnp.max(jnp.abs(model.apply(params, x, solver="rk4", steps=s) - ref))) for s in (8, 16, 32)]
+    rates = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all((rates > 3.5) & (rates < 4.5)), rates
+
+
+@pytest.mark.parametrize("solver", ["heun", "midpoint", "tsit5", "dopri5", "dopri8"])
+def test_adaptive_solvers_agree(solver):
+    model, params, x = setup()
+    ref = model.apply(params, x, solver="rk4", steps=2000)
+    y = model.apply(params, x, solver=solver, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(y, ref, atol=1e-6)
+
+
+def test_euler_converges_first_order():
+    model, params, x = setup()
+    y = model.apply(params, x)
+    errs = [float(jnp.max(jnp.abs(model.apply(params, x, depth=L) - y))) for L in (16, 32, 64, 128)]
+    slope = np.polyfit(np.log([16, 32, 64, 128]), np.log(errs), 1)[0]
+    assert -1.1 < slope < -0.9
+
+
+def test_time_rescaling_invariance_and_input_scaling():
+    model, params, x = setup(sigma_w=1.0, T=1.0)
+    y = model.apply(params, x)
+    c = 2.5
+    y2 = no.NeuralODE(sigma_w=c, T=1.0 / c).apply(params, x)
+    np.testing.assert_allclose(y, y2, atol=1e-9)
+    y3 = no.NeuralODE(input_scaling="none").apply(params, x / np.sqrt(x.shape[1]))
+    np.testing.assert_allclose(y, y3, atol=1e-9)
+
+
+def test_trajectory_endpoints():
+    model, params, x = setup(head="linear")
+    ts = jnp.linspace(0.0, model.T, 6)
+    hs = model.trajectory(params, x, ts=ts)
+    assert hs.shape == (x.shape[0], 6, params["W"].shape[0])
+    np.testing.assert_allclose(hs[:, 0], model.embed(params, x), atol=1e-14)
+    np.testing.assert_allclose(model.readout(params["v"], hs[:, -1]), model.apply(params, x), atol=1e-10)
+    hL = model.trajectory(params, x, depth=5)
+    assert hL.shape == (x.shape[0], 6, params["W"].shape[0])
+
+
+def test_init_statistics_and_float32():
+    model = no.NeuralODE()
+    p = model.init(jax.random.PRNGKey(3), d=20, width=300)
+    assert p["U"].shape == (300, 20) and p["W"].shape == (300, 300) and p["v"].shape == (300,)
+    w = np.asarray(p["W"]).ravel()
+    assert abs(w.mean()) < 4 / np.sqrt(w.size) and abs(w.var() - 1) < 4 * np.sqrt(2 / w.size)
+    # float32: works, with the default float32 tolerance (1e-6) giving ~1e-5 relative accuracy
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), p)
+    x = jax.random.normal(jax.random.PRNGKey(4), (3, 20))
+    y64 = model.apply(p, x)
+    y32 = model.apply(p32, x.astype(jnp.float32), solver=no.Solver("dopri5", rtol=1e-6, atol=1e-6))
+    assert y32.dtype == jnp.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
+
+
+def test_jit_and_vmap_of_apply():
+    model, params, x = setup()
+    f = jax.jit(lambda p, x: model.apply(p, x, depth=8))
+    np.testing.assert_allclose(f(params, x), model.apply(params, x, depth=8), atol=1e-14)
+    g = jax.vmap(lambda xi: model.apply(params, xi[None], depth=8)[0])
+    np.testing.assert_allclose(g(x), model.apply(params, x, depth=8), atol=1e-14)
+
+
+def test_bad_input_errors():
+    model, params, x = setup()
+    with pytest.raises(ValueError, match="shape"):
+        model.apply(params, x[0])
+    with pytest.raises(ValueError, match="d=5"):
+        model.apply(params, jnp.ones((3, 4)))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.apply(params, x.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="T must"):
+        no.NeuralODE(T=0.0)
+    with pytest.raises(ValueError, match="sigma_w"):
+        no.NeuralODE(sigma_w=-1.0)
+    with pytest.raises(ValueError, match="width"):
+        model.init(jax.random.PRNGKey(0), d=3, width=0)
+    with pytest.raises(ValueError, match="activation"):
+        no.NeuralODE(activation="nope")
+    with pytest.raises(ValueError, match="head"):
+        no.NeuralODE(head="softmax")
+    with pytest.raises(ValueError, match="input_scaling"):
+        no.NeuralODE(input_scaling="l2")
+    with pytest.raises(ValueError, match="solver"):
+        model.apply(params, x, solver="rk45")
+    with pytest.raises(ValueError, match="steps"):
+        model.apply(params, x, solver="rk4")
+    with pytest.raises(ValueError, match="depth"):
+        model.apply(params, x, depth=0)
+    with pytest.raises(ValueError, match="W"):
+        model.apply({**params, "W": params["W"][:-1]}, x)
+    with pytest.raises(ValueError, match="keys"):
+        model.apply({"U": params["U"]}, x)
+    with pytest.raises(RuntimeError, match="max_steps"):
+        model.apply(params, x, max_steps=2)
+
+
+def test_blow_up_is_loud():
+    # quadratic activation: dh/dt ~ h^2 explodes in finite time at a large horizon
+    model, params, x = setup(activation="quadratic", T=50.0, sigma_w=3.0)
+    with pytest.raises((RuntimeError, FloatingPointError)):
+        model.apply(params, x * 5, max_steps=2000)
