@@ -79,6 +79,7 @@ class Solver:
     rtol: float | None = None
     atol: float | None = None
     max_steps: int = 16384
+    forward_mode: bool = False  # differentiate the solve in forward mode too (diffrax.DirectAdjoint)
 
     def __post_init__(self):
         if self.name not in SOLVERS:
@@ -148,7 +149,7 @@ def check_inputs(x, d: int | None = None, name: str = "x") -> jax.Array:
         raise ValueError(f"{name} has d={arr.shape[1]} features but the model expects d={d}")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
-    if not bool(jnp.all(jnp.isfinite(arr))):
+    if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x, dtype=float))):
         raise ValueError(f"{name} contains non-finite values (nan or inf)")
     return arr
 
@@ -168,7 +169,7 @@ def check_params(params) -> tuple[int, int]:
         raise ValueError(f"params['v'] must have shape (n,) = ({n},) to match U, got {jnp.shape(v)}")
     if not any(_is_traced(p) for p in (U, W, v)):
         for k in ("U", "W", "v"):
-            if not bool(jnp.all(jnp.isfinite(params[k]))):
+            if not np.all(np.isfinite(np.asarray(params[k]))):
                 raise ValueError(f"params['{k}'] contains non-finite values")
     return int(n), int(d)
 
@@ -301,6 +302,7 @@ class NeuralODE(eqx.Module):
             stepsize_controller=solver.controller(dtype),
             max_steps=solver.max_steps if solver.steps is None else max(solver.max_steps, solver.steps),
             throw=throw,
+            adjoint=diffrax.DirectAdjoint() if solver.forward_mode else diffrax.RecursiveCheckpointAdjoint(),
         )
 
     def final_state(self, params, x, depth=None, solver=None, *, throw=True):

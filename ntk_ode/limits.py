@@ -1,0 +1,521 @@
+"""Infinite-width NNGP and NTK of the weight-tied Neural ODE and of its Euler ResNet.
+
+THEORY.md section 3. For inputs x, x' the two-time covariances solve
+
+    Sigma(t, s) = Sigma00 + sigma_w^2 int_0^t int_0^s Phi(a, b) da db            (forward)
+    K(t, s)     = K_TT    + sigma_w^2 int_t^T int_s^T dPhi(a, b) K(a, b) da db    (backward)
+    Phi(t, s)   = E phi(u) phi(u'),  dPhi = E phi'(u) phi'(u'),
+                  (u, u') ~ N(0, [[Sigma_x(t, t), Sigma(t, s)], [Sigma(t, s), Sigma_x'(s, s)]])
+
+and  NTK = NNGP + sigma_w^2 int int Phi K dt ds + Sigma00 K(0, 0).
+
+Method. Both equations are Volterra equations on [0, T]^2, written on a grid with integration
+operators A (int_0^t), B (int_t^T) and weights w (int_0^T):
+
+    Sigma = Sigma00 + sigma_w^2 A Phi(Sigma) A^T,     K = K_TT + sigma_w^2 B (dPhi o K) B^T,
+
+and solved by Picard iteration (which converges like (c T^2)^k / (k!)^2 for a 2-D Volterra
+operator). Two grids:
+
+* ``depth=L``: t_l = l T / L, A = dt x (strictly lower ones), B = dt x (strictly upper ones), with
+  the one-step shift of THEORY.md (lambda at l+1 against phi at l). Here the grid equations *are*
+  the exact recursion of the weight-tied ResNet's infinite-width kernel K^L_inf; the Picard
+  iteration reaches their fixed point exactly (it is nilpotent).
+* ``depth=None``: Chebyshev-Lobatto nodes in t with the spectral integration matrix
+  (Clenshaw-Curtis weights): spectral collocation, error decaying geometrically in the number of
+  nodes M for smooth activations. M is chosen adaptively (M and 2M compared on the diagonal
+  and a few pairs) to meet ``rtol``; the estimate is returned on request.
+
+Per-input variances Sigma_x(t, t) are found first by the N single-input problems (the
+coupled fill that THEORY.md warns about is handled by iterating the whole single-input grid to
+its fixed point); pairs then only see them as data, and are solved in blocks of bounded size,
+spread over all local devices. Duals: closed forms where the activation has them, otherwise the
+Mehler series sum_k rho^k c_k(a) c_k(b) with Hermite coefficient tables c_k stored per input and
+time node (:mod:`ntk_ode.gaussian`), so a grid point costs a short polynomial, not a quadrature.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import gaussian
+from .activations import Activation
+
+__all__ = ["Kernel", "kernel_fn", "Grid", "chebyshev_grid", "resnet_grid", "richardson"]
+
+Kernel = collections.namedtuple("Kernel", ["nngp", "ntk", "ntk_U", "ntk_W", "ntk_v"], defaults=(None, None, None))
+Kernel.__doc__ = """Infinite-width kernels; ``ntk = ntk_U + ntk_W + ntk_v`` (the blocks of U, W and v)."""
+GETS = ("nngp", "ntk", "ntk_U", "ntk_W", "ntk_v")
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grid:
+    """Time nodes with forward/backward integration operators and quadrature weights."""
+
+    t: np.ndarray
+    A: np.ndarray  # (A f)_i ~ int_0^{t_i} f
+    B: np.ndarray  # (B f)_i ~ int_{t_i}^T f
+    w: np.ndarray  # sum_i w_i f_i ~ int_0^T f
+    shift: bool  # discrete ResNet: backward and W-term use dPhi, Phi at the previous layer
+
+    @property
+    def size(self) -> int:
+        return self.t.size
+
+
+@functools.lru_cache(maxsize=64)
+def chebyshev_grid(M: int, T: float) -> Grid:
+    """M + 1 Chebyshev-Lobatto nodes on [0, T] with the spectral integration matrix."""
+    j = np.arange(M + 1)
+    x = -np.cos(np.pi * j / M)  # ascending in [-1, 1]
+    V = np.polynomial.chebyshev.chebvander(x, M)  # V[j, k] = T_k(x_j)
+    Vint = np.empty_like(V)
+    for k in range(M + 1):
+        e = np.zeros(M + 1)
+        e[k] = 1.0
+        Vint[:, k] = np.polynomial.chebyshev.chebval(x, np.polynomial.chebyshev.chebint(e, lbnd=-1.0))
+    A = (T / 2.0) * np.linalg.solve(V.T, Vint.T).T  # Vint @ inv(V)
+    A[0] = 0.0
+    w = A[-1].copy()
+    B = w[None, :] - A
+    return Grid(t=T * (x + 1.0) / 2.0, A=A, B=B, w=w, shift=False)
+
+
+@functools.lru_cache(maxsize=64)
+def resnet_grid(L: int, T: float) -> Grid:
+    """Layers l = 0..L of the weight-tied Euler ResNet (exact discrete operators)."""
+    dt = T / L
+    S = np.tril(np.ones((L + 1, L + 1)), -1)
+    w = np.full(L + 1, dt)
+    w[0] = 0.0
+    return Grid(t=dt * np.arange(L + 1), A=dt * S, B=dt * S.T, w=w, shift=True)
+
+
+def _shift(P):
+    """P^{i,j} -> P^{i-1,j-1} (zero in row and column 0)."""
+    return jnp.pad(P[:-1, :-1], ((1, 0), (1, 0)))
+
+
+# ----------------------------------------------------------------------------- duals on a grid
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Duals:
+    """Evaluates Phi and dPhi on a grid from variances and covariances."""
+
+    act: Activation
+    terms: int
+
+    @property
+    def closed(self) -> bool:
+        return self.act.has_closed_form
+
+    def tables(self, v):
+        """Hermite coefficient tables (phi, phi') for variances v: (..., terms) each."""
+        if self.closed:
+            return ()
+        return (
+            gaussian.hermite_coefficients(self.act.fn, v, self.terms),
+            gaussian.hermite_coefficients(self.act.dfn, v, self.terms),
+        )
+
+    def phi(self, v1, v2, S, tab1, tab2):
+        if self.closed:
+            return self.act.closed_form_dual(v1[:, None], v2[None, :], S)
+        return _mehler_grid(tab1[0], tab2[0], gaussian._correlation(v1[:, None], v2[None, :], S))
+
+    def dphi(self, v1, v2, S, tab1, tab2):
+        if self.closed:
+            return self.act.closed_form_ddual(v1[:, None], v2[None, :], S)
+        return _mehler_grid(tab1[1], tab2[1], gaussian._correlation(v1[:, None], v2[None, :], S))
+
+
+def _mehler_grid(c1, c2, rho):
+    """sum_k rho_ij^k c1[i, k] c2[j, k] by Horner's rule."""
+
+    def body(acc, k):
+        return acc * rho + c1[:, k][:, None] * c2[:, k][None, :], None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros_like(rho), jnp.arange(c1.shape[1] - 1, -1, -1))
+    return acc
+
+
+# ----------------------------------------------------------------------------- Picard solvers
+
+_MAX_ITER = 400
+
+
+def _picard(update, init, tol):
+    """Iterate X <- update(X) until max|dX| <= tol * max(1, max|X|); returns (X, converged)."""
+
+    def cond(state):
+        _, err, scale, it = state
+        return (err > tol * scale) & (it < _MAX_ITER) & jnp.isfinite(err)
+
+    def body(state):
+        X, _, _, it = state
+        Xn = update(X)
+        return Xn, jnp.max(jnp.abs(Xn - X)), jnp.maximum(1.0, jnp.max(jnp.abs(Xn))), it + 1
+
+    big = jnp.asarray(jnp.finfo(init.dtype).max, init.dtype)
+    X, err, scale, _ = jax.lax.while_loop(cond, body, (init, big, jnp.ones((), init.dtype), 0))
+    return X, (err <= tol * scale) & jnp.all(jnp.isfinite(X))
+
+
+def _tol(dtype):
+    return 8 * float(jnp.finfo(dtype).eps)
+
+
+def _single(duals: _Duals, grid: Grid, sigma_w: float, s00):
+    """Sigma(t, s) of one input with itself; returns the variances diag(Sigma) and convergence."""
+    A = jnp.asarray(grid.A, s00.dtype)
+    c = sigma_w**2
+
+    def update(S):
+        v = jnp.diagonal(S)
+        tab = duals.tables(v)
+        return s00 + c * A @ duals.phi(v, v, S, tab, tab) @ A.T
+
+    S, ok = _picard(update, jnp.full((grid.size, grid.size), s00), _tol(s00.dtype))
+    return jnp.diagonal(S), ok
+
+
+def _pair(duals: _Duals, grid: Grid, model, s00, v1, v2, tab1, tab2):
+    """NNGP, NTK and convergence flag for one input pair, given both inputs' variances."""
+    dt = s00.dtype
+    A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
+    c = model.sigma_w**2
+    S, ok1 = _picard(lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt))
+    Phi = duals.phi(v1, v2, S, tab1, tab2)
+    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
+    sv2 = model.sigma_v**2
+    if model.head == "phi":
+        nngp = sv2 * Phi[-1, -1]
+        KT = sv2 * dPhi[-1, -1]
+    else:
+        nngp = sv2 * S[-1, -1]
+        KT = jnp.asarray(sv2, dt)
+    P = _shift(dPhi) if grid.shift else dPhi
+    K, ok2 = _picard(lambda K: KT + c * B @ (P * K) @ B.T, jnp.full((grid.size,) * 2, KT), _tol(dt))
+    Pw = _shift(Phi) if grid.shift else Phi
+    blocks = jnp.stack([s00 * K[0, 0], c * w @ (Pw * K) @ w, nngp])  # U, W, v
+    return nngp, jnp.sum(blocks), blocks, ok1 & ok2
+
+
+# ----------------------------------------------------------------------------- drivers
+
+
+def _s00(model, x1, x2):
+    return model.input_scale(x1.shape[-1]) ** 2 * jnp.sum(x1 * x2, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _singles_jit(duals, grid, sigma_w, s00):
+    v, ok = jax.vmap(lambda s: _single(duals, grid, sigma_w, s))(s00)
+    return v, duals.tables(v), ok
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pairs_jit(duals, grid, model, s00, v1, v2, tab1, tab2):
+    return jax.vmap(lambda *a: _pair(duals, grid, model, *a))(s00, v1, v2, tab1, tab2)
+
+
+def _mesh_sharding():
+    devs = jax.local_devices()
+    if len(devs) < 2:
+        return None, 1
+    mesh = jax.sharding.Mesh(np.array(devs), ("pairs",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pairs")), len(devs)
+
+
+def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress, shard):
+    """Solve the pairs (i1[p], i2[p]) with pair covariances s00[p], in padded blocks."""
+    P = s00.shape[0]
+    sharding, ndev = _mesh_sharding() if shard else (None, 1)
+    bs = max(1, min(block_size, P))
+    bs = int(math.ceil(bs / ndev) * ndev)
+    outs = []
+    starts = range(0, P, bs)
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"kernel pairs (grid {grid.size})", unit="block")
+    for s in starts:
+        idx = np.arange(s, s + bs)
+        idx = np.minimum(idx, P - 1)  # pad the last block by repetition
+        args = (s00[idx], v[i1[idx]], v[i2[idx]], tuple(t[i1[idx]] for t in tabs), tuple(t[i2[idx]] for t in tabs))
+        if sharding is not None:
+            args = jax.device_put(args, sharding)
+        nngp, ntk, blocks, ok = _pairs_jit(duals, grid, model, *args)
+        n_real = min(bs, P - s)
+        outs.append(tuple(np.asarray(a)[:n_real] for a in (nngp, ntk, blocks, ok)))
+    return tuple(np.concatenate(o) for o in zip(*outs))
+
+
+def _check_x(x, name, d=None):
+    if isinstance(x, jax.core.Tracer):
+        raise ValueError(f"{name}: kernel_fn evaluates eagerly; call it outside jit")
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} must have shape (N, d), got shape {x.shape}")
+    if d is not None and x.shape[1] != d:
+        raise ValueError(f"{name} has d={x.shape[1]} features but x1 has d={d}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    return x
+
+
+def _check_get(get):
+    single = isinstance(get, str)
+    names = (get,) if single else tuple(get)
+    bad = [g for g in names if g not in GETS]
+    if bad or not names:
+        raise ValueError(f"get must be one of {GETS} or a tuple of them, got {get!r}")
+    return names, single
+
+
+def _raise_on_failure(ok, nngp, ntk, model, what):
+    if not np.all(np.isfinite(nngp)) or not np.all(np.isfinite(ntk)):
+        raise FloatingPointError(
+            f"{what}: the infinite-width kernel is not finite - the covariance recursion blew up "
+            f"(activation {model.activation.name!r}, T={model.T}, sigma_w={model.sigma_w}); "
+            "polynomial activations such as 'quadratic' explode at large T * sigma_w"
+        )
+    if not np.all(ok):
+        raise RuntimeError(
+            f"{what}: the Picard iteration for the two-time covariances did not converge in "
+            f"{_MAX_ITER} sweeps (T * sigma_w = {model.T * model.sigma_w:g} too large?)"
+        )
+
+
+class _Problem:
+    """All inputs of one kfn call: per-input variances on a grid and the pairs to solve."""
+
+    def __init__(self, model, duals, x1, x2, symmetric):
+        self.model, self.duals = model, duals
+        self.X = x1 if symmetric else jnp.concatenate([x1, x2])
+        self.N1 = x1.shape[0]
+        self.N2 = x1.shape[0] if symmetric else x2.shape[0]
+        off = 0 if symmetric else self.N1
+        if symmetric:
+            i1, i2 = np.triu_indices(self.N1)
+        else:
+            i1, i2 = (a.ravel() for a in np.meshgrid(np.arange(self.N1), np.arange(self.N2), indexing="ij"))
+        self.i1, self.i2_local, self.i2 = i1, i2, i2 + off
+        self.symmetric = symmetric
+        self.self_s00 = _s00(model, self.X, self.X)
+
+    def singles(self, grid):
+        v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00)
+        nan = ~np.isfinite(np.asarray(v)).all()
+        if nan or not np.all(np.asarray(ok)):
+            _raise_on_failure(np.asarray(ok), np.asarray(v), np.asarray(v), self.model, "single-input problems")
+        return v, tabs
+
+    def solve(self, grid, sel=None, block_size=256, progress=False, shard=True):
+        v, tabs = self.singles(grid)
+        i1, i2 = (self.i1, self.i2) if sel is None else (self.i1[sel], self.i2[sel])
+        s00 = _s00(self.model, self.X[i1], self.X[i2])
+        nngp, ntk, blocks, ok = _solve_pairs(self.duals, grid, self.model, s00, i1, i2, v, tabs, block_size, progress, shard)
+        _raise_on_failure(ok, nngp, ntk, self.model, "kernel_fn")
+        return np.concatenate([nngp[:, None], ntk[:, None], blocks], axis=1)  # (P, 5) in GETS order
+
+    def assemble(self, vals):
+        out = np.zeros((self.N1, self.N2), vals.dtype)
+        out[self.i1, self.i2_local] = vals
+        if self.symmetric:
+            out[self.i2_local, self.i1] = vals
+        return out
+
+
+def _trim_terms(duals: _Duals, problem: _Problem, grid: Grid):
+    """Drop the Mehler terms whose coefficients stay below 1e-10 of the largest (over every input
+    and node): the dropped tail contributes < ~1e-19 relative to the kernel, even at rho = 1."""
+    if duals.closed:
+        return duals
+    _, tabs = problem.singles(grid)
+    mags = np.max([np.max(np.abs(np.asarray(t)).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
+    big = np.nonzero(mags > 1e-10 * mags.max())[0]
+    keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
+    return _Duals(duals.act, keep)
+
+
+def richardson(values, Ls):
+    """Richardson extrapolation of values(L) ~ K + c1/L + c2/L^2 + ... over L doubling each step."""
+    Ls = np.asarray(Ls, float)
+    if np.any(np.abs(Ls[1:] / Ls[:-1] - 2.0) > 1e-12):
+        raise ValueError("Ls must double at each step, e.g. 8, 16, 32, ...")
+    table = [np.asarray(v, float) for v in values]
+    for j in range(1, len(table)):
+        f = 2.0**j
+        table = [(f * table[i + 1] - table[i]) / (f - 1.0) for i in range(len(table) - 1)]
+    return table[0]
+
+
+def kernel_fn(
+    model,
+    depth: int | None = None,
+    *,
+    rtol: float | None = None,
+    nodes: int | None = None,
+    block_size: int = 256,
+    terms: int = gaussian.DEFAULT_TERMS,
+    equal_norm: str | bool = "auto",
+    shard: bool = True,
+    progress: bool = False,
+):
+    """The infinite-width kernels of ``model`` (``depth=None``: Neural ODE; ``depth=L``: ResNet).
+
+    Returns ``kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False)`` in the neural-tangents
+    convention: ``get`` a string returns that (N1, N2) array, a tuple returns a
+    :class:`Kernel` namedtuple (fields not asked for are None). Besides "nngp" and "ntk", the
+    NTK's blocks "ntk_U", "ntk_W", "ntk_v" can be asked for. ``with_error=True`` also returns a Kernel of estimated maximum
+    absolute errors (spectral-grid and, for the equal-norm path, interpolation error; exact
+    recursions report 0).
+
+    Args:
+        rtol: target relative accuracy for ``depth=None`` (default 1e-8 in float64, 1e-5 in
+            float32); drives the adaptive number of Chebyshev nodes and the equal-norm table.
+        nodes: fix the number of Chebyshev intervals M instead (no adaptivity).
+        block_size: input pairs solved at once (memory ~ block_size * M^2).
+        terms: Mehler terms for activations without closed-form duals.
+        equal_norm: "auto" uses the zonal fast path when every input has the same norm; False
+            never; True requires it.
+        shard: spread pair blocks over all local devices.
+        progress: show a progress bar over pair blocks.
+    """
+    from .model import check_depth
+
+    depth = check_depth(depth)
+    if equal_norm not in ("auto", True, False):
+        raise ValueError(f"equal_norm must be 'auto', True or False, got {equal_norm!r}")
+    if nodes is not None and (int(nodes) != nodes or nodes < 2):
+        raise ValueError(f"nodes must be an integer >= 2, got {nodes!r}")
+    if int(block_size) != block_size or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    duals0 = _Duals(model.activation, int(terms))
+
+    def kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False):
+        names, single = _check_get(get)
+        x1 = _check_x(x1, "x1")
+        symmetric = x2 is None
+        x2c = x1 if symmetric else _check_x(x2, "x2", x1.shape[1])
+        eps = float(jnp.finfo(x1.dtype).eps)
+        tol = rtol if rtol is not None else (1e-8 if eps < 1e-10 else 1e-5)
+        _check_duals(model.activation)
+        problem = _Problem(model, duals0, x1, x2c, symmetric)
+        norms = np.linalg.norm(np.asarray(problem.X), axis=1)
+        same = bool(np.ptp(norms) <= 1e-12 * max(norms.max(), 1e-300))
+        if equal_norm is True and not same:
+            raise ValueError("equal_norm=True but the inputs do not all have the same norm")
+        use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64)
+        grid, err = _choose_grid(model, problem, depth, nodes, tol)
+        problem.duals = _trim_terms(duals0, problem, grid)
+        if use_zonal:
+            vals, zerr = _zonal(model, problem, grid, tol, block_size, shard, norms[0])
+            err = err + zerr
+        else:
+            vals = problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
+        k = Kernel(*(jnp.asarray(problem.assemble(vals[:, i])) for i in range(len(GETS))))
+        e = Kernel(*(float(a) for a in err))
+        pick = lambda kk: getattr(kk, names[0]) if single else Kernel(*(getattr(kk, g) if g in names else None for g in GETS))
+        return (pick(k), pick(e)) if with_error else pick(k)
+
+    return kfn
+
+
+def _check_duals(act: Activation):
+    if act.has_closed_form:
+        return
+    try:
+        z = jnp.linspace(-2.0, 2.0, 5)
+        ok = bool(jnp.all(jnp.isfinite(act.fn(z)))) and bool(jnp.all(jnp.isfinite(act.dfn(z))))
+    except Exception as e:  # noqa: BLE001 - any failure means quadrature is impossible
+        raise ValueError(
+            f"activation {act.name!r} has no closed-form duals and cannot be evaluated on JAX arrays "
+            f"for quadrature: {e}"
+        ) from e
+    if not ok:
+        raise ValueError(f"activation {act.name!r}: phi or phi' is not finite on [-2, 2]; no quadrature possible")
+
+
+_NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
+
+
+def _choose_grid(model, problem: _Problem, depth, nodes, tol):
+    """The grid to use and an error estimate (max abs, nngp and ntk)."""
+    if depth is not None:
+        return resnet_grid(depth, model.T), np.zeros(len(GETS))
+    if nodes is not None:
+        return chebyshev_grid(int(nodes), model.T), np.full(len(GETS), np.nan)
+    # probe: the diagonal and a few pairs, at M and at the next rung
+    rng = np.random.default_rng(0)
+    diag = np.nonzero(problem.i1 == problem.i2)[0]
+    pick = np.concatenate([diag[:8], rng.choice(problem.i1.size, size=min(8, problem.i1.size), replace=False)])
+    prev = None
+    for M in _NODE_LADDER:
+        cur = problem.solve(chebyshev_grid(M, model.T), sel=pick, shard=False)
+        if prev is not None:
+            err = np.max(np.abs(cur - prev[1]), axis=0)
+            if np.all(err[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
+                return chebyshev_grid(prev[0], model.T), err
+        prev = (M, cur)
+    warnings.warn(f"kernel_fn: rtol={tol:g} not reached with {_NODE_LADDER[-1]} Chebyshev nodes; "
+                  f"estimated error {err.max():.2e}", RuntimeWarning, stacklevel=3)
+    return chebyshev_grid(prev[0], model.T), err
+
+
+def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, norm):
+    """Equal norms: tabulate both kernels in cos(x, x') on Chebyshev nodes, interpolate."""
+    X = np.asarray(problem.X)
+    cos = np.clip(np.sum(X[problem.i1] * X[problem.i2], axis=1) / norm**2, -1.0, 1.0)
+    v, tabs = problem.singles(grid)
+    scale2 = model.input_scale(X.shape[1]) ** 2 * norm**2
+    prev = None
+    for Q in (16, 32, 64, 128, 256, 512):
+        nodes = np.cos(np.pi * np.arange(Q + 1) / Q)
+        zero = np.zeros(Q + 1, dtype=int)
+        s00 = jnp.asarray(scale2 * nodes, v.dtype)
+        nngp, ntk, blocks, ok = _solve_pairs(problem.duals, grid, model, s00, zero, zero, v, tabs, block_size, False, shard)
+        _raise_on_failure(ok, nngp, ntk, model, "kernel_fn (equal-norm table)")
+        tab = np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
+        if prev is not None:
+            # the previous table's interpolant at the new nodes vs the new values
+            err = np.max(np.abs(_cheb_interp(prev, nodes) - tab), axis=1)
+            if np.all(err[:2] <= tol * np.max(np.abs(tab[:2]), axis=1)):
+                break
+        prev = tab
+    else:
+        raise RuntimeError("equal-norm kernel table did not converge with 513 nodes; use equal_norm=False")
+    return _cheb_interp(tab, cos).T, err
+
+
+def _cheb_interp(table, x):
+    """Barycentric interpolation from Chebyshev-Lobatto nodes cos(pi j / Q) (rows of table)."""
+    Q = table.shape[1] - 1
+    nodes = np.cos(np.pi * np.arange(Q + 1) / Q)
+    wts = (-1.0) ** np.arange(Q + 1)
+    wts[0] *= 0.5
+    wts[-1] *= 0.5
+    d = x[:, None] - nodes[None, :]
+    exact = np.isclose(d, 0.0, atol=1e-15)
+    d = np.where(exact, 1.0, d)
+    c = wts / d
+    out = (c @ table.T) / c.sum(axis=1)[:, None]
+    hit = exact.any(axis=1)
+    if hit.any():
+        out[hit] = table[:, exact[hit].argmax(axis=1)].T
+    return out.T

@@ -1,0 +1,161 @@
+"""Infinite-width kernels: Monte Carlo, Richardson, identities, fast paths, bad input."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntk_ode as no
+from ntk_ode import activations as A
+from ntk_ode.empirical import empirical_ntk
+from ntk_ode.limits import kernel_fn, richardson
+
+X = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 4)))
+
+
+@pytest.mark.parametrize("act", ["softplus", "tanh"])
+@pytest.mark.parametrize("head", ["linear", "phi"])
+def test_resnet_kernel_matches_monte_carlo_of_finite_networks(act, head):
+    """K^L_inf vs the mean of jacrev NTKs of width-2048 weight-tied ResNets over 8 seeds."""
+    model = no.NeuralODE(act, T=1.0, sigma_w=1.3, sigma_u=0.8, sigma_v=1.2, head=head)
+    L = 4
+    f = jax.jit(lambda p: empirical_ntk(model, p, X, depth=L, method="jacobian"))
+    samples = np.stack([np.asarray(f(model.init(jax.random.PRNGKey(100 + s), 4, 2048))) for s in range(8)])
+    mean, se = samples.mean(0), samples.std(0, ddof=1) / np.sqrt(len(samples))
+    K = np.asarray(kernel_fn(model, depth=L)(X, get="ntk"))
+    assert np.all(np.abs(mean - K) <= 4 * se), (mean - K) / se
+
+
+def test_ode_kernel_matches_richardson_of_resnet_kernels_and_rate():
+    model = no.NeuralODE("softplus", T=1.0, sigma_w=1.2, sigma_u=0.9, sigma_v=1.1)
+    K = np.asarray(kernel_fn(model)(X, get="ntk"))
+    Ls = [8, 16, 32, 64, 128, 256]
+    KL = [np.asarray(kernel_fn(model, depth=L)(X, get="ntk")) for L in Ls]
+    R = richardson(KL, Ls)
+    assert np.max(np.abs(R - K)) / np.max(np.abs(K)) <= 1e-7
+    errs = [np.linalg.norm(k - K) for k in KL]
+    slope = np.polyfit(np.log(Ls), np.log(errs), 1)[0]
+    assert -1.2 <= slope <= -0.8
+
+
+def test_symmetry_rectangular_and_psd():
+    model = no.NeuralODE("tanh", sigma_w=1.5, head="phi")
+    x2 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (2, 4)))
+    kfn = kernel_fn(model)
+    k12 = kfn(X, x2)
+    k21 = kfn(x2, X)
+    for a, b in zip(k12[:2], k21[:2]):
+        np.testing.assert_allclose(a, np.asarray(b).T, rtol=1e-12, atol=1e-12)
+    kall = kfn(np.concatenate([X, x2]))
+    np.testing.assert_allclose(kall.ntk[:3, 3:], k12.ntk, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(kall.ntk, kall.ntk.T, atol=0)
+    assert np.linalg.eigvalsh(np.asarray(kall.ntk)).min() > -1e-10
+
+
+def test_small_T_limit():
+    model = no.NeuralODE("softplus", T=1e-9, sigma_u=0.7, sigma_v=1.3)
+    k = kernel_fn(model, nodes=4)(X)
+    s00 = 0.7**2 * X @ X.T / X.shape[1]
+    np.testing.assert_allclose(k.nngp, 1.3**2 * s00, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(k.ntk, 2 * 1.3**2 * s00, rtol=1e-7, atol=1e-12)
+
+
+def test_time_rescaling_invariance():
+    k1 = kernel_fn(no.NeuralODE("gelu", T=1.0, sigma_w=1.0))(X)
+    k2 = kernel_fn(no.NeuralODE("gelu", T=0.4, sigma_w=2.5))(X)
+    for a, b in zip(k1[:2], k2[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+def test_blocks_sum_and_vblock_is_nngp():
+    k = kernel_fn(no.NeuralODE("erf", sigma_w=1.3))(X, get=("nngp", "ntk", "ntk_U", "ntk_W", "ntk_v"))
+    np.testing.assert_allclose(k.ntk, k.ntk_U + k.ntk_W + k.ntk_v, rtol=1e-13)
+    np.testing.assert_allclose(k.ntk_v, k.nngp, rtol=1e-13)
+
+
+def test_relu_closed_form_vs_quadrature():
+    relu_q = A.register_activation("relu_quadrature_test", jax.nn.relu, A.get_activation("relu").dfn,
+                                   dphi_lipschitz=False, overwrite=True)
+    kc = np.asarray(kernel_fn(no.NeuralODE("relu"), depth=16)(X, get="ntk"))
+    errs = []
+    for terms in (64, 192):
+        kq = np.asarray(kernel_fn(no.NeuralODE(relu_q), depth=16, terms=terms)(X, get="ntk"))
+        errs.append(np.max(np.abs(kq - kc)) / np.max(np.abs(kc)))
+    # Hermite series of a kink converge algebraically: ~1e-2 at 192 terms, and shrinking.
+    assert errs[1] < 2e-2 and errs[1] < errs[0]
+
+
+def test_equal_norm_fast_path_matches_general_path():
+    x = np.array(jax.random.normal(jax.random.PRNGKey(3), (16, 5)))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    model = no.NeuralODE("softplus", sigma_w=1.1)
+    kz, err = kernel_fn(model, equal_norm=True)(x, get="ntk", with_error=True)
+    kg = kernel_fn(model, equal_norm=False)(x, get="ntk")
+    assert np.max(np.abs(kz - kg)) / np.max(np.abs(kg)) <= 1e-8
+    assert err <= 1e-8 * np.max(np.abs(kg))
+    with pytest.raises(ValueError, match="same norm"):
+        kernel_fn(model, equal_norm=True)(X)
+
+
+def test_error_estimate_and_blocks_small():
+    model = no.NeuralODE("softplus")
+    k, e = kernel_fn(model)(X, with_error=True)
+    assert e.ntk <= 1e-8 * np.max(np.abs(k.ntk))
+    k1 = kernel_fn(model, block_size=1)(X, get="ntk")
+    np.testing.assert_allclose(k1, k.ntk, rtol=1e-14)
+
+
+def test_sharded_equals_unsharded():
+    code = textwrap.dedent(
+        """
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        import ntk_ode as no
+        from ntk_ode.limits import kernel_fn
+        assert len(jax.local_devices()) == 4
+        x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (5, 3)))
+        m = no.NeuralODE("tanh", sigma_w=1.2)
+        a = np.asarray(kernel_fn(m, nodes=12, block_size=3, shard=True)(x, get="ntk"))
+        b = np.asarray(kernel_fn(m, nodes=12, block_size=3, shard=False)(x, get="ntk"))
+        assert np.max(np.abs(a - b)) <= 1e-14 * np.max(np.abs(b)), np.max(np.abs(a - b))
+        print("OK")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_bad_input():
+    kfn = kernel_fn(no.NeuralODE())
+    with pytest.raises(ValueError, match="non-finite"):
+        kfn(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="d=3"):
+        kfn(np.ones((2, 2)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="get"):
+        kfn(X, get="bogus")
+    with pytest.raises(ValueError, match="shape"):
+        kfn(np.ones(3))
+    bad = A.register_activation("not_jax_test", lambda z: np.tanh(np.asarray(z)) + "x", dfn=lambda z: z, overwrite=True)
+    with pytest.raises(ValueError, match="quadrature"):
+        kernel_fn(no.NeuralODE(bad))(X)
+    with pytest.raises(ValueError, match="depth"):
+        kernel_fn(no.NeuralODE(), depth=0)
+
+
+def test_blow_up_is_named():
+    model = no.NeuralODE("quadratic", T=20.0, sigma_w=2.0)
+    with pytest.raises((FloatingPointError, RuntimeError), match="blew up|did not converge"):
+        kernel_fn(model, nodes=16)(X * 3)
+
+
+def test_float32_kernel():
+    # float32 inputs keep the whole solve in float32 (default rtol 1e-5 there)
+    k32 = kernel_fn(no.NeuralODE("softplus"))(jnp.asarray(X, jnp.float32), get="ntk")
+    assert k32.dtype == jnp.float32
+    k64 = kernel_fn(no.NeuralODE("softplus"))(X, get="ntk")
+    assert np.max(np.abs(np.asarray(k32) - np.asarray(k64))) / np.max(np.abs(k64)) < 1e-5
