@@ -1,0 +1,94 @@
+"""Finite-width NTK: three methods, generic function, Monte Carlo vs kernel_fn, width sweep."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntk_ode as no
+from ntk_ode.empirical import empirical_ntk, empirical_ntk_fn, monte_carlo_kernels
+from ntk_ode.limits import kernel_fn
+from ntk_ode.sweep import width_sweep
+
+X = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3, 4)))
+
+
+def setup(width=48, **kw):
+    model = no.NeuralODE(**kw)
+    return model, model.init(jax.random.PRNGKey(0), d=4, width=width)
+
+
+@pytest.mark.parametrize("depth", [6, None])
+@pytest.mark.parametrize("head", ["linear", "phi"])
+def test_three_methods_agree(depth, head):
+    model, params = setup(activation="tanh", head=head, sigma_w=1.3, sigma_u=0.7)
+    kw = {} if depth else dict(rtol=1e-13, atol=1e-13)
+    K = {m: np.asarray(empirical_ntk(model, params, X, depth=depth, method=m, **kw)) for m in ("structured", "jacobian", "ntvp")}
+    scale = np.abs(K["jacobian"]).max()
+    assert np.abs(K["structured"] - K["jacobian"]).max() <= 1e-10 * scale
+    assert np.abs(K["ntvp"] - K["jacobian"]).max() <= 1e-10 * scale
+
+
+def test_generic_fn_on_plain_jax_resnet_matches_structured():
+    model, params = setup(activation="softplus", sigma_w=1.4, head="phi")
+    L, n = 5, params["W"].shape[0]
+
+    def resnet(p, x):  # written independently of the package
+        h = 0.5 * x @ p["U"].T  # sigma_u / sqrt(d) = 1 / 2
+        for _ in range(L):
+            h = h + (1.0 / L) * 1.4 / jnp.sqrt(n) * jax.nn.softplus(h) @ p["W"].T
+        return jax.nn.softplus(h) @ p["v"] / jnp.sqrt(n)
+
+    np.testing.assert_allclose(resnet(params, X), model.apply(params, X, depth=L), atol=1e-13)
+    ref = empirical_ntk(model, params, X, depth=L)
+    for method in ("jacobian", "ntvp"):
+        np.testing.assert_allclose(empirical_ntk_fn(resnet, method)(X, None, params), ref, atol=1e-11)
+
+
+def test_symmetry_psd_blocks_and_x2_none():
+    model, params = setup(activation="softplus")
+    K = np.asarray(empirical_ntk(model, params, X, depth=8))
+    np.testing.assert_allclose(K, K.T, atol=1e-13)
+    assert np.linalg.eigvalsh(K).min() > -1e-12
+    np.testing.assert_allclose(empirical_ntk(model, params, X, X, depth=8), K, atol=1e-13)
+    U, W, v = empirical_ntk(model, params, X, depth=8, blocks=True)
+    np.testing.assert_allclose(U + W + v, K, atol=1e-13)
+    x2 = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (2, 4)))
+    np.testing.assert_allclose(empirical_ntk(model, params, x2, X, depth=8), np.asarray(empirical_ntk(model, params, X, x2, depth=8)).T, atol=1e-13)
+
+
+@pytest.mark.parametrize("act,head", [("softplus", "linear"), ("softplus", "phi"), ("tanh", "linear"), ("tanh", "phi")])
+def test_monte_carlo_mean_matches_kernel_fn(act, head):
+    model = no.NeuralODE(act, sigma_w=1.2, sigma_v=0.9, head=head)
+    mc = monte_carlo_kernels(model, jax.random.PRNGKey(11), X, width=2048, n_samples=8, solver=no.Solver(rtol=1e-8, atol=1e-8), quad_nodes=24)
+    mean, se = (np.asarray(a) for a in mc["ntk"])
+    K = np.asarray(kernel_fn(model)(X, get="ntk"))
+    assert np.all(np.abs(mean - K) <= 4 * se), (mean - K) / se
+
+
+def test_width_sweep_slope_and_resume(tmp_path):
+    model = no.NeuralODE("softplus")
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 5)))
+    widths = [128, 256, 512, 1024, 2048, 4096]
+    out = str(tmp_path / "sweep")
+    r = width_sweep(model, x, widths, 6, depth=8, out=out, progress=False)
+    assert -0.7 <= r["slope"] <= -0.3, r["slope"]
+    r2 = width_sweep(model, x, widths, 6, depth=8, out=out, progress=False)
+    np.testing.assert_array_equal(r["dist"], r2["dist"])
+    with pytest.raises(ValueError, match="another config"):
+        width_sweep(model, x, widths[:2], 3, depth=8, out=out, progress=False)
+
+
+def test_bad_input():
+    model, params = setup()
+    with pytest.raises(ValueError, match="method"):
+        empirical_ntk(model, params, X, method="nope")
+    with pytest.raises(ValueError, match="W"):
+        empirical_ntk(model, {**params, "W": params["W"][:, :-1]}, X)
+    with pytest.raises(ValueError, match="d=4"):
+        empirical_ntk(model, params, X, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="non-finite"):
+        empirical_ntk(model, params, X.at[0, 0].set(np.inf) if hasattr(X, "at") else np.where(np.arange(12).reshape(3, 4) == 0, np.inf, X))
+    with pytest.raises(ValueError, match="non-finite"):
+        empirical_ntk(model, {**params, "v": params["v"].at[0].set(jnp.nan)}, X)
+    with pytest.raises(ValueError, match="blocks"):
+        empirical_ntk(model, params, X, method="jacobian", blocks=True)
