@@ -31,9 +31,13 @@ def versions() -> dict:
     import equinox
     import optax
 
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"ntk_ode": __version__, "jax": jax.__version__, "diffrax": diffrax.__version__,
+    try:
+        ours = version("ntk_ode")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return {"ntk_ode": ours, "jax": jax.__version__, "diffrax": diffrax.__version__,
             "equinox": equinox.__version__, "optax": optax.__version__, "numpy": np.__version__}
 
 
