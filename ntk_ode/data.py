@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["to_sphere", "digits", "sphere"]
+__all__ = ["to_sphere", "digits", "sphere", "teacher", "binary_task", "train_test_split", "mnist", "cifar10"]
 
 
 def to_sphere(x):
@@ -45,3 +45,98 @@ def digits(classes=(0, 1), n: int | None = None, seed: int = 0, center: bool = T
 def sphere(N: int, d: int, seed: int = 0):
     """N uniform points on the unit sphere in R^d."""
     return to_sphere(np.random.default_rng(seed).standard_normal((N, d)))
+
+
+def teacher(N: int, d: int, seed: int = 0, noise: float = 0.0):
+    """Points on the sphere with a smooth non-linear teacher target ``y = tanh(2 a.x) + (b.x)^2 - mean``."""
+    rng = np.random.default_rng(seed)
+    x = sphere(N, d, seed)
+    a, b = rng.standard_normal(d), rng.standard_normal(d)
+    a /= np.linalg.norm(a)
+    b /= np.linalg.norm(b)
+    y = np.tanh(2 * x @ a) + (x @ b) ** 2
+    y = y - y.mean() + noise * rng.standard_normal(N)
+    return x, y
+
+
+def binary_task(x, labels, classes=(0, 1), n: int | None = None, seed: int = 0):
+    """Keep two classes, targets +1 / -1, rows on the sphere, ``n`` drawn deterministically."""
+    x = np.asarray(x, float).reshape(len(x), -1)
+    labels = np.asarray(labels)
+    keep = np.isin(labels, classes)
+    if keep.sum() == 0:
+        raise ValueError(f"no samples of classes {classes}")
+    x, t = x[keep], labels[keep]
+    idx = np.random.default_rng(seed).permutation(len(x))[: n or len(x)]
+    return to_sphere(x[idx] - x.mean(axis=0)), np.where(t[idx] == classes[0], 1.0, -1.0)
+
+
+def train_test_split(x, y, test_fraction: float = 0.25, seed: int = 0):
+    """Deterministic split by ``seed``."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    idx = np.random.default_rng(seed).permutation(len(x))
+    k = int(round(len(x) * (1 - test_fraction)))
+    return x[idx[:k]], y[idx[:k]], x[idx[k:]], y[idx[k:]]
+
+
+_MNIST = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def _read_idx(path):
+    import gzip
+    import struct
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def mnist(folder, split: str = "train"):
+    """MNIST from the standard IDX gz files in ``folder``: images (N, 784) in [0, 1], labels (N,)."""
+    import os
+
+    if split not in _MNIST:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    paths = [os.path.join(folder, f) for f in _MNIST[split]]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"MNIST {split} files not found in {folder!r}: expected {', '.join(_MNIST[split])}")
+    images, labels = (_read_idx(p) for p in paths)
+    if len(images) != len(labels):
+        raise ValueError(f"MNIST {split}: {len(images)} images but {len(labels)} labels")
+    return images.reshape(len(images), -1).astype(float) / 255.0, labels.astype(int)
+
+
+def cifar10(folder, split: str = "train"):
+    """CIFAR-10 from its binary version (plain bytes; nothing is unpickled): (N, 3072) in [0, 1], labels."""
+    import os
+
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    for base in (folder, os.path.join(folder, "cifar-10-batches-bin")):
+        paths = [os.path.join(base, n) for n in names]
+        if all(os.path.exists(p) for p in paths):
+            break
+    else:
+        raise FileNotFoundError(f"CIFAR-10 {split} files not found in {folder!r}: expected {', '.join(names)} "
+                                "(the 'binary version' of CIFAR-10)")
+    xs, ys = [], []
+    for p in paths:
+        raw = np.fromfile(p, dtype=np.uint8)
+        if raw.size % 3073:
+            raise ValueError(f"{p} is not a CIFAR-10 binary batch (size {raw.size} is not a multiple of 3073)")
+        rec = raw.reshape(-1, 3073)
+        ys.append(rec[:, 0].astype(int))
+        xs.append(rec[:, 1:].astype(float) / 255.0)
+    return np.concatenate(xs), np.concatenate(ys)

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import gaussian
+from ._checks import check_depth
 from .activations import Activation
 
 __all__ = ["Kernel", "kernel_fn", "Grid", "chebyshev_grid", "resnet_grid", "richardson"]
@@ -110,9 +111,10 @@ def _shift(P):
 # ----------------------------------------------------------------------------- duals on a grid
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class _Duals:
-    """Evaluates Phi and dPhi on a grid from variances and covariances."""
+    """Evaluates Phi and dPhi on a grid from variances and covariances (hashable by value, so
+    the compiled solvers are reused across calls)."""
 
     act: Activation
     terms: int
@@ -397,8 +399,6 @@ def kernel_fn(
         shard: spread pair blocks over all local devices.
         progress: show a progress bar over pair blocks.
     """
-    from .model import check_depth
-
     depth = check_depth(depth)
     if equal_norm not in ("auto", True, False):
         raise ValueError(f"equal_norm must be 'auto', True or False, got {equal_norm!r}")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
-from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -23,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import check_depth
 from .activations import Activation, get_activation
 
 __all__ = ["NeuralODE", "Solver", "RK4", "SOLVERS", "check_params", "check_inputs"]
@@ -172,14 +171,6 @@ def check_params(params) -> tuple[int, int]:
             if not np.all(np.isfinite(np.asarray(params[k]))):
                 raise ValueError(f"params['{k}'] contains non-finite values")
     return int(n), int(d)
-
-
-def check_depth(depth) -> int | None:
-    if depth is None:
-        return None
-    if isinstance(depth, bool) or int(depth) != depth or depth < 1:
-        raise ValueError(f"depth must be None (the ODE) or a positive integer, got {depth!r}")
-    return int(depth)
 
 
 # ----------------------------------------------------------------------------- the model

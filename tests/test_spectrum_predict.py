@@ -1,0 +1,104 @@
+"""Spectra, Assumption-1 checks, Gegenbauer coefficients, kernel predictions."""
+import jax
+import numpy as np
+import pytest
+
+import ntk_ode as no
+from ntk_ode.data import sphere, to_sphere
+from ntk_ode.predict import gp_inference, gradient_descent_mse
+from ntk_ode.spectrum import check_assumption1, check_psd, condition_number, eigenvalues, gegenbauer_coefficients
+
+
+def test_identity_activation_kernels_are_rank_deficient_softplus_is_not():
+    d, N = 3, 10
+    x = sphere(N, d, seed=0)
+    for depth in (None,):
+        k_id = np.asarray(no.kernel_fn(no.NeuralODE("identity"), depth=depth)(x, get="ntk"))
+        ev = eigenvalues(k_id)
+        assert ev[0] < 1e-10 * ev[-1]
+        k_sp = np.asarray(no.kernel_fn(no.NeuralODE("softplus"), depth=depth)(x, get="ntk"))
+        ev = eigenvalues(k_sp)
+        assert ev[0] > 1e-6 * ev[-1]
+    model = no.NeuralODE("identity")
+    p = model.init(jax.random.PRNGKey(0), d=d, width=64)
+    H = np.asarray(no.empirical_ntk(model, p, x, depth=4))
+    ev = eigenvalues(H)
+    assert ev[0] < 1e-10 * ev[-1]
+
+
+def test_assumption1_flags():
+    x = sphere(6, 4, seed=1)
+    assert check_assumption1(no.NeuralODE("softplus"), x).ok
+    r = check_assumption1(no.NeuralODE("identity"), x)
+    assert not r.ok and any("polynomial" in s for s in r.reasons)
+    r = check_assumption1(no.NeuralODE("quadratic"), x)
+    assert any("polynomial" in s for s in r.reasons) and any("not Lipschitz" in s for s in r.reasons)
+    xa = np.concatenate([x, -x[:1]])
+    r = check_assumption1(no.NeuralODE("tanh"), xa)
+    assert r.antipodal_pairs == [(0, 6)] and any("antipodal" in s for s in r.reasons)
+    assert check_assumption1(no.NeuralODE("softplus"), xa).ok  # not odd: antipodes are harmless
+    r = check_assumption1(no.NeuralODE("softplus"), 2 * x)
+    assert not r.on_sphere and any("sphere" in s for s in r.reasons)
+    r = check_assumption1(no.NeuralODE("relu"), x)
+    assert any("phi'" in s for s in r.reasons)
+    xa = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (10, 3)))
+    # tanh, no bias, antipodal pair: the Gram matrix is singular (Prop 3's caveat)
+    xs = to_sphere(np.concatenate([xa[:4], -xa[:1]]))
+    K = np.asarray(no.kernel_fn(no.NeuralODE("tanh"))(xs, get="ntk"))
+    assert eigenvalues(K)[0] < 1e-10 * eigenvalues(K)[-1]
+
+
+def test_gegenbauer_coefficients():
+    # k(t) = t^2 in d = 3: t^2 = 1/3 P0 + 2/3 P2 (Legendre)
+    a = gegenbauer_coefficients(lambda t: t**2, 3, 4)
+    np.testing.assert_allclose(a, [1 / 3, 0, 2 / 3, 0, 0], atol=1e-12)
+    # identity activation: the zonal kernel is affine in t -> only degrees 0 and 1
+    d = 5
+    kfn = no.kernel_fn(no.NeuralODE("identity"))
+
+    def zonal(t):
+        e1 = np.eye(d)[:1]
+        pts = np.stack([t, np.sqrt(1 - t**2)] + [np.zeros_like(t)] * (d - 2), axis=1)
+        return np.asarray(kfn(e1, pts, get="ntk"))[0]
+
+    a = gegenbauer_coefficients(zonal, d, 5, nodes=24)
+    assert np.all(np.abs(a[2:]) < 1e-10 * np.abs(a[:2]).max()) and a[1] > 0
+    kfs = no.kernel_fn(no.NeuralODE("softplus"))
+    zs = lambda t: np.asarray(kfs(np.eye(d)[:1], np.stack([t, np.sqrt(1 - t**2)] + [np.zeros_like(t)] * (d - 2), axis=1), get="ntk"))[0]
+    a = gegenbauer_coefficients(zs, d, 5, nodes=24)
+    assert np.all(a > 0)
+
+
+def test_psd_helpers():
+    assert check_psd(np.eye(3)) == 1.0
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        check_psd(np.diag([1.0, -1.0]))
+    with pytest.raises(ValueError, match="symmetric"):
+        check_psd(np.array([[1.0, 0.5], [0.0, 1.0]]))
+    assert condition_number(np.diag([1.0, 4.0])) == 4.0
+
+
+def test_gradient_descent_prediction_matches_explicit_iteration():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 6))
+    K = A @ A.T + 0.1 * np.eye(6)
+    B = rng.standard_normal((3, 6))
+    Kte = B @ A.T
+    y = rng.standard_normal(6)
+    eta = 1.0 / np.linalg.eigvalsh(K)[-1]
+    f, ft = np.zeros(6), np.zeros(3)
+    for _ in range(37):
+        r = f - y
+        f, ft = f - eta * K @ r, ft - eta * Kte @ r
+    pf, pt = gradient_descent_mse(K, y, eta, Kte)(37)
+    np.testing.assert_allclose(pf, f, atol=1e-12)
+    np.testing.assert_allclose(pt, ft, atol=1e-12)
+    # long time: kernel regression interpolant; GP mean without noise is the same
+    pf, pt = gradient_descent_mse(K, y, eta, Kte, flow=True)(1e7)
+    mean, _ = gp_inference(K, y, Kte)
+    np.testing.assert_allclose(pt, mean, atol=1e-8)
+    np.testing.assert_allclose(pf, y, atol=1e-8)
+    with pytest.raises(ValueError, match="y_train"):
+        gradient_descent_mse(K, y[:3], eta)
+    with pytest.raises(ValueError, match="learning_rate"):
+        gradient_descent_mse(K, y, -1.0)
