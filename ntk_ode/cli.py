@@ -146,6 +146,76 @@ def cmd_kernel(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    """Run experiments E1-E9 (or all) with results and plots."""
+    from .experiments import EXPERIMENTS, reproduce
+
+    names = list(EXPERIMENTS) if args.names == ["all"] else args.names
+    t = time.perf_counter()
+    reproduce(names, out=args.out, preset="full" if args.full else "quick", data_dir=args.data,
+              log=lambda m: print(m, flush=True))
+    print(f"finished {', '.join(names)} in {time.perf_counter() - t:.1f} s; results in {args.out}/")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Gradient descent on the bundled digits with NTK tracking -> JSON."""
+    _enable_x64()
+    import jax
+
+    import ntk_ode as no
+    from ntk_ode.data import digits
+    from ntk_ode.sweep import atomic_write_json
+    from ntk_ode.train import train
+
+    x, y = digits((args.classes[0], args.classes[1]), n=args.n, seed=args.seed)
+    model = no.NeuralODE(args.activation, T=args.T)
+    p = model.init(jax.random.PRNGKey(args.seed), d=x.shape[1], width=args.width)
+    lr = args.lr if args.lr is not None else "auto"
+    r = train(model, p, x, y, args.steps, depth=args.depth, record_every=args.record_every, learning_rate=lr,
+              checkpoint=args.out + ".ckpt")
+    rec = {k: np.asarray(v).tolist() for k, v in r.records.items() if k not in ("f_train", "f_test")}
+    atomic_write_json(args.out + ".json", {"config": r.config, "lambda_0": r.lambda_0, "learning_rate": r.learning_rate,
+                                           "records": rec})
+    print(f"{'step':>6s} {'loss':>11s} {'bound':>11s} {'lambda_min':>11s} {'rel.dist':>9s}")
+    for i in range(len(rec["step"])):
+        print(f"{rec['step'][i]:6d} {rec['train_loss'][i]:11.4e} {rec.get('bound', [np.nan] * 999)[i]:11.4e} "
+              f"{rec['lambda_min'][i]:11.4e} {rec['rel_dist'][i]:9.2e}")
+    print(f"wrote {args.out}.json")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """Width x seed sweep of the NTK vs K_inf on the bundled digits -> JSON."""
+    _enable_x64()
+    import ntk_ode as no
+    from ntk_ode.data import digits
+
+    x, _ = digits((0, 1), n=args.n, seed=args.seed)
+    r = no.width_sweep(no.NeuralODE(args.activation), x, args.widths, args.seeds, depth=args.depth,
+                       seed=args.seed, out=args.out)
+    for w, m in zip(r["widths"], r["mean_dist"]):
+        print(f"width {w:6d}  mean ||Theta_n - K_inf|| / ||K_inf|| = {m:.4e}")
+    print(f"fitted slope {r['slope']:+.3f} (theory -1/2); results in {args.out}.json")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Run the benchmark scripts in ./benchmarks (from a source checkout)."""
+    import subprocess
+
+    scripts = ["kernels.py", "empirical.py", "gradients.py", "sweep.py"]
+    missing = [s for s in scripts if not os.path.exists(os.path.join("benchmarks", s))]
+    if missing:
+        raise FileNotFoundError(f"run 'ntk-ode bench' from the source checkout: benchmarks/{missing[0]} not found")
+    for s in scripts:
+        cmd = [sys.executable, os.path.join("benchmarks", s)] + (["--quick"] if args.quick else [])
+        print("$", " ".join(cmd), flush=True)
+        if subprocess.call(cmd) != 0:
+            raise RuntimeError(f"benchmark {s} failed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -172,6 +242,43 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--depth", type=int, default=None, help="ResNet depth L (default: the ODE)")
     k.add_argument("--rtol", type=float, default=None, help="target relative accuracy (default 1e-8)")
     k.set_defaults(func=cmd_kernel)
+
+    r = sub.add_parser("reproduce", help="run the paper's experiments E1..E9 (or 'all') with results and plots")
+    r.add_argument("names", nargs="+", help="experiment names E1..E9, or 'all'")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="small sizes (default)")
+    g.add_argument("--full", action="store_true", help="the larger sizes")
+    r.add_argument("--out", default="results", help="output folder (default: results)")
+    r.add_argument("--data", default=None, help="folder with MNIST's IDX files (E4 and E8 then use MNIST)")
+    r.set_defaults(func=cmd_reproduce)
+
+    t = sub.add_parser("train", help="gradient descent on the bundled digits, tracking the NTK and Theorem 2's bound")
+    t.add_argument("--activation", default="softplus")
+    t.add_argument("--T", type=float, default=1.0)
+    t.add_argument("--width", type=int, default=1024)
+    t.add_argument("--n", type=int, default=128, help="number of training points")
+    t.add_argument("--classes", type=int, nargs=2, default=[0, 1])
+    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--record-every", dest="record_every", type=int, default=50)
+    t.add_argument("--depth", type=int, default=None, help="ResNet depth L (default: the ODE)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default 1 / lambda_max(H_0))")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="results/train", help="output path prefix (default results/train)")
+    t.set_defaults(func=cmd_train)
+
+    w = sub.add_parser("sweep", help="width x seed sweep of the finite-width NTK against K_inf")
+    w.add_argument("--activation", default="softplus")
+    w.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    w.add_argument("--seeds", type=int, default=8)
+    w.add_argument("--n", type=int, default=8)
+    w.add_argument("--depth", type=int, default=None)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--out", default="results/sweep", help="output path prefix (default results/sweep)")
+    w.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("bench", help="run the benchmark scripts (from a source checkout)")
+    b.add_argument("--quick", action="store_true")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,65 @@
+"""The paper's experiments E1-E9: each a config (quick/full presets), run -> results file, plot.
+
+    from ntk_ode.experiments import EXPERIMENTS, reproduce
+    reproduce(["E1", "E2"], out="results", preset="quick")
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from . import convergence, gaps, gaussian_outputs, kernels, solvers, width
+from .common import Experiment, load_results
+
+EXPERIMENTS = {
+    "E1": Experiment("E1", "Softplus: Neural ODE vs ResNet gaps against depth", gaps.GapConfig, gaps.run,
+                     functools.partial(gaps.plot, title="softplus")),
+    "E2": Experiment("E2", "Finite-width NTK vs K_inf against width", width.WidthConfig, width.run, width.plot),
+    "E3": Experiment("E3", "ReLU: gaps against depth, three gradient references", gaps.ReluGapConfig,
+                     functools.partial(gaps.run, name="E3"), functools.partial(gaps.plot, name="E3", title="relu")),
+    "E4": Experiment("E4", "Global convergence of gradient descent on digits", convergence.ConvergenceConfig,
+                     convergence.run, convergence.plot),
+    "E5": Experiment("E5", "Time horizon: sigma_w fixed vs sigma_w ~ 1/T", kernels.HorizonConfig,
+                     kernels.run_horizon, kernels.plot_horizon),
+    "E6": Experiment("E6", "Quadratic activation: degenerate kernels", kernels.PolynomialConfig,
+                     kernels.run_polynomial, kernels.plot_polynomial),
+    "E7": Experiment("E7", "Adaptive vs fixed-step solvers", solvers.SolverConfig, solvers.run, solvers.plot),
+    "E8": Experiment("E8", "More activations and data sets", kernels.ActivationsConfig, kernels.run_activations,
+                     kernels.plot_activations),
+    "E9": Experiment("E9", "Gaussian outputs at initialization", gaussian_outputs.GaussianConfig,
+                     gaussian_outputs.run, gaussian_outputs.plot),
+}
+
+
+def reproduce(names, out: str = "results", preset: str = "quick", data_dir: str | None = None, log=print) -> dict:
+    """Run and plot the named experiments; returns {name: results}. Finished cells are reused."""
+    import os
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    if preset not in ("quick", "full"):
+        raise ValueError(f"preset must be 'quick' or 'full', got {preset!r}")
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)} or 'all'")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data folder {data_dir!r} does not exist")
+    os.makedirs(out, exist_ok=True)
+    done = {}
+    for n in names:
+        e = EXPERIMENTS[n]
+        cfg = getattr(e.config_cls, preset)()
+        if data_dir and hasattr(cfg, "data_dir"):
+            cfg.data_dir = data_dir
+        t = time.perf_counter()
+        log(f"[{n}] {e.title} ({preset})")
+        res = e.run(cfg, out)
+        e.plot(res, out)
+        log(f"[{n}] done in {time.perf_counter() - t:.1f} s -> {out}/{n}.json, {n}.png")
+        done[n] = res
+    return done
+
+
+__all__ = ["EXPERIMENTS", "reproduce", "load_results"]

@@ -1,0 +1,91 @@
+"""E9: outputs at initialization become Gaussian with covariance NNGP as the width grows."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import NeuralODE, Solver, kernel_fn
+from ..data import digits
+from .common import Cells, figure, loglog, save_results, savefig
+
+
+@dataclasses.dataclass
+class GaussianConfig:
+    activation: str = "softplus"
+    widths: tuple = (4, 16, 64, 256)
+    n_seeds: int = 400
+    n_inputs: int = 3
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **kw):
+        return cls(**kw)
+
+    @classmethod
+    def full(cls, **kw):
+        return cls(widths=(4, 16, 64, 256, 1024), n_seeds=4000, **kw)
+
+
+@eqx.filter_jit
+def _outputs(model, keys, x, width, solver):
+    def one(k):
+        p = model.init(k, x.shape[1], width, x.dtype)
+        return model.readout(p["v"], model.final_state(p, x, None, solver))
+
+    return jax.lax.map(one, keys, batch_size=64)
+
+
+def _ks_normal(z):
+    """Kolmogorov-Smirnov distance of a sample from N(0, 1)."""
+    from scipy.stats import norm
+
+    z = np.sort(z)
+    cdf = norm.cdf(z)
+    n = z.size
+    return float(max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n)))
+
+
+def run(cfg: GaussianConfig, out: str, name: str = "E9") -> dict:
+    t0 = time.perf_counter()
+    x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
+    model = NeuralODE(cfg.activation)
+    nngp = np.asarray(kernel_fn(model)(x, get="nngp"))
+    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    res = {"widths": list(cfg.widths), "nngp": nngp, "cov_rel_error": [], "ks": [], "kurtosis_excess": [],
+           "ks_noise_level": 1.36 / math.sqrt(cfg.n_seeds)}
+    for w in cfg.widths:
+        def cell(w=w):
+            keys = jax.random.split(jax.random.PRNGKey(cfg.seed + w), cfg.n_seeds)
+            f = np.asarray(_outputs(model, keys, jnp.asarray(x), w, Solver(rtol=1e-8, atol=1e-8)))
+            C = f.T @ f / f.shape[0]
+            z = f[:, 0] / math.sqrt(nngp[0, 0])
+            return {"cov_rel_error": float(np.linalg.norm(C - nngp) / np.linalg.norm(nngp)), "ks": _ks_normal(z),
+                    "kurtosis_excess": float(np.mean(z**4) / np.mean(z**2) ** 2 - 3.0)}
+        c = cells.get(f"width={w}", cell)
+        for k in ("cov_rel_error", "ks", "kurtosis_excess"):
+            res[k].append(c[k])
+    save_results(out, name, cfg, res, t0)
+    return res
+
+
+def plot(res, out, name="E9"):
+    plt = figure()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    loglog(axes[0], res["widths"], res["cov_rel_error"], "||C_n - NNGP|| / ||NNGP||")
+    loglog(axes[0], res["widths"], np.abs(res["kurtosis_excess"]), "|excess kurtosis| of f(x_1)", theory_slope=-1)
+    axes[0].set(xlabel="width n", title=f"{name}: output covariance and kurtosis")
+    axes[1].semilogx(res["widths"], res["ks"], "o-", label="KS distance to N(0, NNGP)")
+    axes[1].axhline(res["ks_noise_level"], color="k", ls="--", lw=0.8, label="95% level for the sample size")
+    axes[1].set(xlabel="width n", ylabel="KS distance", title="Gaussianity of f(x_1)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    savefig(fig, out, name)
+    plt.close(fig)

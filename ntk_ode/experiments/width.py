@@ -1,0 +1,52 @@
+"""E2: the finite-width NTK converges to K_inf as the width grows (fluctuations ~ n^-1/2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from .. import NeuralODE, Solver, width_sweep
+from ..data import digits
+from .common import figure, loglog, save_results, savefig
+
+
+@dataclasses.dataclass
+class WidthConfig:
+    activation: str = "softplus"
+    widths: tuple = (64, 128, 256, 512, 1024)
+    n_seeds: int = 4
+    n_inputs: int = 8
+    depth: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **kw):
+        return cls(**kw)
+
+    @classmethod
+    def full(cls, **kw):
+        return cls(widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=16, n_inputs=16, **kw)
+
+
+def run(cfg: WidthConfig, out: str, name: str = "E2") -> dict:
+    t0 = time.perf_counter()
+    x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
+    model = NeuralODE(cfg.activation)
+    r = width_sweep(model, x, cfg.widths, cfg.n_seeds, depth=cfg.depth, seed=cfg.seed,
+                    solver=Solver(rtol=1e-8, atol=1e-8), out=os.path.join(out, f".{name}_sweep"))
+    res = {k: r[k] for k in ("widths", "mean_dist", "mean_dist_U", "mean_dist_W", "mean_dist_v", "dist", "slope")}
+    save_results(out, name, cfg, res, t0)
+    return res
+
+
+def plot(res: dict, out: str, name: str = "E2"):
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    loglog(ax, res["widths"], res["mean_dist"], "total", theory_slope=-0.5)
+    for b in "UWv":
+        loglog(ax, res["widths"], res[f"mean_dist_{b}"], f"{b} block", marker="s:")
+    ax.set(xlabel="width n", ylabel="||Theta_n - K_inf||_F / ||K_inf||_F", title=f"{name}: NTK vs width (mean over seeds)")
+    ax.legend(fontsize=7)
+    savefig(fig, out, name)
+    plt.close(fig)
