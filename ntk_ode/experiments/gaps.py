@@ -46,7 +46,7 @@ def _reference(model, p, x, ref: str):
     """grad f by a named reference: '<solver>-adjoint-<tol>', 'rk4-adjoint-<steps>', 'backprop-L<depth>'."""
     if ref.startswith("backprop-L"):
         return grad(model, p, x, depth=int(ref[len("backprop-L"):]), method="backprop")
-    name, _, arg = ref.split("-")
+    name, _, arg = ref.split("-", 2)
     if name in ("rk4", "euler"):
         return grad(model, p, x, method="adjoint", solver=Solver(name, steps=int(arg)))
     return grad(model, p, x, method="adjoint", solver=Solver(name, rtol=float(arg), atol=float(arg), max_steps=100000))

@@ -1,0 +1,56 @@
+"""Every experiment runs end to end at a tiny size, writes results and plots, and resumes."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ntk_ode.cli import main
+from ntk_ode.experiments import EXPERIMENTS, load_results
+
+TINY = {
+    "E1": dict(widths=(32,), depths=(8, 16, 32), n_inputs=3),
+    "E2": dict(widths=(32, 64), n_seeds=2, n_inputs=3, depth=4),
+    "E3": dict(widths=(32,), depths=(8, 16), n_inputs=3, references=("rk4-adjoint-256", "dopri5-adjoint-1e-6")),
+    "E4": dict(widths=(32, 64), n_points=16, steps=20, record_every=10, depth=2),
+    "E5": dict(horizons=(0.5, 1.0), n_points=6),
+    "E6": dict(depths=(1, None), n_points=8),
+    "E7": dict(width=16, n_inputs=2, fixed=("rk4",), fixed_steps=(4, 16), adaptive=("dopri5",), tolerances=(1e-6,)),
+    "E8": dict(activations=("softplus", "relu"), n_points=8),
+    "E9": dict(widths=(4, 16), n_seeds=32, n_inputs=2),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_runs_and_resumes(name, tmp_path):
+    e = EXPERIMENTS[name]
+    cfg = e.config_cls.quick(**TINY[name])
+    out = str(tmp_path)
+    res = e.run(cfg, out)
+    e.plot(res, out)
+    data = load_results(os.path.join(out, f"{name}.json"))
+    assert data["experiment"] == name and "versions" in data and data["time_s"] > 0
+    assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
+    assert os.path.exists(os.path.join(out, f"{name}.pdf"))
+    # a second run reuses every finished cell (same results, no recomputation)
+    res2 = e.run(cfg, out)
+    assert json.dumps(res2, sort_keys=True, default=str) == json.dumps(res, sort_keys=True, default=str)
+
+
+def test_e1_slopes_tiny(tmp_path):
+    e = EXPERIMENTS["E1"]
+    res = e.run(e.config_cls.quick(widths=(64,), depths=(8, 16, 32, 64), n_inputs=4), str(tmp_path))
+    assert all(-1.2 <= s <= -0.8 for s in res["slopes"].values()), res["slopes"]
+
+
+def test_reproduce_errors(tmp_path, capsys):
+    assert main(["reproduce", "E42", "--out", str(tmp_path)]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    assert main(["reproduce", "E5", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / ".E5_cells.json"
+    bad.write_text('{"config": {')  # partial file from an interrupted write
+    assert main(["reproduce", "E5", "--out", str(tmp_path)]) == 2
+    assert "corrupt or partial" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a readable results file"):
+        load_results(str(bad))
