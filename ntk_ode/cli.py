@@ -75,8 +75,8 @@ def cmd_demo(args) -> int:
                  "depth L", "gap", "E1: ResNet -> Neural ODE (softplus)", s1)
 
     # E2: finite-width NTK -> K_inf
-    print("[2/3] E2: finite-width NTK vs K_inf over widths 64..1024 (4 seeds each)", flush=True)
-    sw = no.width_sweep(model, xs, [64, 128, 256, 512, 1024], 4, seed=args.seed,
+    print("[2/3] E2: finite-width NTK vs K_inf over widths 128..2048 (6 seeds each)", flush=True)
+    sw = no.width_sweep(model, xs, [128, 256, 512, 1024, 2048], 6, seed=args.seed,
                         solver=no.Solver(rtol=1e-8, atol=1e-8), out=os.path.join(out, "e2_sweep"), progress=True)
     summary["E2"] = {"widths": sw["widths"].tolist(), "mean_rel_distance": sw["mean_dist"].tolist(), "slope": sw["slope"]}
     _plot_loglog(os.path.join(out, "e2_width"), sw["widths"], [sw["mean_dist"]], ["||Theta_n - K_inf|| / ||K_inf||"],

@@ -424,10 +424,16 @@ def kernel_fn(
         use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64)
         grid, err = _choose_grid(model, problem, depth, nodes, tol)
         problem.duals = _trim_terms(duals0, problem, grid)
+        vals = None
         if use_zonal:
-            vals, zerr = _zonal(model, problem, grid, tol, block_size, shard, norms[0])
-            err = err + zerr
-        else:
+            try:
+                vals, zerr = _zonal(model, problem, grid, tol, block_size, shard, norms[0],
+                                    max_nodes=512 if equal_norm is True else 256)
+                err = err + zerr
+            except _ZonalFailed as exc:
+                if equal_norm is True:
+                    raise RuntimeError(f"{exc}; use equal_norm=False") from exc
+        if vals is None:
             vals = problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
         k = Kernel(*(jnp.asarray(problem.assemble(vals[:, i])) for i in range(len(GETS))))
         e = Kernel(*(float(a) for a in err))
@@ -478,15 +484,24 @@ def _choose_grid(model, problem: _Problem, depth, nodes, tol):
     return chebyshev_grid(prev[0], model.T), err
 
 
-def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, norm):
-    """Equal norms: tabulate both kernels in cos(x, x') on Chebyshev nodes, interpolate."""
+class _ZonalFailed(RuntimeError):
+    pass
+
+
+def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, norm, max_nodes=512):
+    """Equal norms: tabulate every kernel as a function of the angle theta = arccos(cos(x, x')) on
+    Chebyshev nodes in theta, then interpolate. In theta rather than in the cosine, because
+    kernels of non-smooth activations behave like (1 - cos)^(k/2) at the ends (relu's arc-cosine
+    kernels), which is smooth in theta."""
     X = np.asarray(problem.X)
     cos = np.clip(np.sum(X[problem.i1] * X[problem.i2], axis=1) / norm**2, -1.0, 1.0)
+    u_of = lambda c: 1.0 - 2.0 * np.arccos(c) / np.pi  # theta in [0, pi] -> u in [-1, 1]
     v, tabs = problem.singles(grid)
     scale2 = model.input_scale(X.shape[1]) ** 2 * norm**2
-    prev = None
-    for Q in (16, 32, 64, 128, 256, 512):
-        nodes = np.cos(np.pi * np.arange(Q + 1) / Q)
+    prev, Q = None, 16
+    while Q <= max_nodes:
+        u = np.cos(np.pi * np.arange(Q + 1) / Q)
+        nodes = np.cos(np.pi * (1.0 - u) / 2.0)
         zero = np.zeros(Q + 1, dtype=int)
         s00 = jnp.asarray(scale2 * nodes, v.dtype)
         nngp, ntk, blocks, ok = _solve_pairs(problem.duals, grid, model, s00, zero, zero, v, tabs, block_size, False, shard)
@@ -494,13 +509,11 @@ def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, norm):
         tab = np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
         if prev is not None:
             # the previous table's interpolant at the new nodes vs the new values
-            err = np.max(np.abs(_cheb_interp(prev, nodes) - tab), axis=1)
+            err = np.max(np.abs(_cheb_interp(prev, u) - tab), axis=1)
             if np.all(err[:2] <= tol * np.max(np.abs(tab[:2]), axis=1)):
-                break
-        prev = tab
-    else:
-        raise RuntimeError("equal-norm kernel table did not converge with 513 nodes; use equal_norm=False")
-    return _cheb_interp(tab, cos).T, err
+                return _cheb_interp(tab, u_of(cos)).T, err
+        prev, Q = tab, 2 * Q
+    raise _ZonalFailed(f"equal-norm kernel table did not reach rtol={tol:g} with {max_nodes + 1} nodes")
 
 
 def _cheb_interp(table, x):

@@ -76,7 +76,7 @@ class PolynomialConfig:
     activations: tuple = ("quadratic", "identity", "softplus")
     depths: tuple = (1, 2, 3, None)
     d: int = 3
-    n_points: int = 40
+    n_points: int = 20
     T: float = 0.5
     seed: int = 0
 
@@ -86,7 +86,7 @@ class PolynomialConfig:
 
     @classmethod
     def full(cls, **kw):
-        return cls(n_points=80, **kw)
+        return cls(n_points=40, **kw)
 
 
 def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
@@ -94,7 +94,8 @@ def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
     t0 = time.perf_counter()
     x = sphere(cfg.n_points, cfg.d, cfg.seed)
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
-    res = {"activations": list(cfg.activations), "depths": [str(L) for L in cfg.depths], "spectra": {}, "rel_lambda_min": {}}
+    res = {"activations": list(cfg.activations), "depths": [str(L) for L in cfg.depths], "spectra": {},
+           "rel_lambda_min": {}, "numerical_rank": {}}
     for act in cfg.activations:
         for L in cfg.depths:
             def cell(act=act, L=L):
@@ -103,6 +104,7 @@ def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
             ev = np.asarray(cells.get(f"{act} L={L}", cell))
             res["spectra"][f"{act} L={L}"] = ev.tolist()
             res["rel_lambda_min"][f"{act} L={L}"] = float(ev[-1] / ev[0])
+            res["numerical_rank"][f"{act} L={L}"] = int(np.sum(ev > 1e-11 * ev[0]))
     save_results(out, name, cfg, res, t0)
     return res
 

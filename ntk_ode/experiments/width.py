@@ -14,8 +14,8 @@ from .common import figure, loglog, save_results, savefig
 @dataclasses.dataclass
 class WidthConfig:
     activation: str = "softplus"
-    widths: tuple = (64, 128, 256, 512, 1024)
-    n_seeds: int = 4
+    widths: tuple = (128, 256, 512, 1024, 2048)
+    n_seeds: int = 8
     n_inputs: int = 8
     depth: int | None = None
     seed: int = 0
