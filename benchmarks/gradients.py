@@ -21,7 +21,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/gradients.json")
     a = ap.parse_args()
-    n, N = (128, 16) if a.quick else (512, 64)
+    n, N = (64, 8) if a.quick else (256, 16)
     model = no.NeuralODE("softplus", T=1.0)
     p = model.init(jax.random.PRNGKey(0), d=10, width=n)
     x = np.random.default_rng(0).standard_normal((N, 10))

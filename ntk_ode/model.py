@@ -183,7 +183,9 @@ class NeuralODE(eqx.Module):
         activation: a registered name (``ntk_ode.activations.available_activations()``) or an
             :class:`~ntk_ode.activations.Activation`.
         T: time horizon (> 0).
-        sigma_w, sigma_u, sigma_v: weight scales (> 0).
+        sigma_w: scale of the shared hidden weight W (> 0).
+        sigma_u: scale of the input weight U (> 0).
+        sigma_v: scale of the readout weight v (> 0).
         head: ``"linear"`` (``v . h_T``) or ``"phi"`` (``v . phi(h_T)``).
         input_scaling: ``"sqrt_d"`` (divide by sqrt(d)) or ``"none"``.
 

@@ -9,7 +9,7 @@ from ntk_ode.cli import main
 
 def test_demo_smallest(tmp_path):
     out = str(tmp_path / "demo")
-    assert main(["demo", "--out", out, "--n", "12"]) == 0
+    assert main(["demo", "--out", out, "--n", "12", "--max-width", "256"]) == 0
     s = json.load(open(os.path.join(out, "summary.json")))
     assert -1.2 <= s["E1"]["slope_output"] <= -0.8
     assert s["kernel"]["lambda_0"] > 0

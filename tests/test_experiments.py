@@ -16,7 +16,7 @@ TINY = {
     "E5": dict(horizons=(0.5, 1.0), n_points=6),
     "E6": dict(depths=(1, None), n_points=8),
     "E7": dict(width=16, n_inputs=2, fixed=("rk4",), fixed_steps=(4, 16), adaptive=("dopri5",), tolerances=(1e-6,)),
-    "E8": dict(activations=("softplus", "relu"), n_points=8),
+    "E8": dict(activations=("softplus", "erf"), n_points=8),
     "E9": dict(widths=(4, 16), n_seeds=32, n_inputs=2),
 }
 
@@ -33,7 +33,10 @@ def test_experiment_runs_and_resumes(name, tmp_path):
     assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
     assert os.path.exists(os.path.join(out, f"{name}.pdf"))
     # a second run reuses every finished cell (same results, no recomputation)
+    cells = [f for f in os.listdir(out) if f.endswith("_cells.json")]
+    before = {f: os.path.getmtime(os.path.join(out, f)) for f in cells}
     res2 = e.run(cfg, out)
+    assert {f: os.path.getmtime(os.path.join(out, f)) for f in cells} == before
     assert json.dumps(res2, sort_keys=True, default=str) == json.dumps(res, sort_keys=True, default=str)
 
 

@@ -8,7 +8,7 @@ from ntk_ode.data import digits
 from ntk_ode.predict import gradient_descent_mse
 from ntk_ode.train import train
 
-DEPTH = 4  # the weight-tied ResNet (discretize-then-optimize), sized for 2 cores
+DEPTH = 2  # the weight-tied ResNet (discretize-then-optimize), sized for 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,11 @@ def test_loss_below_theory_bound_and_geometric(runs):
     _, _, _, out = runs
     r = out[2048].records
     assert np.all(r["train_loss"] <= 1.2 * r["bound"])
-    assert np.all(np.diff(r["train_loss"]) < 0)
-    # geometric decay: each 100-step block shrinks the loss by a factor < 1
+    # geometric decay at least at the theory's rate between records: L_{k+100} <= (1 - eta lambda_0)^100 L_k
+    run = out[2048]
     ratios = r["train_loss"][1:] / r["train_loss"][:-1]
-    assert np.all(ratios < 0.9)
+    assert np.all(ratios <= (1.0 - run.learning_rate * run.lambda_0) ** 100)
+    assert ratios[0] < 0.2  # the fast modes go first
 
 
 def test_ntk_stays_near_initialization(runs):

@@ -18,7 +18,8 @@ class Cells:
     """A JSON file of finished cells: ``get(key, fn)`` computes ``fn()`` once and stores it."""
 
     def __init__(self, path: str, config: dict):
-        self.path, self.config = path, config
+        # compare configs as JSON sees them (tuples become lists)
+        self.path, self.config = path, json.loads(json.dumps(_jsonable(config)))
         self.data = {}
         if os.path.exists(path):
             try:
@@ -26,7 +27,7 @@ class Cells:
                     saved = json.load(f)
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(f"{path} is corrupt or partial ({e}); delete it to recompute") from e
-            if saved.get("config") == config:
+            if saved.get("config") == self.config:
                 self.data = saved.get("cells", {})
 
     def get(self, key: str, fn):
