@@ -6,12 +6,28 @@ import dataclasses
 import json
 import os
 import time
+from typing import ClassVar
 
 import numpy as np
 
 from ..sweep import atomic_write_json, fit_slope, versions
 
-__all__ = ["Experiment", "Cells", "loglog", "fit_slope", "save_results", "load_results"]
+__all__ = ["Preset", "Experiment", "Cells", "loglog", "fit_slope", "save_results", "load_results"]
+
+
+class Preset:
+    """Mixin for experiment configs: ``quick()`` is the dataclass default, ``full()`` overrides it
+    with the class's ``FULL`` fields; keyword arguments override either."""
+
+    FULL: ClassVar[dict] = {}
+
+    @classmethod
+    def quick(cls, **kw):
+        return cls(**kw)
+
+    @classmethod
+    def full(cls, **kw):
+        return cls(**{**cls.FULL, **kw})
 
 
 class Cells:

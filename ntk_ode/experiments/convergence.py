@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import os
 import time
 
@@ -12,11 +13,11 @@ import numpy as np
 from .. import NeuralODE, kernel_fn
 from ..data import digits, train_test_split
 from ..train import train
-from .common import Cells, figure, fit_slope, loglog, save_results, savefig
+from .common import Preset, Cells, figure, fit_slope, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
-class ConvergenceConfig:
+class ConvergenceConfig(Preset):
     activation: str = "softplus"
     widths: tuple = (256, 1024)
     n_points: int = 96
@@ -27,13 +28,7 @@ class ConvergenceConfig:
     data_dir: str | None = None  # a folder with MNIST's IDX files: use MNIST instead of the digits
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(widths=(256, 512, 1024, 2048, 4096), n_points=256, steps=2000, record_every=100, depth=None, **kw)
+    FULL: ClassVar[dict] = dict(widths=(256, 512, 1024, 2048, 4096), n_points=256, steps=2000, record_every=100, depth=None)
 
 
 def run(cfg: ConvergenceConfig, out: str, name: str = "E4") -> dict:

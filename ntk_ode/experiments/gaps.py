@@ -10,20 +10,20 @@ Dopri5 adjoints at several tolerances.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import NeuralODE, Solver, grad
 from ..data import digits
-from .common import Cells, figure, fit_slope, loglog, save_results, savefig
+from .common import Preset, Cells, figure, fit_slope, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
-class GapConfig:
+class GapConfig(Preset):
     activation: str = "softplus"
     widths: tuple = (64, 256)
     depths: tuple = (8, 16, 32, 64, 128, 256)
@@ -33,13 +33,7 @@ class GapConfig:
     seed: int = 0
     references: tuple = ("dopri8-adjoint-1e-12",)
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(widths=(64, 256, 1024, 4096), depths=(8, 16, 32, 64, 128, 256, 512, 1024), n_inputs=16, **kw)
+    FULL: ClassVar[dict] = dict(widths=(64, 256, 1024, 4096), depths=(8, 16, 32, 64, 128, 256, 512, 1024), n_inputs=16)
 
 
 def _reference(model, p, x, ref: str):
@@ -107,8 +101,6 @@ class ReluGapConfig(GapConfig):
     references: tuple = ("backprop-L4096", "rk4-adjoint-2048", "dopri5-adjoint-1e-4", "dopri5-adjoint-1e-6",
                          "dopri5-adjoint-1e-8")
 
-    @classmethod
-    def full(cls, **kw):
-        return cls(widths=(256, 1024), depths=(8, 16, 32, 64, 128, 256, 512, 1024), n_inputs=16,
+    FULL: ClassVar[dict] = dict(widths=(256, 1024), depths=(8, 16, 32, 64, 128, 256, 512, 1024), n_inputs=16,
                    references=("backprop-L16384", "rk4-adjoint-8192", "dopri5-adjoint-1e-4", "dopri5-adjoint-1e-6",
-                               "dopri5-adjoint-1e-8", "dopri5-adjoint-1e-10"), **kw)
+                               "dopri5-adjoint-1e-8", "dopri5-adjoint-1e-10"))

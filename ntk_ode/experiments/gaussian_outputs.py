@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import math
 import os
 import time
@@ -14,24 +15,18 @@ import numpy as np
 
 from .. import NeuralODE, Solver, kernel_fn
 from ..data import digits
-from .common import Cells, figure, loglog, save_results, savefig
+from .common import Preset, Cells, figure, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
-class GaussianConfig:
+class GaussianConfig(Preset):
     activation: str = "softplus"
     widths: tuple = (4, 16, 64, 256)
     n_seeds: int = 400
     n_inputs: int = 3
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(widths=(4, 16, 64, 256, 1024), n_seeds=4000, **kw)
+    FULL: ClassVar[dict] = dict(widths=(4, 16, 64, 256, 1024), n_seeds=4000)
 
 
 @eqx.filter_jit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import os
 import time
 
@@ -10,26 +11,20 @@ import numpy as np
 
 from .. import NeuralODE, kernel_fn
 from ..data import digits, sphere, teacher
-from .common import Cells, figure, save_results, savefig
+from .common import Preset, Cells, figure, save_results, savefig
 
 
 # ----------------------------------------------------------------------------- E5
 
 
 @dataclasses.dataclass
-class HorizonConfig:
+class HorizonConfig(Preset):
     activation: str = "softplus"
     horizons: tuple = (0.25, 0.5, 1.0, 2.0, 4.0)
     n_points: int = 32
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(horizons=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0), n_points=128, **kw)
+    FULL: ClassVar[dict] = dict(horizons=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0), n_points=128)
 
 
 def run_horizon(cfg: HorizonConfig, out: str, name: str = "E5") -> dict:
@@ -41,7 +36,7 @@ def run_horizon(cfg: HorizonConfig, out: str, name: str = "E5") -> dict:
     for label, sw in (("fixed", lambda T: 1.0), ("scaled", lambda T: 1.0 / T)):
         rows = []
         for T in cfg.horizons:
-            def cell(T=T):
+            def cell(T=T, sw=sw):
                 k = kernel_fn(NeuralODE(cfg.activation, T=T, sigma_w=sw(T)))(x)
                 ev = np.linalg.eigvalsh(np.asarray(k.ntk))
                 return {"lambda_0": float(ev[0]), "lambda_max": float(ev[-1]),
@@ -72,7 +67,7 @@ def plot_horizon(res, out, name="E5"):
 
 
 @dataclasses.dataclass
-class PolynomialConfig:
+class PolynomialConfig(Preset):
     activations: tuple = ("quadratic", "identity", "softplus")
     depths: tuple = (1, 2, 3, None)
     d: int = 3
@@ -80,13 +75,7 @@ class PolynomialConfig:
     T: float = 0.5
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(n_points=40, **kw)
+    FULL: ClassVar[dict] = dict(n_points=40)
 
 
 def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
@@ -126,19 +115,13 @@ def plot_polynomial(res, out, name="E6"):
 
 
 @dataclasses.dataclass
-class ActivationsConfig:
+class ActivationsConfig(Preset):
     activations: tuple = ("softplus", "gelu", "silu", "tanh", "erf", "sigmoid", "relu")
     n_points: int = 48
     data_dir: str | None = None  # a folder with MNIST's IDX files: adds MNIST 0/1
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(n_points=256, **kw)
+    FULL: ClassVar[dict] = dict(n_points=256)
 
 
 def run_activations(cfg: ActivationsConfig, out: str, name: str = "E8") -> dict:

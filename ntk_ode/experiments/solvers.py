@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import NeuralODE, Solver, grad
 from ..data import digits
-from .common import Cells, figure, save_results, savefig
+from .common import Preset, Cells, figure, save_results, savefig
 
 
 @dataclasses.dataclass
-class SolverConfig:
+class SolverConfig(Preset):
     activation: str = "softplus"
     width: int = 128
     n_inputs: int = 8
@@ -27,13 +27,7 @@ class SolverConfig:
     tolerances: tuple = (1e-4, 1e-7, 1e-10)
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(width=512, n_inputs=32, fixed_steps=(4, 8, 16, 32, 64, 128, 256, 1024), tolerances=(1e-3, 1e-5, 1e-7, 1e-9, 1e-11), **kw)
+    FULL: ClassVar[dict] = dict(width=512, n_inputs=32, fixed_steps=(4, 8, 16, 32, 64, 128, 256, 1024), tolerances=(1e-3, 1e-5, 1e-7, 1e-9, 1e-11))
 
 
 def _timed(fn):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 import os
 import time
 
 from .. import NeuralODE, Solver, width_sweep
 from ..data import digits
-from .common import figure, loglog, save_results, savefig
+from .common import Preset, figure, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
-class WidthConfig:
+class WidthConfig(Preset):
     activation: str = "softplus"
     widths: tuple = (128, 256, 512, 1024, 2048)
     n_seeds: int = 8
@@ -20,13 +21,7 @@ class WidthConfig:
     depth: int | None = None
     seed: int = 0
 
-    @classmethod
-    def quick(cls, **kw):
-        return cls(**kw)
-
-    @classmethod
-    def full(cls, **kw):
-        return cls(widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=16, n_inputs=16, **kw)
+    FULL: ClassVar[dict] = dict(widths=(64, 128, 256, 512, 1024, 2048, 4096), n_seeds=16, n_inputs=16)
 
 
 def run(cfg: WidthConfig, out: str, name: str = "E2") -> dict:
