@@ -319,8 +319,16 @@ class _Problem:
         self.i1, self.i2_local, self.i2 = i1, i2, i2 + off
         self.symmetric = symmetric
         self.self_s00 = _s00(model, self.X, self.X)
+        self._singles = {}
 
     def singles(self, grid):
+        """Per-input variances and coefficient tables on ``grid`` (solved once per grid and duals)."""
+        key = (grid, self.duals)
+        if key not in self._singles:
+            self._singles[key] = self._solve_singles(grid)
+        return self._singles[key]
+
+    def _solve_singles(self, grid):
         v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00)
         nan = ~np.isfinite(np.asarray(v)).all()
         if nan or not np.all(np.asarray(ok)):
