@@ -1,6 +1,7 @@
 """Width x seed sweeps of the finite-width NTK against its infinite-width limit.
 
-For each width the seeds are vmapped (``jax.lax.map`` in batches) through one compiled function;
+For each width the seeds go through one compiled function (``jax.lax.map`` in batches on one
+device; vmapped and split over the devices when there are several);
 the relative distance ``||Theta_n - K_inf||_F / ||K_inf||_F`` is recorded per seed, in total and
 per block (U, W, v). Results are written atomically after every width to ``<out>.json`` (config,
 versions, timings, numbers) and ``<out>.npz`` (mean kernels); a rerun with the same config
@@ -55,14 +56,34 @@ def fit_slope(x, y) -> float:
     return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
+def _one_seed(model, key, x, width, depth, solver):
+    p = model.init(key, x.shape[1], width, x.dtype)
+    bl, ok = _structured_blocks_from(model, p, x, None, depth, solver, 32)
+    return jnp.stack(bl), ok
+
+
 @eqx.filter_jit
 def _blocks_over_seeds(model, keys, x, width, depth, solver, batch_size):
-    def one(key):
-        p = model.init(key, x.shape[1], width, x.dtype)
-        bl, ok = _structured_blocks_from(model, p, x, None, depth, solver, 32)
-        return jnp.stack(bl), ok
+    return jax.lax.map(lambda k: _one_seed(model, k, x, width, depth, solver), keys, batch_size=batch_size)
 
-    return jax.lax.map(one, keys, batch_size=batch_size)
+
+@eqx.filter_jit
+def _blocks_over_seeds_vmapped(model, keys, x, width, depth, solver):
+    return jax.vmap(lambda k: _one_seed(model, k, x, width, depth, solver))(keys)
+
+
+def _seed_blocks(model, keys, x, width, depth, solver, batch_size, shard):
+    """All seeds at one width: through lax.map on one device, or vmapped with the seeds split
+    over all local devices (padded to a multiple of the device count) when there are several."""
+    devs = jax.local_devices()
+    if not shard or len(devs) < 2:
+        return _blocks_over_seeds(model, keys, x, width, depth, solver, batch_size)
+    S = keys.shape[0]
+    idx = np.minimum(np.arange(-(-S // len(devs)) * len(devs)), S - 1)
+    mesh = jax.sharding.Mesh(np.array(devs), ("seeds",))
+    keys = jax.device_put(keys[idx], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds")))
+    bl, ok = _blocks_over_seeds_vmapped(model, keys, x, width, depth, solver)
+    return bl[:S], ok[:S]
 
 
 def width_sweep(
@@ -76,6 +97,7 @@ def width_sweep(
     solver=None,
     out: str | None = None,
     batch_size: int | None = None,
+    shard: bool = True,
     progress: bool = True,
 ):
     """Relative distance of the finite-width NTK to ``kernel_fn(model, depth)`` over widths.
@@ -83,7 +105,8 @@ def width_sweep(
     Returns a dict with ``widths``, per-seed distances ``dist`` (n_widths, n_seeds) and per block
     ``dist_U``, ``dist_W``, ``dist_v``, their means, the fitted log-log ``slope`` of the mean
     distance against width, and timings. With ``out`` (a path without extension), results are
-    saved after each width and a rerun resumes.
+    saved after each width and a rerun resumes. With several local devices (``shard=True``) the
+    seeds of each width are split over them.
     """
     x = check_inputs(x, None)
     depth = check_depth(depth)
@@ -114,7 +137,7 @@ def width_sweep(
     for w in it:
         t0 = time.perf_counter()
         keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), w), n_seeds)
-        bl, ok = _blocks_over_seeds(model, keys, x, w, depth, solver, batch_size)
+        bl, ok = _seed_blocks(model, keys, x, w, depth, solver, batch_size, shard)
         if not bool(jnp.all(ok)):
             raise RuntimeError(f"width_sweep: an ODE solve failed at width {w}")
         bl = np.asarray(bl)  # (seeds, 3, N, N)

@@ -1,4 +1,9 @@
 """Finite-width NTK: three methods, generic function, Monte Carlo vs kernel_fn, width sweep."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +81,27 @@ def test_width_sweep_slope_and_resume(tmp_path):
     np.testing.assert_array_equal(r["dist"], r2["dist"])
     with pytest.raises(ValueError, match="another config"):
         width_sweep(model, x, widths[:2], 3, depth=8, out=out, progress=False)
+
+
+def test_width_sweep_sharded_over_devices_equals_single_device():
+    code = textwrap.dedent(
+        """
+        import jax, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        import ntk_ode as no
+        assert len(jax.local_devices()) == 4
+        x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 4)))
+        m = no.NeuralODE("tanh")
+        a = no.width_sweep(m, x, [16, 32], 3, depth=4, shard=True, progress=False)
+        b = no.width_sweep(m, x, [16, 32], 3, depth=4, shard=False, progress=False)
+        assert a["dist"].shape == (2, 3)
+        assert np.max(np.abs(a["dist"] - b["dist"])) <= 1e-12, np.max(np.abs(a["dist"] - b["dist"]))
+        print("OK")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
 def test_bad_input():
