@@ -394,7 +394,7 @@ def kernel_fn(
     :class:`Kernel` namedtuple (fields not asked for are None). Besides "nngp" and "ntk", the
     NTK's blocks "ntk_U", "ntk_W", "ntk_v" can be asked for. ``with_error=True`` also returns a Kernel of estimated maximum
     absolute errors (spectral-grid and, for the equal-norm path, interpolation error; exact
-    recursions report 0).
+    recursions report 0; with ``nodes`` fixed there is no estimate: nan).
 
     Args:
         rtol: target relative accuracy for ``depth=None`` (default 1e-8 in float64, 1e-5 in
