@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import gaussian
-from ._checks import check_depth
+from ._checks import check_depth, check_inputs
 from .activations import Activation
 
 __all__ = ["Kernel", "kernel_fn", "Grid", "chebyshev_grid", "resnet_grid", "richardson"]
@@ -268,16 +268,7 @@ def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress,
 def _check_x(x, name, d=None):
     if isinstance(x, jax.core.Tracer):
         raise ValueError(f"{name}: kernel_fn evaluates eagerly; call it outside jit")
-    x = jnp.asarray(x)
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must have shape (N, d), got shape {x.shape}")
-    if d is not None and x.shape[1] != d:
-        raise ValueError(f"{name} has d={x.shape[1]} features but x1 has d={d}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    if not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
-    return x
+    return check_inputs(x, d, name, expected_by="x1 has")
 
 
 def _check_get(get):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_depth
+from ._checks import check_depth, check_inputs
 from .activations import Activation, get_activation
 
 __all__ = ["NeuralODE", "Solver", "RK4", "SOLVERS", "check_params", "check_inputs"]
@@ -130,27 +130,6 @@ class Solver:
 
 def _is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
-
-
-def check_inputs(x, d: int | None = None, name: str = "x") -> jax.Array:
-    """Validate an input batch: a finite float array of shape (N, d)."""
-    if _is_traced(x):
-        return x
-    try:
-        arr = jnp.asarray(x)
-    except TypeError as e:
-        raise ValueError(f"{name} must be an array of shape (N, d), got {type(x).__name__}") from e
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, d), got shape {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {arr.shape}")
-    if d is not None and arr.shape[1] != d:
-        raise ValueError(f"{name} has d={arr.shape[1]} features but the model expects d={d}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x, dtype=float))):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
-    return arr
 
 
 def check_params(params) -> tuple[int, int]:
