@@ -5,10 +5,25 @@ Every activation is an :class:`Activation` carrying
 * ``fn`` (phi) and ``dfn`` (phi'), both elementwise JAX functions;
 * the properties the theory asks about: ``phi_lipschitz``, ``dphi_lipschitz``, ``polynomial``,
   ``odd`` (THEORY.md section 4: Prop 1-3 and the odd-activation caveat);
+* ``kinks``: the points where phi or phi' is not smooth (relu-like activations: 0);
 * its Gaussian duals ``dual(a, b, c) = E phi(u) phi(v)`` and ``ddual(a, b, c) = E phi'(u) phi'(v)``
-  for ``(u, v) ~ N(0, [[a, c], [c, b]])``: a closed form where one is known (relu: arc-cosine
-  kernels of order 1 and 0; erf: the arcsine formula; identity and quadratic: Gaussian moments),
-  Gauss-Hermite quadrature otherwise (see :mod:`ntk_ode.gaussian` for its accuracy).
+  for ``(u, v) ~ N(0, [[a, c], [c, b]])``.
+
+How the duals are computed (``method="auto"``), accurate to 1e-12 relative to
+``sqrt(E phi(u)^2 E phi(v)^2)`` in float64 for variances 1e-8..1e4 and every correlation,
+``rho = +-1`` included (``tests/test_activations.py`` checks this against an independent
+adaptive Gauss-Kronrod reference):
+
+* closed forms where they exist: the (a, b)-relu family ``a max(u, 0) + b min(u, 0)`` (relu,
+  leaky_relu, abs; arc-cosine kernels of order 1 and 0), erf (arcsine formula), identity and
+  quadratic (Gaussian moments). Their only error is rounding; near ``|rho| = 1`` the arc-cosine
+  turns a rounding of rho into ``sqrt(eps)``, which the error estimate includes;
+* otherwise the robust rule :func:`ntk_ode.gaussian.expect_2d_quad`: conditioning on u, a
+  tanh-sinh rule split at the kinks and at 0 (where every built-in activation turns), with an
+  error estimate from the nested coarser rule. ``dual_and_error`` returns that estimate.
+
+The kernel solvers of :mod:`ntk_ode.limits` use faster representations (Mehler series) and
+certify them against these values.
 
 Users add their own with :func:`register_activation`; :func:`get_activation` resolves a name or
 returns an :class:`Activation` unchanged. ``softplus(beta)`` builds the sharpened softplus.
@@ -19,10 +34,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import gaussian
 
@@ -32,6 +49,8 @@ __all__ = [
     "register_activation",
     "available_activations",
     "softplus",
+    "relu_family",
+    "probe_kinks",
 ]
 
 
@@ -54,6 +73,8 @@ class Activation:
     closed_form_dual: Callable | None = None
     closed_form_ddual: Callable | None = None
     quadrature_order: int = gaussian.DEFAULT_ORDER
+    kinks: tuple = ()
+    arccos_form: bool = False  # closed forms through arccos(rho): rounding amplified near |rho| = 1
 
     def __call__(self, z):
         return self.fn(z)
@@ -62,31 +83,77 @@ class Activation:
     def has_closed_form(self) -> bool:
         return self.closed_form_dual is not None and self.closed_form_ddual is not None
 
+    @property
+    def breakpoints(self) -> tuple:
+        """Where the robust quadrature splits: the kinks and 0 (every built-in turns at 0)."""
+        return tuple(sorted({0.0, *(float(k) for k in self.kinks)}))
+
     def dual(self, a, b, c, method: str = "auto"):
         """``E phi(u) phi(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise.
 
-        ``method``: "auto" (closed form if known, else "hermite"), "closed", "hermite" (Mehler
-        series of Gauss-Hermite coefficients, :func:`ntk_ode.gaussian.expect_2d_mehler`) or
-        "gh2d" (tensor Gauss-Hermite rule, :func:`ntk_ode.gaussian.expect_2d`).
+        Args:
+            a, b, c: variances and covariance (broadcast); ``|c| <= sqrt(a b)`` is assumed and
+                the correlation is clipped to [-1, 1].
+            method: "auto" (closed form if known, else "quad"), "closed", "quad" (the robust
+                rule :func:`ntk_ode.gaussian.expect_2d_quad`), "hermite" (Mehler series of
+                Gauss-Hermite coefficients; accurate only at moderate variance) or "gh2d"
+                (tensor Gauss-Hermite; likewise).
+
+        Returns:
+            The expectation, shape of the broadcast inputs.
+
+        Raises:
+            ValueError: unknown method, or "closed" without a closed form.
         """
-        return self._dual(self.fn, self.closed_form_dual, a, b, c, method)
+        return self._dual(self.fn, self.closed_form_dual, a, b, c, method)[0]
 
     def ddual(self, a, b, c, method: str = "auto"):
         """``E phi'(u) phi'(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise (see :meth:`dual`)."""
+        return self._dual(self.dfn, self.closed_form_ddual, a, b, c, method)[0]
+
+    def dual_and_error(self, a, b, c, method: str = "auto"):
+        """``(E phi(u) phi(v), error estimate)``: the estimate bounds the absolute error
+        (rounding for closed forms, quadrature error otherwise; nan for "hermite"/"gh2d")."""
+        return self._dual(self.fn, self.closed_form_dual, a, b, c, method)
+
+    def ddual_and_error(self, a, b, c, method: str = "auto"):
+        """``(E phi'(u) phi'(v), error estimate)`` (see :meth:`dual_and_error`)."""
         return self._dual(self.dfn, self.closed_form_ddual, a, b, c, method)
 
     def _dual(self, f, closed, a, b, c, method):
         if method == "auto":
-            method = "closed" if closed is not None else "hermite"
+            method = "closed" if closed is not None else "quad"
+        a, b, c = _as_float(a, b, c)
         if method == "closed":
             if closed is None:
                 raise ValueError(f"activation {self.name!r} has no closed-form dual (method='closed')")
-            return closed(*_as_float(a, b, c))
+            val = closed(a, b, c)
+            return val, self._closed_error(f, val, a, b, c)
+        if method == "quad":
+            return gaussian.expect_2d_quad(f, f, a, b, c, self.breakpoints, self.breakpoints)
+        nan = jnp.full(a.shape, jnp.nan, a.dtype)
         if method == "hermite":
-            return gaussian.expect_2d_mehler(f, f, a, b, c)
+            return gaussian.expect_2d_mehler(f, f, a, b, c), nan
         if method == "gh2d":
-            return gaussian.expect_2d(f, f, a, b, c, self.quadrature_order)
-        raise ValueError(f"method must be 'auto', 'closed', 'hermite' or 'gh2d', got {method!r}")
+            return gaussian.expect_2d(f, f, a, b, c, self.quadrature_order), nan
+        raise ValueError(f"method must be 'auto', 'closed', 'quad', 'hermite' or 'gh2d', got {method!r}")
+
+    def _closed_error(self, f, val, a, b, c):
+        """Rounding bound of a closed form: 64 eps of the Cauchy-Schwarz scale, and for arc-cosine
+        forms the amplified rounding of rho, min(sqrt(8 eps), 4 eps / sqrt(1 - rho^2)) / pi."""
+        eps = float(jnp.finfo(val.dtype).eps)
+        scale = jnp.sqrt(jnp.abs(self._second_moment(f, a)) * jnp.abs(self._second_moment(f, b)))
+        err = 64 * eps * (scale + jnp.abs(val))
+        if self.arccos_form:
+            rho = gaussian.correlation(a, b, c)
+            sin = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
+            amp = jnp.minimum(math.sqrt(8 * eps), 4 * eps / jnp.maximum(sin, eps)) / math.pi
+            exact = (a == b) & (jnp.abs(c) == a)  # an input with itself: rho = +-1 exactly
+            err = err + 2 * jnp.where(exact, 0.0, amp) * scale
+        return err
+
+    def _second_moment(self, f, a):
+        return gaussian.expect_1d_quad(lambda z: f(z) ** 2, a, self.breakpoints)[0]
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -102,7 +169,7 @@ def _as_float(*xs):
 
 def _relu_dual(a, b, c):
     # arc-cosine kernel of order 1: (sqrt(ab - c^2) + (pi - theta) c) / (2 pi)
-    rho = gaussian._correlation(a, b, c)
+    rho = gaussian.correlation(a, b, c)
     theta = jnp.arccos(rho)
     s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0))
     return (s * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) + (jnp.pi - theta) * rho * s) / (
@@ -112,9 +179,26 @@ def _relu_dual(a, b, c):
 
 def _relu_ddual(a, b, c):
     # arc-cosine kernel of order 0: (pi - theta) / (2 pi); relu'(0) = 0, so 0 at zero variance
-    rho = gaussian._correlation(a, b, c)
+    rho = gaussian.correlation(a, b, c)
     theta = jnp.arccos(rho)
     return jnp.where((a > 0) & (b > 0), (jnp.pi - theta) / (2.0 * jnp.pi), 0.0)
+
+
+def _relu_family_duals(pos: float, neg: float):
+    """Closed-form duals of ``phi(u) = pos max(u, 0) + neg min(u, 0)``.
+
+    With J1, J0 the arc-cosine kernels (relu's duals) and ``min(u, 0) = -max(-u, 0)``:
+    ``E phi phi = (pos^2 + neg^2) J1(c) - 2 pos neg J1(-c)`` and
+    ``E phi' phi' = (pos^2 + neg^2) J0(c) + 2 pos neg J0(-c)`` (phi'(0) = 0 by convention).
+    """
+
+    def dual(a, b, c):
+        return (pos * pos + neg * neg) * _relu_dual(a, b, c) - 2.0 * pos * neg * _relu_dual(a, b, -c)
+
+    def ddual(a, b, c):
+        return (pos * pos + neg * neg) * _relu_ddual(a, b, c) + 2.0 * pos * neg * _relu_ddual(a, b, -c)
+
+    return dual, ddual
 
 
 def _erf_dual(a, b, c):
@@ -161,13 +245,28 @@ def register_activation(
     dphi_lipschitz: bool = True,
     polynomial: bool = False,
     odd: bool = False,
+    kinks: tuple | None = None,
     overwrite: bool = False,
 ) -> Activation:
     """Register an activation under ``name`` and return it.
 
-    ``dfn`` defaults to the derivative of ``fn`` by autodiff. ``dual``/``ddual`` are optional
-    closed forms ``(a, b, c) -> E phi(u) phi(v)`` / ``E phi'(u) phi'(v)``; without them the duals
-    use Gauss-Hermite quadrature, which is accurate for smooth ``fn`` (see :mod:`ntk_ode.gaussian`).
+    Args:
+        name: registry key.
+        fn: phi, elementwise on JAX arrays.
+        dfn: phi'; autodiff of ``fn`` when None.
+        dual, ddual: optional closed forms ``(a, b, c) -> E phi(u) phi(v)`` / ``E phi'(u) phi'(v)``;
+            without them the duals come from the robust quadrature (see the module docstring).
+        phi_lipschitz, dphi_lipschitz, polynomial, odd: properties the theory asks about.
+        kinks: points where phi or phi' is not smooth; the quadrature splits there. ``()``
+            declares phi and phi' smooth. ``None`` (default): without closed forms, phi' is
+            probed (:func:`probe_kinks`) and what is found is used, with a warning.
+        overwrite: replace an existing registration.
+
+    Returns:
+        The new :class:`Activation`.
+
+    Raises:
+        ValueError: bad name, non-callable functions, a name already taken, bad kinks.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -179,6 +278,23 @@ def register_activation(
         raise ValueError(f"activation {name!r} is already registered (pass overwrite=True)")
     if dfn is None:
         dfn = _autodiff_derivative(fn)
+    if kinks is not None:
+        try:
+            kinks = tuple(float(k) for k in kinks)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"kinks must be a sequence of numbers, got {kinks!r}") from e
+        if not all(math.isfinite(k) for k in kinks):
+            raise ValueError(f"kinks must be finite, got {kinks!r}")
+    elif dual is None or ddual is None:
+        kinks = probe_kinks(dfn)
+        if kinks:
+            warnings.warn(
+                f"activation {name!r}: phi or phi' looks non-smooth near {list(kinks)}; these points "
+                "are used as quadrature breakpoints. Pass kinks=... to declare them (kinks=() for smooth).",
+                RuntimeWarning, stacklevel=2,
+            )
+    else:
+        kinks = ()
     act = Activation(
         name=name,
         fn=fn,
@@ -189,9 +305,43 @@ def register_activation(
         odd=odd,
         closed_form_dual=dual,
         closed_form_ddual=ddual,
+        kinks=kinks,
     )
     _REGISTRY[name] = act
     return act
+
+
+def probe_kinks(dfn: Callable, lo: float = -30.0, hi: float = 30.0, step: float = 1e-3) -> tuple:
+    """Points in [lo, hi] where phi' jumps or has a kink, found from its second differences.
+
+    A smooth phi' has second differences of order phi''' * step^2; a jump J gives order J, and a
+    kink (a jump J2 of phi'') order J2 * step. Candidates above ``1e-5 (1 + max|phi'|)`` are
+    refined to ~1e-13 by zooming in. A heuristic: it cannot see features narrower than ``step``
+    or outside [lo, hi].
+
+    Returns:
+        Sorted tuple of the points found (empty for a smooth phi').
+    """
+    z = np.arange(lo, hi + step / 2, step)
+    d = np.asarray(dfn(jnp.asarray(z)), dtype=float)
+    if not np.all(np.isfinite(d)):
+        return ()
+    d2 = np.abs(d[2:] - 2 * d[1:-1] + d[:-2])
+    thr = 1e-5 * (1.0 + np.max(np.abs(d)))
+    found: list[float] = []
+    for x in z[1:-1][d2 > thr]:
+        if found and abs(x - found[-1]) < 5 * step:
+            continue
+        s = 2 * step
+        for _ in range(14):
+            grid = x + np.linspace(-s, s, 21)
+            h = s / 10
+            pts = jnp.asarray(np.concatenate([grid - h, grid, grid + h]))
+            dd = np.asarray(dfn(pts), dtype=float).reshape(3, -1)
+            x = grid[np.argmax(np.abs(dd[0] - 2 * dd[1] + dd[2]))]
+            s /= 10
+        found.append(float(x))
+    return tuple(sorted({round(f, 12) + 0.0 for f in found}))
 
 
 def _autodiff_derivative(fn):
@@ -270,21 +420,61 @@ def _drelu(z):
     return jnp.where(z > 0, 1.0, 0.0).astype(jnp.result_type(z, float))
 
 
+def relu_family(pos: float, neg: float, name: str | None = None) -> Activation:
+    """The (a, b)-relu ``phi(u) = pos max(u, 0) + neg min(u, 0)`` with closed-form duals.
+
+    ``relu_family(1, 0)`` is relu, ``relu_family(1, alpha)`` leaky relu, ``relu_family(1, -1)``
+    the absolute value. Not registered; pass it as ``NeuralODE(activation=...)`` or register it.
+
+    Raises:
+        ValueError: ``pos`` or ``neg`` not finite.
+    """
+    pos, neg = float(pos), float(neg)
+    if not (math.isfinite(pos) and math.isfinite(neg)):
+        raise ValueError(f"pos and neg must be finite, got {pos!r}, {neg!r}")
+    dual, ddual = _relu_family_duals(pos, neg)
+
+    def fn(z):
+        return pos * jnp.maximum(z, 0.0) + neg * jnp.minimum(z, 0.0)
+
+    def dfn(z):
+        return jnp.where(z > 0, pos, jnp.where(z < 0, neg, 0.0)).astype(jnp.result_type(z, float))
+
+    return Activation(
+        name=name or f"relu_family({pos:g}, {neg:g})", fn=fn, dfn=dfn, phi_lipschitz=True,
+        dphi_lipschitz=pos == neg, polynomial=pos == neg, odd=pos == neg,
+        closed_form_dual=dual, closed_form_ddual=ddual, kinks=(0.0,), arccos_form=pos != neg,
+    )
+
+
 _BUILTIN = [
-    Activation("relu", jax.nn.relu, _drelu, True, False, False, False, _relu_dual, _relu_ddual),
-    softplus(1.0),
-    Activation("tanh", jnp.tanh, _dtanh, True, True, False, True),
-    Activation("erf", jax.lax.erf, _derf, True, True, False, True, _erf_dual, _erf_ddual),
-    Activation("sigmoid", jax.nn.sigmoid, _dsigmoid, True, True, False, False),
-    Activation("gelu", _gelu, _dgelu, True, True, False, False),
-    Activation("silu", jax.nn.silu, _dsilu, True, True, False, False),
     Activation(
-        "quadratic", lambda z: z * z, lambda z: 2.0 * z, False, True, True, False,
-        _quadratic_dual, _quadratic_ddual,
+        name="relu", fn=jax.nn.relu, dfn=_drelu, phi_lipschitz=True, dphi_lipschitz=False,
+        polynomial=False, closed_form_dual=_relu_dual, closed_form_ddual=_relu_ddual,
+        kinks=(0.0,), arccos_form=True,
+    ),
+    relu_family(1.0, 0.01, "leaky_relu"),  # jax.nn.leaky_relu's default slope
+    relu_family(1.0, -1.0, "abs"),
+    softplus(1.0),
+    Activation(name="tanh", fn=jnp.tanh, dfn=_dtanh, phi_lipschitz=True, dphi_lipschitz=True,
+               polynomial=False, odd=True),
+    Activation(name="erf", fn=jax.lax.erf, dfn=_derf, phi_lipschitz=True, dphi_lipschitz=True,
+               polynomial=False, odd=True, closed_form_dual=_erf_dual, closed_form_ddual=_erf_ddual),
+    Activation(name="sigmoid", fn=jax.nn.sigmoid, dfn=_dsigmoid, phi_lipschitz=True,
+               dphi_lipschitz=True, polynomial=False),
+    Activation(name="gelu", fn=_gelu, dfn=_dgelu, phi_lipschitz=True, dphi_lipschitz=True,
+               polynomial=False),
+    Activation(name="silu", fn=jax.nn.silu, dfn=_dsilu, phi_lipschitz=True, dphi_lipschitz=True,
+               polynomial=False),
+    Activation(
+        name="quadratic", fn=lambda z: z * z, dfn=lambda z: 2.0 * z, phi_lipschitz=False,
+        dphi_lipschitz=True, polynomial=True, closed_form_dual=_quadratic_dual,
+        closed_form_ddual=_quadratic_ddual,
     ),
     Activation(
-        "identity", lambda z: z, lambda z: jnp.ones_like(z), True, True, True, True,
-        _identity_dual, _identity_ddual,
+        name="identity", fn=lambda z: z, dfn=lambda z: jnp.ones_like(z), phi_lipschitz=True,
+        dphi_lipschitz=True, polynomial=True, odd=True, closed_form_dual=_identity_dual,
+        closed_form_ddual=_identity_ddual,
     ),
 ]
 for _a in _BUILTIN:

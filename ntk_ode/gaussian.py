@@ -49,6 +49,9 @@ __all__ = [
     "hermite_coefficients",
     "mehler_sum",
     "expect_2d_mehler",
+    "expect_1d_quad",
+    "expect_2d_quad",
+    "correlation",
     "DEFAULT_ORDER",
     "DEFAULT_TERMS",
 ]
@@ -57,33 +60,41 @@ DEFAULT_ORDER = 64  # nodes per dimension of the tensor Gauss-Hermite rule
 DEFAULT_TERMS = 192  # terms of the Mehler (Hermite) expansion
 
 
-def _scaled_hermite_functions(z: np.ndarray, terms: int) -> np.ndarray:
-    """``psi_k(z) exp(-z^2/4)``, ``psi_k = He_k / sqrt(k!)``, k < terms: bounded (Cramer)."""
-    psi = np.zeros((terms, z.size))
-    psi[0] = np.exp(-(z**2) / 4.0)
-    if terms > 1:
-        psi[1] = z * psi[0]
-    for k in range(1, terms - 1):
-        psi[k + 1] = (z * psi[k] - math.sqrt(k) * psi[k - 1]) / math.sqrt(k + 1)
-    return psi
+@functools.lru_cache(maxsize=None)
+def _golub_welsch(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and eigenvectors of the Jacobi matrix of the probabilists' Hermite polynomials.
+
+    Column i of the eigenvector matrix Q holds ``psi_k(z_i) sqrt(w_i)`` (orthonormal Hermite
+    polynomials times the square root of the Gauss weight), so weights and Hermite bases follow
+    without evaluating the polynomials: stable at any order, the tiny outer weights underflowing
+    gracefully to 0.
+    """
+    if int(order) != order or order < 1:
+        raise ValueError(f"order must be a positive integer, got {order!r}")
+    from scipy.linalg import eigh_tridiagonal
+
+    order = int(order)
+    if order == 1:
+        return np.zeros(1), np.ones((1, 1))
+    z, Q = eigh_tridiagonal(np.zeros(order), np.sqrt(np.arange(1, order, dtype=np.float64)))
+    z = 0.5 * (z - z[::-1])  # exact symmetry
+    return z, Q
 
 
 @functools.lru_cache(maxsize=None)
-def _rule(order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if int(order) != order or order < 1:
-        raise ValueError(f"order must be a positive integer, got {order!r}")
-    order = int(order)
-    # Nodes: Golub-Welsch (eigenvalues of the Jacobi matrix), stable at any order.
-    k = np.arange(1, order, dtype=np.float64)
-    z = np.linalg.eigvalsh(np.diag(np.sqrt(k), 1) + np.diag(np.sqrt(k), -1))
-    z = 0.5 * (z - z[::-1])  # exact symmetry
-    # Weights from the Christoffel function w_i = 1 / sum_k psi_k(z_i)^2, evaluated with the
-    # scaled functions so that the outer weights keep their tiny relative accuracy.
-    s = np.sum(_scaled_hermite_functions(z, order) ** 2, axis=0)
-    w_scaled = np.exp(-(z**2) / 4.0) / s  # w * exp(z^2/4)
-    w = np.exp(-(z**2) / 2.0) / s
-    norm = w.sum()
-    return z, w / norm, w_scaled / norm
+def _rule(order: int) -> tuple[np.ndarray, np.ndarray]:
+    z, Q = _golub_welsch(order)
+    w = Q[0] ** 2
+    return z, w / w.sum()
+
+
+@functools.lru_cache(maxsize=8)
+def _hermite_basis(order: int, terms: int) -> np.ndarray:
+    """``w_i psi_k(z_i)`` for the ``order``-point rule, shape (order, terms)."""
+    z, Q = _golub_welsch(order)
+    if terms > order:
+        raise ValueError(f"terms ({terms}) must not exceed the quadrature order ({order})")
+    return Q[0][:, None] * Q[:terms].T
 
 
 def gauss_hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +103,7 @@ def gauss_hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
     ``sum(w * f(z))`` approximates ``E f(Z)``, ``Z ~ N(0, 1)``; exact for polynomials of degree
     ``< 2 * order``. Returned as float64 numpy arrays (converted to the working dtype at use).
     """
-    z, w, _ = _rule(order)
-    return z, w
+    return _rule(order)
 
 
 def _dtype(*xs):
@@ -110,7 +120,7 @@ def expect_1d(f, a, order: int = DEFAULT_ORDER):
     return jnp.sum(w * f(s * z), axis=-1)
 
 
-def _correlation(a, b, c):
+def correlation(a, b, c):
     """``c / sqrt(a b)`` clipped to [-1, 1]; 0 where a variance vanishes."""
     pos = (a > 0) & (b > 0)
     a1, b1 = jnp.where(pos, a, 1.0), jnp.where(pos, b, 1.0)
@@ -131,7 +141,7 @@ def expect_2d(f, g, a, b, c, order: int = DEFAULT_ORDER):
     z, w = gauss_hermite(order)
     z = jnp.asarray(z, a.dtype)
     w = jnp.asarray(w, a.dtype)
-    rho = _correlation(a, b, c)[..., None, None]
+    rho = correlation(a, b, c)[..., None, None]
     sa = jnp.sqrt(jnp.maximum(a, 0.0))[..., None, None]
     sb = jnp.sqrt(jnp.maximum(b, 0.0))[..., None, None]
     z1 = z[:, None]
@@ -151,10 +161,10 @@ def hermite_coefficients(f, a, terms: int = DEFAULT_TERMS, order: int | None = N
     ``order`` defaults to ``2 * terms + 64`` quadrature nodes.
     """
     order = 2 * terms + 64 if order is None else order
-    z, _, w_scaled = _rule(order)
+    z, _ = _rule(order)
     a = jnp.asarray(a, _dtype(a))
     dt = a.dtype
-    basis = jnp.asarray((_scaled_hermite_functions(z, terms) * w_scaled).T, dt)  # (order, terms)
+    basis = jnp.asarray(_hermite_basis(order, terms), dt)  # (order, terms)
     s = jnp.sqrt(jnp.maximum(a, 0.0))[..., None]
     vals = f(s * jnp.asarray(z, dt))  # a.shape + (order,)
     return vals @ basis
@@ -165,7 +175,7 @@ def expect_2d_mehler(f, g, a, b, c, terms: int = DEFAULT_TERMS):
     a, b, c = jnp.broadcast_arrays(*(jnp.asarray(t, _dtype(a, b, c)) for t in (a, b, c)))
     cf = hermite_coefficients(f, a, terms)
     cg = hermite_coefficients(g, b, terms)
-    return mehler_sum(cf, cg, _correlation(a, b, c))
+    return mehler_sum(cf, cg, correlation(a, b, c))
 
 
 def mehler_sum(cf, cg, rho):
@@ -180,3 +190,128 @@ def mehler_sum(cf, cg, rho):
     init = jnp.zeros(jnp.broadcast_shapes(prod.shape[:-1], rho.shape), prod.dtype)
     acc, _ = jax.lax.scan(body, init, terms)
     return acc
+
+
+# ----------------------------------------------------------------------------- robust quadrature
+#
+# The Mehler series and the tensor Gauss-Hermite rule both assume that f(sqrt(a) z) is smooth on
+# the scale of the Hermite nodes. That fails at large variance (tanh(10 z) is almost a step) and
+# at kinks (relu-like activations without a closed form). The rule below makes no such
+# assumption: it integrates over z in [-Z_MAX, Z_MAX], split at every point where an integrand
+# may be non-smooth or steep (declared kinks, the activation's transition at 0, and where the
+# conditional argument crosses them), with a tanh-sinh (double-exponential) rule on each piece.
+# Its nodes cluster doubly exponentially at the piece ends, which resolves a transition of width
+# 1/sqrt(a) sitting at a breakpoint for any variance up to ~1e8. The rule at step h is nested in
+# the rule at h/2, so the difference of the two is a free error estimate (of the coarse rule: a
+# conservative estimate for the fine one, whose value is returned).
+
+Z_MAX = 10.0  # N(0,1) mass beyond 10 is 1.5e-23
+_TS_STEP = 1.0 / 64.0
+_TS_TMAX = 3.25
+
+
+@functools.lru_cache(maxsize=None)
+def _tanh_sinh(h: float = _TS_STEP, tmax: float = _TS_TMAX):
+    """Tanh-sinh rule on [0, 1]: (x, 1 - x, weights, coarse weights of the rule at step 2h)."""
+    k = np.arange(-int(math.ceil(tmax / h)), int(math.ceil(tmax / h)) + 1)
+    t = k * h
+    s = 0.5 * np.pi * np.sinh(t)
+    x = 1.0 / (1.0 + np.exp(-2.0 * s))
+    y = 1.0 / (1.0 + np.exp(2.0 * s))  # 1 - x, accurate near 1
+    w = 0.5 * h * 0.5 * np.pi * np.cosh(t) / np.cosh(s) ** 2
+    wc = np.where(k % 2 == 0, 2.0 * w, 0.0)
+    return x, y, w, wc
+
+
+def _pieces(breaks, dtype):
+    """Nodes and weights (fine and coarse) of the tanh-sinh rule on [-Z_MAX, Z_MAX] split at
+    ``breaks`` (any order; values outside the interval are clipped, duplicates give empty pieces).
+    Returns arrays of shape ``breaks.shape[:-1] + (pieces * nodes,)``."""
+    x, y, w, wc = (jnp.asarray(r, dtype) for r in _tanh_sinh())
+    edges = jnp.sort(jnp.clip(breaks, -Z_MAX, Z_MAX), axis=-1)
+    lo = jnp.concatenate([jnp.full(edges.shape[:-1] + (1,), -Z_MAX, dtype), edges], axis=-1)[..., None]
+    hi = jnp.concatenate([edges, jnp.full(edges.shape[:-1] + (1,), Z_MAX, dtype)], axis=-1)[..., None]
+    length = hi - lo
+    left = x <= 0.5
+    z = jnp.where(left, lo + length * x, hi - length * y)
+    shape = z.shape[:-2] + (-1,)
+    return z.reshape(shape), (length * w).reshape(shape), (length * wc).reshape(shape)
+
+
+def _normal_pdf(z):
+    return jnp.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def _as_breaks(points, dtype):
+    return jnp.asarray(sorted({0.0, *(float(p) for p in points)}), dtype)
+
+
+def expect_1d_quad(f, a, breaks=(0.0,)):
+    """``E f(sqrt(a) Z)`` and an error estimate, elementwise over ``a >= 0`` (robust rule).
+
+    ``breaks``: points ``u`` where ``f`` is not smooth or changes fast (0 is always added).
+    Returns ``(value, error)``; ``error`` bounds the quadrature error of ``value`` conservatively
+    (difference to the nested rule at twice the step, plus a rounding allowance).
+    """
+    a = jnp.asarray(a, _dtype(a))
+    dt = a.dtype
+    kb = _as_breaks(breaks, dt)
+    sa = jnp.sqrt(jnp.maximum(a, 0.0))[..., None]
+    safe = jnp.where(sa > 0, sa, 1.0)
+    pts = jnp.where(sa > 0, kb / safe, Z_MAX)
+    z, w, wc = _pieces(pts, dt)
+    fz = f(sa * z) * _normal_pdf(z)
+    fine, coarse = jnp.sum(w * fz, -1), jnp.sum(wc * fz, -1)
+    eps = float(jnp.finfo(dt).eps)
+    return fine, jnp.abs(fine - coarse) + 64 * eps * jnp.sum(w * jnp.abs(fz), -1)
+
+
+def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: int = 64):
+    """``E f(u) g(v)`` for ``(u, v) ~ N(0, [[a, c], [c, b]])`` and an error estimate (robust rule).
+
+    Conditions on ``u = sqrt(a) z1``: ``v | u = sqrt(b) (rho z1 + sqrt(1 - rho^2) z2)``. The inner
+    integral over ``z2`` is split where ``v`` crosses a breakpoint of ``g``; the outer one over
+    ``z1`` at the breakpoints of ``f`` and where the conditional mean of ``v`` crosses those of
+    ``g`` (the inner integral's own near-kink as ``rho -> +-1``). At ``|rho| = 1`` the inner
+    integral is ``g(sqrt(b) rho z1)`` exactly. ``breaks_f``/``breaks_g``: points where ``f`` /
+    ``g`` are not smooth or change fast (0 is always added). Elementwise over broadcast
+    ``a, b, c``; evaluated ``batch_size`` elements at a time to bound memory. Accuracy: relative
+    to ``sqrt(E f(u)^2 E g(v)^2)``, better than 1e-13 in float64 for the built-in activations
+    over variances 1e-8..1e4 and every correlation (``tests/test_activations.py``).
+
+    Returns ``(value, error)``.
+    """
+    dt = _dtype(a, b, c)
+    a, b, c = jnp.broadcast_arrays(*(jnp.asarray(t, dt) for t in (a, b, c)))
+    shape = a.shape
+    bf, bg = _as_breaks(breaks_f, dt), _as_breaks(breaks_g, dt)
+    eps = float(jnp.finfo(dt).eps)
+    tiny = float(jnp.finfo(dt).tiny)
+
+    def one(abc):
+        a1, b1, c1 = abc
+        rho = correlation(a1, b1, c1)
+        sa, sb = jnp.sqrt(jnp.maximum(a1, 0.0)), jnp.sqrt(jnp.maximum(b1, 0.0))
+        sr = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
+        m = sb * rho  # conditional mean of v per unit z1
+        p_f = jnp.where(sa > tiny, bf / jnp.where(sa > tiny, sa, 1.0), Z_MAX)
+        p_g = jnp.where(jnp.abs(m) > tiny, bg / jnp.where(jnp.abs(m) > tiny, m, 1.0), Z_MAX)
+        z1, w1, w1c = _pieces(jnp.concatenate([p_f, p_g]), dt)
+        # inner breakpoints, per outer node: z2 with sqrt(b) (rho z1 + sr z2) = k
+        deg = (sr * sb) <= tiny
+        den = jnp.where(deg, 1.0, sr * sb)
+        p2 = jnp.where(deg, Z_MAX, (bg[None, :] - m * z1[:, None]) / den)
+        z2, w2, w2c = _pieces(p2, dt)
+        gv = g(m * z1[:, None] + sb * sr * z2) * _normal_pdf(z2)
+        inner = jnp.where(deg, g(m * z1), jnp.sum(w2 * gv, -1))
+        inner_c = jnp.where(deg, g(m * z1), jnp.sum(w2c * gv, -1))
+        inner_abs = jnp.where(deg, jnp.abs(g(m * z1)), jnp.sum(w2 * jnp.abs(gv), -1))
+        fz = f(sa * z1) * _normal_pdf(z1)
+        fine = jnp.sum(w1 * fz * inner)
+        coarse = jnp.sum(w1c * fz * inner_c)
+        absum = jnp.sum(w1 * jnp.abs(fz) * inner_abs)
+        return fine, jnp.abs(fine - coarse) + 64 * eps * absum
+
+    flat = tuple(t.reshape(-1) for t in (a, b, c))
+    val, err = jax.lax.map(one, flat, batch_size=max(1, min(batch_size, flat[0].size)))
+    return val.reshape(shape), err.reshape(shape)

@@ -114,10 +114,13 @@ def _shift(P):
 @dataclasses.dataclass(frozen=True)
 class _Duals:
     """Evaluates Phi and dPhi on a grid from variances and covariances (hashable by value, so
-    the compiled solvers are reused across calls)."""
+    the compiled solvers are reused across calls). ``perturb`` adds ``perturb`` times the
+    Cauchy-Schwarz scale ``sqrt(E f(u)^2 E f(v)^2)`` to every dual: used to measure how the
+    kernels respond to dual errors."""
 
     act: Activation
     terms: int
+    perturb: float = 0.0
 
     @property
     def closed(self) -> bool:
@@ -134,13 +137,26 @@ class _Duals:
 
     def phi(self, v1, v2, S, tab1, tab2):
         if self.closed:
-            return self.act.closed_form_dual(v1[:, None], v2[None, :], S)
-        return _mehler_grid(tab1[0], tab2[0], gaussian._correlation(v1[:, None], v2[None, :], S))
+            val = self.act.closed_form_dual(v1[:, None], v2[None, :], S)
+        else:
+            val = _mehler_grid(tab1[0], tab2[0], gaussian.correlation(v1[:, None], v2[None, :], S))
+        return val + self._bump(self.act.closed_form_dual, 0, v1, v2, tab1, tab2)
 
     def dphi(self, v1, v2, S, tab1, tab2):
         if self.closed:
-            return self.act.closed_form_ddual(v1[:, None], v2[None, :], S)
-        return _mehler_grid(tab1[1], tab2[1], gaussian._correlation(v1[:, None], v2[None, :], S))
+            val = self.act.closed_form_ddual(v1[:, None], v2[None, :], S)
+        else:
+            val = _mehler_grid(tab1[1], tab2[1], gaussian.correlation(v1[:, None], v2[None, :], S))
+        return val + self._bump(self.act.closed_form_ddual, 1, v1, v2, tab1, tab2)
+
+    def _bump(self, closed, which, v1, v2, tab1, tab2):
+        if self.perturb == 0.0:
+            return 0.0
+        if self.closed:
+            m1, m2 = closed(v1, v1, v1), closed(v2, v2, v2)
+        else:
+            m1, m2 = jnp.sum(tab1[which] ** 2, -1), jnp.sum(tab2[which] ** 2, -1)
+        return self.perturb * jnp.sqrt(jnp.abs(m1[:, None] * m2[None, :]))
 
 
 def _mehler_grid(c1, c2, rho):
@@ -342,6 +358,11 @@ class _Problem:
         return out
 
 
+# Mehler terms tried when the duals cannot be certified with fewer. The Gauss-Hermite rule behind
+# the coefficients (order 2 K + 64) is computed stably up to order ~1400, hence the cap.
+_TERMS_LADDER = (192, 384, 640)
+
+
 def _trim_terms(duals: _Duals, problem: _Problem, grid: Grid):
     """Drop the Mehler terms whose coefficients stay below 1e-10 of the largest (over every input
     and node): the dropped tail contributes < ~1e-19 relative to the kernel, even at rho = 1."""
@@ -352,6 +373,66 @@ def _trim_terms(duals: _Duals, problem: _Problem, grid: Grid):
     big = np.nonzero(mags > 1e-10 * mags.max())[0]
     keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
     return _Duals(duals.act, keep)
+
+
+def _mehler_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
+    """Bound on the relative error of the Mehler duals at every grid point of ``inputs``.
+
+    Parseval: ``sum_k c_k(a)^2 = E f(sqrt(a) Z)^2``, so the truncated tail satisfies
+    ``sum_{k>=K} c_k^2 = E f^2 - sum_{k<K} c_k^2``, and by Cauchy-Schwarz the Mehler error at
+    any correlation is at most ``sqrt(tail_f(a) tail_f(b))``. ``E f^2`` comes from the robust
+    quadrature (:func:`ntk_ode.gaussian.expect_1d_quad`), so an inaccurate coefficient table
+    shows up here too. Returned relative to ``sqrt(E f(u)^2 E f(v)^2)``, max over phi and phi'.
+    """
+    if duals.closed:
+        return 0.0
+    v, _ = problem.singles(grid)
+    # in float64 whatever the working precision: this measures truncation, not rounding
+    with jax.enable_x64(True):
+        v = jnp.asarray(np.asarray(v, np.float64)[np.asarray(inputs)].reshape(-1), jnp.float64)
+        worst = 0.0
+        eps = float(np.finfo(np.float64).eps)
+        for f in (duals.act.fn, duals.act.dfn):
+            tab = np.asarray(gaussian.hermite_coefficients(f, v, duals.terms))
+            m2, m2err = (np.asarray(t) for t in gaussian.expect_1d_quad(lambda z: f(z) ** 2, v, duals.act.breakpoints))
+            partial = np.sum(tab**2, axis=-1)
+            rel = (np.abs(m2 - partial) + m2err) / np.maximum(m2, 1e-300) + 4 * tab.shape[-1] * eps
+            worst = max(worst, float(np.max(np.where(m2 > 0, rel, 0.0))))
+    return worst
+
+
+def _choose_terms(duals0: _Duals, problem: _Problem, grid: Grid, inputs, target: float):
+    """Fewest Mehler terms (trimmed) whose certified dual error is below ``target``; the most
+    terms tried and their certificate otherwise. Returns (duals, relative dual error bound)."""
+    if duals0.closed:
+        return duals0, 0.0
+    ladder = [duals0.terms] + [k for k in _TERMS_LADDER if k > duals0.terms]
+    for terms in ladder:
+        duals = _Duals(duals0.act, terms)
+        problem.duals = duals
+        delta = _mehler_certificate(duals, problem, grid, inputs)
+        if delta <= target:
+            trimmed = _trim_terms(duals, problem, grid)
+            if trimmed.terms < duals.terms:
+                problem.duals = trimmed
+                delta_t = _mehler_certificate(trimmed, problem, grid, inputs)
+                if delta_t <= target:
+                    return trimmed, delta_t
+                problem.duals = duals
+            return duals, delta
+    return duals, delta
+
+
+def _dual_sensitivity(problem: _Problem, grid: Grid, pick, base, eta: float = 1e-6):
+    """How much each kernel moves per unit relative dual error: the probe pairs solved with
+    every dual raised by ``eta`` times its Cauchy-Schwarz scale, divided by ``eta``."""
+    duals = problem.duals
+    problem.duals = dataclasses.replace(duals, perturb=eta)
+    try:
+        up = problem.solve(grid, sel=pick, shard=False)
+    finally:
+        problem.duals = duals
+    return np.max(np.abs(up - base), axis=0) / eta
 
 
 def richardson(values, Ls):
@@ -421,8 +502,15 @@ def kernel_fn(
         if equal_norm is True and not same:
             raise ValueError("equal_norm=True but the inputs do not all have the same norm")
         use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64)
-        grid, err = _choose_grid(model, problem, depth, nodes, tol)
-        problem.duals = _trim_terms(duals0, problem, grid)
+        pick = _probe_pairs(problem)
+        grid, err = _choose_grid(model, problem, depth, nodes, tol, pick)
+        inputs = np.unique(np.concatenate([problem.i1[pick], problem.i2[pick],
+                                           [np.argmax(problem.self_s00), np.argmin(problem.self_s00)]]))
+        problem.duals, delta = _choose_terms(duals0, problem, grid, inputs, max(1e-3 * tol, 1e3 * eps))
+        ref = problem.solve(grid, sel=pick, shard=False)
+        err = err + 64 * eps * np.max(np.abs(ref), axis=0)  # rounding and the Picard stopping rule
+        if delta > 0:
+            err = err + 4.0 * delta * _dual_sensitivity(problem, grid, pick, ref)
         vals = None
         if use_zonal:
             try:
@@ -436,8 +524,16 @@ def kernel_fn(
             vals = problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
         k = Kernel(*(jnp.asarray(problem.assemble(vals[:, i])) for i in range(len(GETS))))
         e = Kernel(*(float(a) for a in err))
-        pick = lambda kk: getattr(kk, names[0]) if single else Kernel(*(getattr(kk, g) if g in names else None for g in GETS))
-        return (pick(k), pick(e)) if with_error else pick(k)
+        big = np.max(np.abs(vals[:, :2]), axis=0)
+        if np.any(err[:2] > tol * big):
+            where = "duals" if delta > 1e-3 * tol else "time grid"
+            warnings.warn(
+                f"kernel_fn: rtol={tol:g} not met: estimated max abs error nngp {err[0]:.2e}, ntk {err[1]:.2e} "
+                f"(relative {np.max(err[:2] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
+                f"relative dual error bound {delta:.1e}, activation {model.activation.name!r})",
+                RuntimeWarning, stacklevel=2)
+        select = lambda kk: getattr(kk, names[0]) if single else Kernel(*(getattr(kk, g) if g in names else None for g in GETS))
+        return (select(k), select(e)) if with_error else select(k)
 
     return kfn
 
@@ -460,27 +556,47 @@ def _check_duals(act: Activation):
 _NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
 
 
-def _choose_grid(model, problem: _Problem, depth, nodes, tol):
-    """The grid to use and an error estimate (max abs, nngp and ntk)."""
+def _probe_pairs(problem: _Problem, n: int = 8):
+    """Pairs on which accuracy is measured: the first diagonal entries, random pairs, and the
+    most correlated and most anti-correlated distinct pairs (near-duplicate and antipodal inputs
+    are where the duals and the time grid are hardest)."""
+    rng = np.random.default_rng(0)
+    diag = np.nonzero(problem.i1 == problem.i2)[0]
+    P = problem.i1.size
+    X = np.asarray(problem.X, float)
+    nrm = np.maximum(np.linalg.norm(X, axis=1), 1e-300)
+    cos = np.einsum("pd,pd->p", X[problem.i1], X[problem.i2]) / (nrm[problem.i1] * nrm[problem.i2]) if P <= 200_000 else None
+    extra = []
+    if cos is not None:
+        off = np.nonzero(problem.i1 != problem.i2)[0]
+        if off.size:
+            order = off[np.argsort(cos[off])]
+            extra = [order[:2], order[-2:]]
+    return np.unique(np.concatenate([diag[:n], rng.choice(P, size=min(n, P), replace=False), *extra]).astype(int))
+
+
+_NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
+_SAFETY = 4.0  # error of rung M <= |K(M) - K(M')| / (1 - (M / M')) for convergence of order >= 1
+
+
+def _choose_grid(model, problem: _Problem, depth, nodes, tol, pick):
+    """The grid to use and an error estimate of its time discretisation (max abs, per kernel)."""
     if depth is not None:
         return resnet_grid(depth, model.T), np.zeros(len(GETS))
     if nodes is not None:
         return chebyshev_grid(int(nodes), model.T), np.full(len(GETS), np.nan)
-    # probe: the diagonal and a few pairs, at M and at the next rung
-    rng = np.random.default_rng(0)
-    diag = np.nonzero(problem.i1 == problem.i2)[0]
-    pick = np.concatenate([diag[:8], rng.choice(problem.i1.size, size=min(8, problem.i1.size), replace=False)])
     prev = None
     for M in _NODE_LADDER:
         cur = problem.solve(chebyshev_grid(M, model.T), sel=pick, shard=False)
         if prev is not None:
-            err = np.max(np.abs(cur - prev[1]), axis=0)
-            if np.all(err[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
-                return chebyshev_grid(prev[0], model.T), err
-        prev = (M, cur)
-    warnings.warn(f"kernel_fn: rtol={tol:g} not reached with {_NODE_LADDER[-1]} Chebyshev nodes; "
-                  f"estimated error {err.max():.2e}", RuntimeWarning, stacklevel=3)
-    return chebyshev_grid(prev[0], model.T), err
+            diff = np.max(np.abs(cur - prev[1]), axis=0)
+            if np.all(_SAFETY * diff[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
+                return chebyshev_grid(prev[0], model.T), _SAFETY * diff
+        prev = (M, cur, prev)
+    # not converged: keep the finest grid; its error from the last two differences, assuming
+    # at least first-order convergence in M (the ratio of consecutive rungs is 4/3)
+    ratio = _NODE_LADDER[-1] / _NODE_LADDER[-2]
+    return chebyshev_grid(prev[0], model.T), diff / (ratio - 1.0)
 
 
 class _ZonalFailed(RuntimeError):

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from .empirical import empirical_ntk
-from .gradients import batch_vjp
+from .gradients import batch_vjp, warn_backprop_through_kinks
 from .limits import kernel_fn
 from .model import NeuralODE, Solver, check_depth, check_inputs, check_params
 from .sweep import atomic_write_json, versions
@@ -75,7 +75,7 @@ def train(
     learning_rate: str | float = "auto",
     optimizer: optax.GradientTransformation | None = None,
     depth: int | None = None,
-    gradient: str = "backprop",
+    gradient: str = "auto",
     record_every: int = 50,
     x_test=None,
     y_test=None,
@@ -94,7 +94,10 @@ def train(
         optimizer: any optax GradientTransformation; default ``optax.sgd(learning_rate)``.
             The theory bound is only reported for plain SGD.
         depth: None (the ODE) or L (the weight-tied ResNet).
-        gradient: "backprop" or "adjoint" (continuous adjoint; depth=None only).
+        gradient: "backprop", "adjoint" (continuous adjoint; depth=None only) or "auto" (default):
+            "adjoint" for the ODE with a kinked activation and an adaptive solver, where backprop
+            through the step-size controller does not converge to the true gradient; "backprop"
+            otherwise.
         lambda_0: "auto" (lambda_min of kernel_fn(model, depth) on x), a number, or None.
         checkpoint: path prefix; state is saved after every record point and a rerun resumes.
     """
@@ -107,12 +110,16 @@ def train(
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if int(record_every) != record_every or record_every < 1:
         raise ValueError(f"record_every must be a positive integer, got {record_every!r}")
-    if gradient not in ("backprop", "adjoint"):
-        raise ValueError(f"gradient must be 'backprop' or 'adjoint', got {gradient!r}")
+    if gradient not in ("auto", "backprop", "adjoint"):
+        raise ValueError(f"gradient must be 'auto', 'backprop' or 'adjoint', got {gradient!r}")
     if x_test is not None:
         x_test = check_inputs(x_test, d, "x_test")
         y_test = _check_targets(y_test, x_test.shape[0], "y_test")
     solver = Solver.make(solver)
+    if gradient == "auto":
+        kinked = bool(model.activation.kinks) or not model.activation.dphi_lipschitz
+        gradient = "adjoint" if (depth is None and solver.steps is None and kinked) else "backprop"
+    warn_backprop_through_kinks(model, depth, gradient, solver)
 
     H0 = np.asarray(empirical_ntk(model, params, x, depth=depth, solver=solver))
     ev0 = np.linalg.eigvalsh(H0)

@@ -1,0 +1,68 @@
+"""Kernel error estimates away from the default settings: large pre-activation variance and
+kinked activations. The estimate must never be smaller than the true error, and a missed rtol
+must be loud (RuntimeWarning)."""
+import math
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate
+
+import ntk_ode as no
+from ntk_ode import activations as A
+from ntk_ode.limits import kernel_fn
+
+
+def _gauss(f, v):
+    s = math.sqrt(v)
+    return integrate.quad(lambda z: f(s * z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+                          -11, 11, points=[0.0], epsabs=1e-16, epsrel=1e-13, limit=500)[0]
+
+
+def depth_one_diagonal(act, s00, c, head, sigma_v=1.0):
+    """NNGP and NTK of one input with itself for the L = 1 ResNet (the recursion of
+    docs/theory.md with dt = T, c = dt^2 sigma_w^2), by scipy's adaptive quadrature."""
+    phi = lambda u: float(act.fn(jnp.asarray(u)))
+    dphi = lambda u: float(act.dfn(jnp.asarray(u)))
+    phi00 = _gauss(lambda u: phi(u) ** 2, s00)
+    dphi00 = _gauss(lambda u: dphi(u) ** 2, s00)
+    s11 = s00 + c * phi00
+    if head == "phi":
+        nngp = sigma_v**2 * _gauss(lambda u: phi(u) ** 2, s11)
+        k11 = sigma_v**2 * _gauss(lambda u: dphi(u) ** 2, s11)
+    else:
+        nngp, k11 = sigma_v**2 * s11, sigma_v**2
+    k00 = k11 * (1.0 + c * dphi00)
+    return nngp, nngp + c * k11 * phi00 + s00 * k00
+
+
+@pytest.mark.parametrize("name", ["tanh", "softplus", "gelu", "sigmoid", "silu", "relu", "erf"])
+@pytest.mark.parametrize("head", ["linear", "phi"])
+def test_large_variance_error_estimate_bounds_true_error(name, head):
+    # sigma_u |x| / sqrt(d) = 3 and sigma_w T = 6: pre-activation variances 9 .. ~1e3
+    model = no.NeuralODE(name, T=3.0, sigma_w=2.0, sigma_u=1.5, head=head)
+    x = jnp.full((1, 4), 2.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k, e = kernel_fn(model, depth=1)(x, with_error=True)
+    nngp, ntk = depth_one_diagonal(model.activation, 9.0, 36.0, head)
+    for got, est, exact in ((k.nngp, e.nngp, nngp), (k.ntk, e.ntk, ntk)):
+        true = abs(float(got[0, 0]) - exact)
+        assert est >= true, (name, head, true, est)
+        if true > 1e-8 * abs(exact):  # inaccurate: must have been said
+            assert any("rtol" in str(w.message) for w in caught), (name, head, true)
+
+
+def test_registered_kinked_activation_kernel_estimate_is_honest():
+    with pytest.warns(RuntimeWarning, match="non-smooth"):
+        act = A.register_activation("test_leaky_kernel", lambda z: jnp.where(z > 0, z, 0.2 * z), overwrite=True)
+    exact = A.relu_family(1.0, 0.2)
+    x = np.asarray([[1.0, 0.2, -0.3], [0.1, 0.9, 0.4], [-0.5, 0.3, 0.8]])
+    for depth in (4, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            k, e = kernel_fn(no.NeuralODE(act, T=1.0), depth=depth)(x, get="ntk", with_error=True)
+            ref = kernel_fn(no.NeuralODE(exact, T=1.0), depth=depth, nodes=128 if depth is None else None)(x, get="ntk")
+        true = float(np.max(np.abs(np.asarray(k) - np.asarray(ref))))
+        assert e >= true, (depth, true, e)
