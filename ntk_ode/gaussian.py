@@ -254,6 +254,11 @@ def expect_1d_quad(f, a, breaks=(0.0,)):
     (difference to the nested rule at twice the step, plus a rounding allowance).
     """
     a = jnp.asarray(a, _dtype(a))
+    return _expect_1d_quad_jit(f, a, tuple(float(k) for k in breaks))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _expect_1d_quad_jit(f, a, breaks):
     dt = a.dtype
     kb = _as_breaks(breaks, dt)
     sa = jnp.sqrt(jnp.maximum(a, 0.0))[..., None]
