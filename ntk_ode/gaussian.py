@@ -223,11 +223,11 @@ def _tanh_sinh(h: float = _TS_STEP, tmax: float = _TS_TMAX):
     return x, y, w, wc
 
 
-def _pieces(breaks, dtype):
+def _pieces(breaks, dtype, h: float = _TS_STEP):
     """Nodes and weights (fine and coarse) of the tanh-sinh rule on [-Z_MAX, Z_MAX] split at
     ``breaks`` (any order; values outside the interval are clipped, duplicates give empty pieces).
     Returns arrays of shape ``breaks.shape[:-1] + (pieces * nodes,)``."""
-    x, y, w, wc = (jnp.asarray(r, dtype) for r in _tanh_sinh())
+    x, y, w, wc = (jnp.asarray(r, dtype) for r in _tanh_sinh(h))
     edges = jnp.sort(jnp.clip(breaks, -Z_MAX, Z_MAX), axis=-1)
     lo = jnp.concatenate([jnp.full(edges.shape[:-1] + (1,), -Z_MAX, dtype), edges], axis=-1)[..., None]
     hi = jnp.concatenate([edges, jnp.full(edges.shape[:-1] + (1,), Z_MAX, dtype)], axis=-1)[..., None]
@@ -271,7 +271,8 @@ def _expect_1d_quad_jit(f, a, breaks):
     return fine, jnp.abs(fine - coarse) + 64 * eps * jnp.sum(w * jnp.abs(fz), -1)
 
 
-def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: int = 64):
+def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: int = 64,
+                   step: float = _TS_STEP):
     """``E f(u) g(v)`` for ``(u, v) ~ N(0, [[a, c], [c, b]])`` and an error estimate (robust rule).
 
     Conditions on ``u = sqrt(a) z1``: ``v | u = sqrt(b) (rho z1 + sqrt(1 - rho^2) z2)``. The inner
@@ -280,7 +281,9 @@ def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: 
     ``g`` (the inner integral's own near-kink as ``rho -> +-1``). At ``|rho| = 1`` the inner
     integral is ``g(sqrt(b) rho z1)`` exactly. ``breaks_f``/``breaks_g``: points where ``f`` /
     ``g`` are not smooth or change fast (0 is always added). Elementwise over broadcast
-    ``a, b, c``; evaluated ``batch_size`` elements at a time to bound memory. Accuracy: relative
+    ``a, b, c``; evaluated ``batch_size`` elements at a time to bound memory. ``step``: the
+    tanh-sinh step of the returned rule (the estimate compares with twice the step; 1/32 costs a
+    quarter of the default and is typically as accurate, with a looser estimate). Accuracy: relative
     to ``sqrt(E f(u)^2 E g(v)^2)``, better than 1e-13 in float64 for the built-in activations
     over variances 1e-8..1e4 and every correlation (``tests/test_activations.py``).
 
@@ -301,12 +304,12 @@ def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: 
         m = sb * rho  # conditional mean of v per unit z1
         p_f = jnp.where(sa > tiny, bf / jnp.where(sa > tiny, sa, 1.0), Z_MAX)
         p_g = jnp.where(jnp.abs(m) > tiny, bg / jnp.where(jnp.abs(m) > tiny, m, 1.0), Z_MAX)
-        z1, w1, w1c = _pieces(jnp.concatenate([p_f, p_g]), dt)
+        z1, w1, w1c = _pieces(jnp.concatenate([p_f, p_g]), dt, step)
         # inner breakpoints, per outer node: z2 with sqrt(b) (rho z1 + sr z2) = k
         deg = (sr * sb) <= tiny
         den = jnp.where(deg, 1.0, sr * sb)
         p2 = jnp.where(deg, Z_MAX, (bg[None, :] - m * z1[:, None]) / den)
-        z2, w2, w2c = _pieces(p2, dt)
+        z2, w2, w2c = _pieces(p2, dt, step)
         gv = g(m * z1[:, None] + sb * sr * z2) * _normal_pdf(z2)
         inner = jnp.where(deg, g(m * z1), jnp.sum(w2 * gv, -1))
         inner_c = jnp.where(deg, g(m * z1), jnp.sum(w2c * gv, -1))

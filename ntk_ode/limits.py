@@ -121,6 +121,12 @@ class _Duals:
     act: Activation
     terms: int
     perturb: float = 0.0
+    quad: bool = False  # robust quadrature at every grid point (large variance; slow)
+
+    @property
+    def per_input_batch(self) -> bool:
+        """Whether solves must go one input / pair at a time (quadrature is memory-hungry)."""
+        return self.quad
 
     @property
     def closed(self) -> bool:
@@ -128,7 +134,7 @@ class _Duals:
 
     def tables(self, v):
         """Hermite coefficient tables (phi, phi') for variances v: (..., terms) each."""
-        if self.closed:
+        if self.closed or self.quad:
             return ()
         return (
             gaussian.hermite_coefficients(self.act.fn, v, self.terms),
@@ -138,6 +144,8 @@ class _Duals:
     def phi(self, v1, v2, S, tab1, tab2):
         if self.closed:
             val = self.act.closed_form_dual(v1[:, None], v2[None, :], S)
+        elif self.quad:
+            val = self._quad(self.act.fn, v1, v2, S)
         else:
             val = _mehler_grid(tab1[0], tab2[0], gaussian.correlation(v1[:, None], v2[None, :], S))
         return val + self._bump(self.act.closed_form_dual, 0, v1, v2, tab1, tab2)
@@ -145,18 +153,30 @@ class _Duals:
     def dphi(self, v1, v2, S, tab1, tab2):
         if self.closed:
             val = self.act.closed_form_ddual(v1[:, None], v2[None, :], S)
+        elif self.quad:
+            val = self._quad(self.act.dfn, v1, v2, S)
         else:
             val = _mehler_grid(tab1[1], tab2[1], gaussian.correlation(v1[:, None], v2[None, :], S))
         return val + self._bump(self.act.closed_form_ddual, 1, v1, v2, tab1, tab2)
 
+    def _quad(self, f, v1, v2, S):
+        bp = self.act.breakpoints
+        return gaussian.expect_2d_quad(f, f, v1[:, None], v2[None, :], S, bp, bp, step=_QUAD_STEP)[0]
+
     def _bump(self, closed, which, v1, v2, tab1, tab2):
         if self.perturb == 0.0:
             return 0.0
-        if self.closed:
+        if self.quad:
+            f = self.act.fn if which == 0 else self.act.dfn
+            m1, m2 = (gaussian.expect_1d_quad(_squared(f), v, self.act.breakpoints)[0] for v in (v1, v2))
+        elif self.closed:
             m1, m2 = closed(v1, v1, v1), closed(v2, v2, v2)
         else:
             m1, m2 = jnp.sum(tab1[which] ** 2, -1), jnp.sum(tab2[which] ** 2, -1)
         return self.perturb * jnp.sqrt(jnp.abs(m1[:, None] * m2[None, :]))
+
+
+_QUAD_STEP = 1.0 / 32.0  # tanh-sinh step of the quadrature duals inside the solvers
 
 
 def _mehler_grid(c1, c2, rho):
@@ -261,7 +281,7 @@ def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress,
     """Solve the pairs (i1[p], i2[p]) with pair covariances s00[p], in padded blocks."""
     P = s00.shape[0]
     sharding, ndev = _mesh_sharding() if shard else (None, 1)
-    bs = max(1, min(block_size, P))
+    bs = max(1, min(1 if duals.per_input_batch else block_size, P))
     bs = int(math.ceil(bs / ndev) * ndev)
     outs = []
     starts = range(0, P, bs)
@@ -335,8 +355,19 @@ class _Problem:
             self._singles[key] = self._solve_singles(grid)
         return self._singles[key]
 
+    def drop_singles(self, grid):
+        """Forget the single-input solutions on ``grid`` (memory of large ResNet grids)."""
+        for key in [k for k in self._singles if k[0] is grid]:
+            del self._singles[key]
+
     def _solve_singles(self, grid):
-        v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00)
+        if self.duals.per_input_batch:
+            parts = [_singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00[i:i + 1])
+                     for i in range(self.self_s00.shape[0])]
+            v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (),
+                           jnp.concatenate([p[2] for p in parts]))
+        else:
+            v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00)
         nan = ~np.isfinite(np.asarray(v)).all()
         if nan or not np.all(np.asarray(ok)):
             _raise_on_failure(np.asarray(ok), np.asarray(v), np.asarray(v), self.model, "single-input problems")
@@ -426,7 +457,48 @@ def _choose_terms(duals0: _Duals, problem: _Problem, grid: Grid, inputs, target:
                     return trimmed, delta_t
                 problem.duals = duals
             return duals, delta
+    # the series cannot be certified (large variance, kinks): robust quadrature at every point
+    quad = _Duals(duals0.act, duals0.terms, quad=True)
+    problem.duals = quad
+    delta_q = _quad_certificate(quad, problem, grid, inputs)
+    if delta_q < delta:
+        return quad, delta_q
+    problem.duals = duals
     return duals, delta
+
+
+def _first_grid(model, depth, nodes) -> Grid:
+    if depth is not None:
+        return resnet_grid(depth, model.T)
+    return chebyshev_grid(int(nodes) if nodes is not None else _NODE_LADDER[0], model.T)
+
+
+def _certify(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
+    """Relative error bound of the duals on ``grid`` (0 for closed forms)."""
+    if duals.quad:
+        return _quad_certificate(duals, problem, grid, inputs)
+    return _mehler_certificate(duals, problem, grid, inputs)
+
+
+def _quad_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
+    """Relative error bound of the quadrature duals (step ``_QUAD_STEP``): their difference to
+    the rule at half the step (plus rounding), at the inputs' node variances, over correlations
+    from -1 to 1 (at the near-kink correlations 0.999 and 1 the rules are hardest)."""
+    v, _ = problem.singles(grid)
+    v = np.asarray(v)[np.asarray(inputs)].reshape(-1)
+    v = np.unique(np.concatenate([np.sort(v)[:: max(1, v.size // 3)], [v.max()]]))
+    a, b = (g.reshape(-1) for g in np.meshgrid(v, v, indexing="ij"))
+    worst = 0.0
+    bp = duals.act.breakpoints
+    for f in (duals.act.fn, duals.act.dfn):
+        m2a = np.asarray(gaussian.expect_1d_quad(_squared(f), a, bp)[0])
+        m2b = np.asarray(gaussian.expect_1d_quad(_squared(f), b, bp)[0])
+        for rho in (-1.0, -0.5, 0.0, 0.9, 0.999, 1.0):
+            c = rho * np.sqrt(a * b)
+            _, err = gaussian.expect_2d_quad(f, f, a, b, c, bp, bp, step=_QUAD_STEP / 2)
+            rel = np.asarray(err) / np.maximum(np.sqrt(np.abs(m2a * m2b)), 1e-300)
+            worst = max(worst, float(np.max(rel)))
+    return worst
 
 
 def _dual_sensitivity(problem: _Problem, grid: Grid, pick, base, eta: float = 1e-6):
@@ -507,12 +579,27 @@ def kernel_fn(
         same = bool(np.ptp(norms) <= 1e-12 * max(norms.max(), 1e-300))
         if equal_norm is True and not same:
             raise ValueError("equal_norm=True but the inputs do not all have the same norm")
-        use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64)
-        pick = _probe_pairs(problem)
-        grid, err = _choose_grid(model, problem, depth, nodes, tol, pick)
+        # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
+        # collocation resolves only algebraically; those pairs are extrapolated from the exact
+        # depth-L recursions instead (Richardson), and the zonal table (whose angle-0 node is
+        # such a pair) is not used unless asked for
+        kinked = depth is None and nodes is None and _is_kinked(model.activation)
+        same_input = _identical_pairs(problem) if kinked else np.zeros(0, int)
+        if kinked and not model.activation.has_closed_form:
+            same_input = np.zeros(0, int)  # decided below, once the duals are known
+        use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64 and not kinked)
+        pick = _probe_pairs(problem, exclude=same_input)
         inputs = np.unique(np.concatenate([problem.i1[pick], problem.i2[pick],
                                            [np.argmax(problem.self_s00), np.argmin(problem.self_s00)]]))
-        problem.duals, delta = _choose_terms(duals0, problem, grid, inputs, max(1e-3 * tol, 1e3 * eps))
+        # the duals first (on the first grid: it sees the whole range of variances), then the time
+        # grid with those duals, then the duals' certificate again on the chosen grid
+        grid0 = _first_grid(model, depth, nodes)
+        problem.duals, delta = _choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
+        grid, err = _choose_grid(model, problem, depth, nodes, tol, pick)
+        if kinked and not problem.duals.quad and not same_input.size:
+            same_input = _identical_pairs(problem)
+        if grid is not grid0:
+            delta = max(delta, _certify(problem.duals, problem, grid, inputs))
         dual_err = None  # per unit kernel scale, or absolute when measured
         if delta > 0:
             # a measured response to dual errors; skipped (two compilations less) when even a
@@ -532,6 +619,10 @@ def kernel_fn(
                     raise RuntimeError(f"{exc}; use equal_norm=False") from exc
         if vals is None:
             vals = problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
+        if same_input.size:
+            rvals, rerr = _richardson_pairs(problem, same_input, tol, progress)
+            vals[same_input] = rvals
+            err = np.maximum(err, rerr) if not use_zonal else err + rerr
         scale = np.max(np.abs(vals), axis=0)
         err = err + 64 * eps * scale  # rounding and the Picard stopping rule
         if delta > 0:
@@ -567,26 +658,63 @@ def _check_duals(act: Activation):
         raise ValueError(f"activation {act.name!r}: phi or phi' is not finite on [-2, 2]; no quadrature possible")
 
 
-_NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
+def _is_kinked(act: Activation) -> bool:
+    return bool(act.kinks) or not act.dphi_lipschitz
 
 
-def _probe_pairs(problem: _Problem, n: int = 8):
+def _identical_pairs(problem: _Problem):
+    """Indices of the pairs whose two inputs are equal (the diagonal, and repeated inputs)."""
+    X = np.asarray(problem.X)
+    return np.nonzero(np.all(X[problem.i1] == X[problem.i2], axis=1))[0]
+
+
+_RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def _richardson_pairs(problem: _Problem, sel, tol, progress=False):
+    """Kernels of the pairs ``sel`` by Richardson extrapolation of the exact ResNet kernels
+    K^L_inf (L = 16, 32, ...; error c1/L + c2/L^2 + ...), adding levels until 4x the change of
+    the extrapolant is below rtol. Returns (values (P, 5), estimated max abs error (5,))."""
+    vals, prev, est = [], None, None
+    Ls = []
+    for L in _RICHARDSON_LS:
+        grid = resnet_grid(L, problem.model.T)
+        vals.append(problem.solve(grid, sel=sel, block_size=max(1, 2**20 // (L + 1) ** 2), progress=progress))
+        Ls.append(L)
+        problem.drop_singles(grid)
+        if len(vals) >= 3:
+            cur = richardson(vals, Ls)
+            if prev is not None:
+                est = 4.0 * np.max(np.abs(cur - prev), axis=0)
+                if np.all(est[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
+                    return cur, est
+            prev = cur
+    return prev, est
+
+
+def _probe_pairs(problem: _Problem, n: int = 8, exclude=()):
     """Pairs on which accuracy is measured: the first diagonal entries, random pairs, and the
     most correlated and most anti-correlated distinct pairs (near-duplicate and antipodal inputs
     are where the duals and the time grid are hardest)."""
     rng = np.random.default_rng(0)
-    diag = np.nonzero(problem.i1 == problem.i2)[0]
+    keep = np.ones(problem.i1.size, bool)
+    keep[np.asarray(exclude, int)] = False
+    if not keep.any():  # only identical pairs: probe them anyway
+        keep[:] = True
+    diag = np.nonzero((problem.i1 == problem.i2) & keep)[0]
     P = problem.i1.size
+    allowed = np.nonzero(keep)[0]
     X = np.asarray(problem.X, float)
     nrm = np.maximum(np.linalg.norm(X, axis=1), 1e-300)
     cos = np.einsum("pd,pd->p", X[problem.i1], X[problem.i2]) / (nrm[problem.i1] * nrm[problem.i2]) if P <= 200_000 else None
     extra = []
     if cos is not None:
-        off = np.nonzero(problem.i1 != problem.i2)[0]
+        off = np.nonzero((problem.i1 != problem.i2) & keep)[0]
         if off.size:
             order = off[np.argsort(cos[off])]
             extra = [order[:2], order[-2:]]
-    return np.unique(np.concatenate([diag[:n], rng.choice(P, size=min(n, P), replace=False), *extra]).astype(int))
+    rand = rng.choice(allowed, size=min(n, allowed.size), replace=False)
+    return np.unique(np.concatenate([diag[:n], rand, *extra]).astype(int))
 
 
 _NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
@@ -600,7 +728,9 @@ def _choose_grid(model, problem: _Problem, depth, nodes, tol, pick):
     if nodes is not None:
         return chebyshev_grid(int(nodes), model.T), np.full(len(GETS), np.nan)
     prev = None
-    for M in _NODE_LADDER:
+    # quadrature duals cost ~1e5 evaluations per grid point: stop the ladder at 32 nodes
+    ladder = [M for M in _NODE_LADDER if M <= 32] if problem.duals.quad else _NODE_LADDER
+    for M in ladder:
         cur = problem.solve(chebyshev_grid(M, model.T), sel=pick, shard=False)
         if prev is not None:
             diff = np.max(np.abs(cur - prev[1]), axis=0)
@@ -609,7 +739,7 @@ def _choose_grid(model, problem: _Problem, depth, nodes, tol, pick):
         prev = (M, cur, prev)
     # not converged: keep the finest grid; its error from the last two differences, assuming
     # at least first-order convergence in M (the ratio of consecutive rungs is 4/3)
-    ratio = _NODE_LADDER[-1] / _NODE_LADDER[-2]
+    ratio = ladder[-1] / ladder[-2]
     return chebyshev_grid(prev[0], model.T), diff / (ratio - 1.0)
 
 

