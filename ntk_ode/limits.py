@@ -142,22 +142,21 @@ class _Duals:
         )
 
     def phi(self, v1, v2, S, tab1, tab2):
-        if self.closed:
-            val = self.act.closed_form_dual(v1[:, None], v2[None, :], S)
-        elif self.quad:
-            val = self._quad(self.act.fn, v1, v2, S)
-        else:
-            val = _mehler_grid(tab1[0], tab2[0], gaussian.correlation(v1[:, None], v2[None, :], S))
-        return val + self._bump(self.act.closed_form_dual, 0, v1, v2, tab1, tab2)
+        return self._grid_dual(0, v1, v2, S, tab1, tab2)
 
     def dphi(self, v1, v2, S, tab1, tab2):
+        return self._grid_dual(1, v1, v2, S, tab1, tab2)
+
+    def _grid_dual(self, which, v1, v2, S, tab1, tab2):
+        """E f(u) f(u') on the grid, f = phi (which = 0) or phi' (1)."""
+        closed = self.act.closed_form_dual if which == 0 else self.act.closed_form_ddual
         if self.closed:
-            val = self.act.closed_form_ddual(v1[:, None], v2[None, :], S)
+            val = closed(v1[:, None], v2[None, :], S)
         elif self.quad:
-            val = self._quad(self.act.dfn, v1, v2, S)
+            val = self._quad(self.act.fn if which == 0 else self.act.dfn, v1, v2, S)
         else:
-            val = _mehler_grid(tab1[1], tab2[1], gaussian.correlation(v1[:, None], v2[None, :], S))
-        return val + self._bump(self.act.closed_form_ddual, 1, v1, v2, tab1, tab2)
+            val = _mehler_grid(tab1[which], tab2[which], gaussian.correlation(v1[:, None], v2[None, :], S))
+        return val + self._bump(closed, which, v1, v2, tab1, tab2)
 
     def _quad(self, f, v1, v2, S):
         bp = self.act.breakpoints
@@ -662,10 +661,23 @@ def _is_kinked(act: Activation) -> bool:
     return bool(act.kinks) or not act.dphi_lipschitz
 
 
+_NEAR_DUPLICATE = 1e-3  # 1 - cos below which a pair's dPhi has a (near-)kink too sharp to collocate
+
+
 def _identical_pairs(problem: _Problem):
-    """Indices of the pairs whose two inputs are equal (the diagonal, and repeated inputs)."""
-    X = np.asarray(problem.X)
-    return np.nonzero(np.all(X[problem.i1] == X[problem.i2], axis=1))[0]
+    """Indices of the pairs whose inputs are equal or nearly so (1 - cos <= 1e-3, and the same
+    norm to 1e-3): there dPhi(t, s) has a kink (or a near-kink of width ~sqrt(1 - cos)) along
+    t = s that collocation resolves only algebraically."""
+    X = np.asarray(problem.X, float)
+    nrm = np.linalg.norm(X, axis=1)
+    a, b = problem.i1, problem.i2
+    same = np.all(X[a] == X[b], axis=1)
+    if a.size > 200_000:
+        return np.nonzero(same)[0]
+    dot = np.einsum("pd,pd->p", X[a], X[b])
+    den = np.maximum(nrm[a] * nrm[b], 1e-300)
+    near = (1.0 - dot / den <= _NEAR_DUPLICATE) & (np.abs(nrm[a] - nrm[b]) <= _NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b]))
+    return np.nonzero(same | near)[0]
 
 
 _RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024)

@@ -1,0 +1,101 @@
+"""Accuracy map of the infinite-width kernels: true error and reported estimate, per activation
+and head, over sigma_w T and sigma_u |x| / sqrt(d).
+
+The kernel is the one-step ResNet's K^1_inf of one input with itself (T = 3, sigma_w = s / 3):
+its recursion is short enough to evaluate independently by scipy's adaptive quadrature, so the
+"true error" is against a reference that shares no code with ntk_ode, while the duals it needs
+sweep the same variances (up to ~1e3) as the ODE kernels at these settings. Prints a table,
+writes JSON and a figure (docs/img/accuracy_map.png by default).
+
+    python benchmarks/accuracy_map.py [--quick] [--out benchmarks/results/accuracy_map.json]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ntk_ode as no  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from test_limits_accuracy import depth_one_diagonal  # noqa: E402
+
+ACTS = ["relu", "softplus", "tanh", "sigmoid", "gelu", "silu", "erf"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 x 2 settings instead of 5 x 4")
+    ap.add_argument("--out", default="benchmarks/results/accuracy_map.json")
+    ap.add_argument("--figure", default="docs/img/accuracy_map.png")
+    args = ap.parse_args()
+    swT = [0.25, 2.0, 6.0] if args.quick else [0.25, 1.0, 2.0, 4.0, 6.0]
+    sux = [0.25, 3.0] if args.quick else [0.25, 1.0, 2.0, 3.0]
+    T, d = 3.0, 4
+    rows = []
+    t0 = time.time()
+    for name in ACTS:
+        for head in ("linear", "phi"):
+            for s in swT:
+                for u in sux:
+                    model = no.NeuralODE(name, T=T, sigma_w=s / T, sigma_u=1.0, head=head)
+                    x = jnp.full((1, d), u)  # sigma_u |x| / sqrt(d) = u
+                    with warnings.catch_warnings(record=True) as w:
+                        warnings.simplefilter("always")
+                        k, e = no.kernel_fn(model, depth=1)(x, with_error=True)
+                    jax.clear_caches()  # one compilation per setting: keep memory flat over the map
+                    nngp, ntk = depth_one_diagonal(model.activation, u * u, s * s, head)
+                    for kind, got, est, ref in (("nngp", k.nngp, e.nngp, nngp), ("ntk", k.ntk, e.ntk, ntk)):
+                        true = abs(float(got[0, 0]) - ref) / abs(ref)
+                        rows.append(dict(activation=name, head=head, sigma_w_T=s, input=u, kernel=kind,
+                                         true_rel=true, estimate_rel=float(est) / abs(ref), warned=bool(w)))
+                    r = rows[-1]
+                    print(f"{name:9s} {head:6s} sw*T={s:<5g} su|x|/sqrt(d)={u:<5g} ntk true {r['true_rel']:.1e} "
+                          f"estimate {r['estimate_rel']:.1e}", flush=True)
+    worst = max(r["true_rel"] / max(r["estimate_rel"], 1e-300) for r in rows)
+    print(f"largest true error / estimate: {worst:.2e}   ({time.time() - t0:.0f} s)")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"rows": rows, "largest_ratio_true_to_estimate": worst, "seconds": time.time() - t0}, f, indent=1)
+    plot(rows, swT, sux, args.figure)
+
+
+def plot(rows, swT, sux, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(ACTS), figsize=(2.3 * len(ACTS), 5.2), sharey=True, constrained_layout=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.85, len(sux)))
+    for j, name in enumerate(ACTS):
+        for i, head in enumerate(("linear", "phi")):
+            ax = axes[i, j]
+            for c, u in zip(colors, sux):
+                sel = [r for r in rows if r["activation"] == name and r["head"] == head and r["input"] == u and r["kernel"] == "ntk"]
+                xs = [r["sigma_w_T"] for r in sel]
+                ax.semilogy(xs, [max(r["true_rel"], 1e-17) for r in sel], "o-", color=c, ms=3,
+                            label=rf"$\sigma_u|x|/\sqrt{{d}}={u:g}$")
+                ax.semilogy(xs, [r["estimate_rel"] for r in sel], "x--", color=c, ms=4)
+            ax.set_title(f"{name}, head {head}", fontsize=9)
+            ax.set_ylim(1e-17, 1e-6)
+            if i == 1:
+                ax.set_xlabel(r"$\sigma_w T$")
+            if j == 0:
+                ax.set_ylabel("relative error of the NTK")
+    axes[0, 0].legend(fontsize=6, loc="upper left")
+    fig.suptitle("true error (o, solid; floored at 1e-17) and reported estimate (x, dashed)", fontsize=10)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
