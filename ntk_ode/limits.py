@@ -50,7 +50,7 @@ from . import gaussian
 from ._checks import check_depth, check_inputs
 from .activations import Activation
 
-__all__ = ["Kernel", "kernel_fn", "Grid", "chebyshev_grid", "resnet_grid", "richardson"]
+__all__ = ["Kernel", "kernel_fn", "kernel_type", "Grid", "chebyshev_grid", "resnet_grid", "richardson"]
 
 Kernel = collections.namedtuple("Kernel", ["nngp", "ntk", "ntk_U", "ntk_W", "ntk_v"], defaults=(None, None, None))
 Kernel.__doc__ = """Infinite-width kernels; ``ntk = ntk_U + ntk_W + ntk_v`` (the blocks of U, W and v)."""
@@ -310,9 +310,21 @@ def _check_get(get):
     single = isinstance(get, str)
     names = (get,) if single else tuple(get)
     bad = [g for g in names if g not in GETS]
-    if bad or not names:
-        raise ValueError(f"get must be one of {GETS} or a tuple of them, got {get!r}")
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"get must be one of {GETS} or a tuple of distinct ones, got {get!r}")
     return names, single
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_type(names: tuple):
+    """The namedtuple returned for ``get=names``: exactly those fields, in that order (as in
+    neural-tangents), so ``nngp, ntk = kfn(x1, None, ("nngp", "ntk"))`` unpacks. ``names`` equal
+    to all five gives :class:`Kernel` itself."""
+    if tuple(names) == GETS:
+        return Kernel
+    t = collections.namedtuple("Kernel", names)
+    t.__doc__ = f"Infinite-width kernels {', '.join(names)} (a selection of :class:`Kernel`'s fields)."
+    return t
 
 
 def _raise_on_failure(ok, nngp, ntk, model, what):
@@ -539,11 +551,14 @@ def kernel_fn(
     """The infinite-width kernels of ``model`` (``depth=None``: Neural ODE; ``depth=L``: ResNet).
 
     Returns ``kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False)`` in the neural-tangents
-    convention: ``get`` a string returns that (N1, N2) array, a tuple returns a
-    :class:`Kernel` namedtuple (fields not asked for are None). Besides "nngp" and "ntk", the
-    NTK's blocks "ntk_U", "ntk_W", "ntk_v" can be asked for. ``with_error=True`` also returns a Kernel of estimated maximum
-    absolute errors (spectral-grid and, for the equal-norm path, interpolation error; exact
-    recursions report 0; with ``nodes`` fixed there is no estimate: nan).
+    convention: ``get`` a string returns that (N1, N2) array, a tuple returns a namedtuple of
+    exactly those fields in that order (:func:`kernel_type`), which unpacks. Besides "nngp" and
+    "ntk", the NTK's blocks "ntk_U", "ntk_W", "ntk_v" can be asked for. ``with_error=True`` also
+    returns the estimated maximum absolute errors in the same form: time grid (0 for the exact
+    ``depth=L`` recursions), certified dual errors, table interpolation, rounding
+    (docs/theory.md, "Error estimates of kernel_fn"); with ``nodes`` fixed the time-grid part is
+    unknown and the estimate is nan. When the estimate exceeds ``rtol`` a RuntimeWarning says so.
+    Evaluates eagerly (adaptive choices on the host): not for use under ``jax.jit``.
 
     Args:
         rtol: target relative accuracy for ``depth=None`` (default 1e-8 in float64, 1e-5 in
@@ -636,7 +651,7 @@ def kernel_fn(
                 f"(relative {np.max(err[:2] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
                 f"relative dual error bound {delta:.1e}, activation {model.activation.name!r})",
                 RuntimeWarning, stacklevel=2)
-        select = lambda kk: getattr(kk, names[0]) if single else Kernel(*(getattr(kk, g) if g in names else None for g in GETS))
+        select = lambda kk: getattr(kk, names[0]) if single else kernel_type(names)(*(getattr(kk, g) for g in names))
         return (select(k), select(e)) if with_error else select(k)
 
     return kfn

@@ -158,3 +158,17 @@ def test_float32_kernel():
     assert k32.dtype == jnp.float32
     k64 = kernel_fn(no.NeuralODE("softplus"))(X, get="ntk")
     assert np.max(np.abs(np.asarray(k32) - np.asarray(k64))) / np.max(np.abs(k64)) < 1e-5
+
+
+def test_get_returns_exactly_the_named_fields_and_unpacks():
+    kfn = kernel_fn(no.NeuralODE("erf"), depth=3)
+    nngp, ntk = kfn(X, None, ("nngp", "ntk"))  # neural-tangents style unpacking
+    np.testing.assert_allclose(np.asarray(ntk), np.asarray(kfn(X, get="ntk")), rtol=0, atol=0)
+    k = kfn(X, get=("ntk_W", "nngp"))
+    assert k._fields == ("ntk_W", "nngp") and len(k) == 2
+    np.testing.assert_allclose(np.asarray(k.nngp), np.asarray(nngp), rtol=0, atol=0)
+    k, e = kfn(X, get=("ntk",), with_error=True)
+    assert k._fields == e._fields == ("ntk",) and e.ntk >= 0
+    assert kfn(X, get=("nngp", "ntk", "ntk_U", "ntk_W", "ntk_v")).__class__ is no.Kernel
+    with pytest.raises(ValueError, match="distinct"):
+        kfn(X, get=("ntk", "ntk"))
