@@ -400,8 +400,8 @@ class _Problem:
         return out
 
 
-# Mehler terms tried when the duals cannot be certified with fewer. The Gauss-Hermite rule behind
-# the coefficients (order 2 K + 64) is computed stably up to order ~1400, hence the cap.
+# Mehler terms tried when the duals cannot be certified with fewer. The coefficient tables cost
+# K (2 K + 64) per input and node; past 640 terms the quadrature duals are the cheaper way.
 _TERMS_LADDER = (192, 384, 640)
 
 
