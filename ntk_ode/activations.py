@@ -153,7 +153,7 @@ class Activation:
         return err
 
     def _second_moment(self, f, a):
-        return gaussian.expect_1d_quad(lambda z: f(z) ** 2, a, self.breakpoints)[0]
+        return gaussian.expect_1d_quad(gaussian.squared(f), a, self.breakpoints)[0]
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"

@@ -238,6 +238,13 @@ def _pieces(breaks, dtype, h: float = _TS_STEP):
     return z.reshape(shape), (length * w).reshape(shape), (length * wc).reshape(shape)
 
 
+@functools.lru_cache(maxsize=256)
+def squared(f):
+    """``z -> f(z)^2``, one stable function object per ``f`` (jitted quadratures of second
+    moments are then compiled once per activation, not once per call)."""
+    return lambda z: f(z) ** 2
+
+
 def _normal_pdf(z):
     return jnp.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
 
@@ -291,6 +298,13 @@ def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: 
     """
     dt = _dtype(a, b, c)
     a, b, c = jnp.broadcast_arrays(*(jnp.asarray(t, dt) for t in (a, b, c)))
+    return _expect_2d_quad_jit(f, g, a, b, c, tuple(float(k) for k in breaks_f),
+                               tuple(float(k) for k in breaks_g), int(batch_size), float(step))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 5, 6, 7, 8))
+def _expect_2d_quad_jit(f, g, a, b, c, breaks_f, breaks_g, batch_size, step):
+    dt = a.dtype
     shape = a.shape
     bf, bg = _as_breaks(breaks_f, dt), _as_breaks(breaks_g, dt)
     eps = float(jnp.finfo(dt).eps)

@@ -167,7 +167,7 @@ class _Duals:
             return 0.0
         if self.quad:
             f = self.act.fn if which == 0 else self.act.dfn
-            m1, m2 = (gaussian.expect_1d_quad(_squared(f), v, self.act.breakpoints)[0] for v in (v1, v2))
+            m1, m2 = (gaussian.expect_1d_quad(gaussian.squared(f), v, self.act.breakpoints)[0] for v in (v1, v2))
         elif self.closed:
             m1, m2 = closed(v1, v1, v1), closed(v2, v2, v2)
         else:
@@ -417,12 +417,6 @@ def _trim_terms(duals: _Duals, problem: _Problem, grid: Grid):
     return _Duals(duals.act, keep)
 
 
-@functools.lru_cache(maxsize=64)
-def _squared(f):
-    """A stable ``z -> f(z)^2`` per activation function (so jitted quadratures are reused)."""
-    return lambda z: f(z) ** 2
-
-
 def _mehler_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
     """Bound on the relative error of the Mehler duals at every grid point of ``inputs``.
 
@@ -442,7 +436,7 @@ def _mehler_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) ->
         eps = float(np.finfo(np.float64).eps)
         for f in (duals.act.fn, duals.act.dfn):
             tab = np.asarray(gaussian.hermite_coefficients(f, v, duals.terms))
-            m2, m2err = (np.asarray(t) for t in gaussian.expect_1d_quad(_squared(f), v, duals.act.breakpoints))
+            m2, m2err = (np.asarray(t) for t in gaussian.expect_1d_quad(gaussian.squared(f), v, duals.act.breakpoints))
             partial = np.sum(tab**2, axis=-1)
             rel = (np.abs(m2 - partial) + m2err) / np.maximum(m2, 1e-300) + 4 * tab.shape[-1] * eps
             worst = max(worst, float(np.max(np.where(m2 > 0, rel, 0.0))))
@@ -502,8 +496,8 @@ def _quad_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> f
     worst = 0.0
     bp = duals.act.breakpoints
     for f in (duals.act.fn, duals.act.dfn):
-        m2a = np.asarray(gaussian.expect_1d_quad(_squared(f), a, bp)[0])
-        m2b = np.asarray(gaussian.expect_1d_quad(_squared(f), b, bp)[0])
+        m2a = np.asarray(gaussian.expect_1d_quad(gaussian.squared(f), a, bp)[0])
+        m2b = np.asarray(gaussian.expect_1d_quad(gaussian.squared(f), b, bp)[0])
         for rho in (-1.0, -0.5, 0.0, 0.9, 0.999, 1.0):
             c = rho * np.sqrt(a * b)
             _, err = gaussian.expect_2d_quad(f, f, a, b, c, bp, bp, step=_QUAD_STEP / 2)
@@ -598,20 +592,23 @@ def kernel_fn(
         # depth-L recursions instead (Richardson), and the zonal table (whose angle-0 node is
         # such a pair) is not used unless asked for
         kinked = depth is None and nodes is None and _is_kinked(model.activation)
-        same_input = _identical_pairs(problem) if kinked else np.zeros(0, int)
-        if kinked and not model.activation.has_closed_form:
-            same_input = np.zeros(0, int)  # decided below, once the duals are known
         use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64 and not kinked)
-        pick = _probe_pairs(problem, exclude=same_input)
-        inputs = np.unique(np.concatenate([problem.i1[pick], problem.i2[pick],
+        probe = _probe_pairs(problem)  # the inputs whose variances the duals are certified on
+        inputs = np.unique(np.concatenate([problem.i1[probe], problem.i2[probe],
                                            [np.argmax(problem.self_s00), np.argmin(problem.self_s00)]]))
         # the duals first (on the first grid: it sees the whole range of variances), then the time
         # grid with those duals, then the duals' certificate again on the chosen grid
         grid0 = _first_grid(model, depth, nodes)
         problem.duals, delta = _choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
+        # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
+        # collocation resolves only algebraically; those pairs are extrapolated from the exact
+        # depth-L recursions instead (Richardson) and left out of the collocation probe. Not with
+        # quadrature duals (deep recursions unaffordable): the probe then sees them and the
+        # estimate says how far collocation got. The zonal table (whose angle-0 node is such a
+        # pair) is not used for kinked activations unless asked for.
+        same_input = _identical_pairs(problem) if kinked and not problem.duals.quad else np.zeros(0, int)
+        pick = _probe_pairs(problem, exclude=same_input)
         grid, err = _choose_grid(model, problem, depth, nodes, tol, pick)
-        if kinked and not problem.duals.quad and not same_input.size:
-            same_input = _identical_pairs(problem)
         if grid is not grid0:
             delta = max(delta, _certify(problem.duals, problem, grid, inputs))
         dual_err = None  # per unit kernel scale, or absolute when measured
@@ -679,19 +676,27 @@ def _is_kinked(act: Activation) -> bool:
 _NEAR_DUPLICATE = 1e-3  # 1 - cos below which a pair's dPhi has a (near-)kink too sharp to collocate
 
 
+def _pair_cosines(problem: _Problem):
+    """cos(x, x') of every pair (None above 200k pairs: the (pairs, d) gather would be large)."""
+    if problem.i1.size > 200_000:
+        return None
+    X = np.asarray(problem.X, float)
+    nrm = np.maximum(np.linalg.norm(X, axis=1), 1e-300)
+    return np.einsum("pd,pd->p", X[problem.i1], X[problem.i2]) / (nrm[problem.i1] * nrm[problem.i2])
+
+
 def _identical_pairs(problem: _Problem):
     """Indices of the pairs whose inputs are equal or nearly so (1 - cos <= 1e-3, and the same
     norm to 1e-3): there dPhi(t, s) has a kink (or a near-kink of width ~sqrt(1 - cos)) along
     t = s that collocation resolves only algebraically."""
     X = np.asarray(problem.X, float)
-    nrm = np.linalg.norm(X, axis=1)
     a, b = problem.i1, problem.i2
     same = np.all(X[a] == X[b], axis=1)
-    if a.size > 200_000:
+    cos = _pair_cosines(problem)
+    if cos is None:
         return np.nonzero(same)[0]
-    dot = np.einsum("pd,pd->p", X[a], X[b])
-    den = np.maximum(nrm[a] * nrm[b], 1e-300)
-    near = (1.0 - dot / den <= _NEAR_DUPLICATE) & (np.abs(nrm[a] - nrm[b]) <= _NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b]))
+    nrm = np.linalg.norm(X, axis=1)
+    near = (1.0 - cos <= _NEAR_DUPLICATE) & (np.abs(nrm[a] - nrm[b]) <= _NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b]))
     return np.nonzero(same | near)[0]
 
 
@@ -729,11 +734,8 @@ def _probe_pairs(problem: _Problem, n: int = 8, exclude=()):
     if not keep.any():  # only identical pairs: probe them anyway
         keep[:] = True
     diag = np.nonzero((problem.i1 == problem.i2) & keep)[0]
-    P = problem.i1.size
     allowed = np.nonzero(keep)[0]
-    X = np.asarray(problem.X, float)
-    nrm = np.maximum(np.linalg.norm(X, axis=1), 1e-300)
-    cos = np.einsum("pd,pd->p", X[problem.i1], X[problem.i2]) / (nrm[problem.i1] * nrm[problem.i2]) if P <= 200_000 else None
+    cos = _pair_cosines(problem)
     extra = []
     if cos is not None:
         off = np.nonzero((problem.i1 != problem.i2) & keep)[0]
@@ -763,7 +765,7 @@ def _choose_grid(model, problem: _Problem, depth, nodes, tol, pick):
             diff = np.max(np.abs(cur - prev[1]), axis=0)
             if np.all(_SAFETY * diff[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
                 return chebyshev_grid(prev[0], model.T), _SAFETY * diff
-        prev = (M, cur, prev)
+        prev = (M, cur)
     # not converged: keep the finest grid; its error from the last two differences, assuming
     # at least first-order convergence in M (the ratio of consecutive rungs is 4/3)
     ratio = ladder[-1] / ladder[-2]
