@@ -151,3 +151,18 @@ def test_registered_kinked_activation_is_probed_and_accurate():
     assert A.probe_kinks(lambda z: 1.0 / (1.0 + jnp.exp(-z))) == ()
     with pytest.raises(ValueError, match="kinks"):
         A.register_activation("test_bad_kinks", jnp.tanh, kinks=(float("inf"),), overwrite=True)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_float32_duals_with_honest_estimates(name):
+    act = A.get_activation(name)
+    a = np.array([0.3, 45.0, 1e4], np.float32)
+    c = np.array([0.3, -45.0 * 0.7, 1e4], np.float32)
+    for mine, ref in ((act.dual_and_error, act.dual), (act.ddual_and_error, act.ddual)):
+        v, e = mine(a, a, c)
+        assert v.dtype == jnp.float32
+        exact = np.asarray(ref(a.astype(np.float64), a.astype(np.float64), c.astype(np.float64)))
+        true = np.abs(np.asarray(v, np.float64) - exact)
+        scale = np.sqrt(np.asarray(G.expect_1d_quad(lambda z: (act.dfn if mine == act.ddual_and_error else act.fn)(z) ** 2, a.astype(np.float64))[0]))
+        assert np.all(true <= 1e-5 * scale ** 2 + 1e-30), (name, true / scale**2)
+        assert np.all(np.asarray(e, np.float64) >= true), (name, true, e)
