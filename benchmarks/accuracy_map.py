@@ -9,6 +9,7 @@ writes JSON and a figure (docs/img/accuracy_map.png by default).
 
     python benchmarks/accuracy_map.py [--quick] [--out benchmarks/results/accuracy_map.json]
 """
+
 import argparse
 import json
 import os
@@ -54,11 +55,24 @@ def main():
                     nngp, ntk = depth_one_diagonal(model.activation, u * u, s * s, head)
                     for kind, got, est, ref in (("nngp", k.nngp, e.nngp, nngp), ("ntk", k.ntk, e.ntk, ntk)):
                         true = abs(float(got[0, 0]) - ref) / abs(ref)
-                        rows.append(dict(activation=name, head=head, sigma_w_T=s, input=u, kernel=kind,
-                                         true_rel=true, estimate_rel=float(est) / abs(ref), warned=bool(w)))
+                        rows.append(
+                            dict(
+                                activation=name,
+                                head=head,
+                                sigma_w_T=s,
+                                input=u,
+                                kernel=kind,
+                                true_rel=true,
+                                estimate_rel=float(est) / abs(ref),
+                                warned=bool(w),
+                            )
+                        )
                     r = rows[-1]
-                    print(f"{name:9s} {head:6s} sw*T={s:<5g} su|x|/sqrt(d)={u:<5g} ntk true {r['true_rel']:.1e} "
-                          f"estimate {r['estimate_rel']:.1e}", flush=True)
+                    print(
+                        f"{name:9s} {head:6s} sw*T={s:<5g} su|x|/sqrt(d)={u:<5g} ntk true {r['true_rel']:.1e} "
+                        f"estimate {r['estimate_rel']:.1e}",
+                        flush=True,
+                    )
     worst = max(r["true_rel"] / max(r["estimate_rel"], 1e-300) for r in rows)
     print(f"largest true error / estimate: {worst:.2e}   ({time.time() - t0:.0f} s)")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -79,10 +93,20 @@ def plot(rows, swT, sux, path):
         for i, head in enumerate(("linear", "phi")):
             ax = axes[i, j]
             for c, u in zip(colors, sux):
-                sel = [r for r in rows if r["activation"] == name and r["head"] == head and r["input"] == u and r["kernel"] == "ntk"]
+                sel = [
+                    r
+                    for r in rows
+                    if r["activation"] == name and r["head"] == head and r["input"] == u and r["kernel"] == "ntk"
+                ]
                 xs = [r["sigma_w_T"] for r in sel]
-                ax.semilogy(xs, [max(r["true_rel"], 1e-17) for r in sel], "o-", color=c, ms=3,
-                            label=rf"$\sigma_u|x|/\sqrt{{d}}={u:g}$")
+                ax.semilogy(
+                    xs,
+                    [max(r["true_rel"], 1e-17) for r in sel],
+                    "o-",
+                    color=c,
+                    ms=3,
+                    label=rf"$\sigma_u|x|/\sqrt{{d}}={u:g}$",
+                )
                 ax.semilogy(xs, [r["estimate_rel"] for r in sel], "x--", color=c, ms=4)
             ax.set_title(f"{name}, head {head}", fontsize=9)
             ax.set_ylim(1e-17, 1e-6)

@@ -1,7 +1,8 @@
 """Finite-width NTK: structured vs jacobian vs ntvp on the weight-tied ResNet (float64, CPU).
 
-    python benchmarks/empirical.py [--quick] [--out benchmarks/results/empirical.json]
+python benchmarks/empirical.py [--quick] [--out benchmarks/results/empirical.json]
 """
+
 import argparse
 import json
 import os
@@ -19,8 +20,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/empirical.json")
-    ap.add_argument("--vs-nt", dest="vs_nt", action="store_true",
-                    help="compare with benchmarks/results/nt_timing.npz from tools/nt_oracle/generate.py --timing")
+    ap.add_argument(
+        "--vs-nt",
+        dest="vs_nt",
+        action="store_true",
+        help="compare with benchmarks/results/nt_timing.npz from tools/nt_oracle/generate.py --timing",
+    )
     ap.add_argument("--large", action="store_true", help="only the structured NTK at n=8192, N=256, L=32 (peak memory)")
     a = ap.parse_args()
     if a.large:
@@ -39,11 +44,21 @@ def main():
         K = f()
         t = time.perf_counter() - t
         ref = K if ref is None else ref
-        rows.append({"method": method, "n": n, "N": N, "L": L, "time_s": t,
-                     "max_abs_diff_vs_structured": float(np.max(np.abs(K - ref)))})
+        rows.append(
+            {
+                "method": method,
+                "n": n,
+                "N": N,
+                "L": L,
+                "time_s": t,
+                "max_abs_diff_vs_structured": float(np.max(np.abs(K - ref))),
+            }
+        )
     for r in rows:
-        print(f"{r['method']:10s} n={n} N={N} L={L}  {r['time_s']:8.3f} s  diff {r['max_abs_diff_vs_structured']:.1e}"
-              f"  speed-up of structured {r['time_s'] / rows[0]['time_s']:.1f}x")
+        print(
+            f"{r['method']:10s} n={n} N={N} L={L}  {r['time_s']:8.3f} s  diff {r['max_abs_diff_vs_structured']:.1e}"
+            f"  speed-up of structured {r['time_s'] / rows[0]['time_s']:.1f}x"
+        )
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"rows": rows, "jax": jax.__version__}, f, indent=1)
@@ -88,8 +103,10 @@ def large():
     K = np.asarray(no.empirical_ntk(model, p, x, depth=L))
     t = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"structured n={n} N={N} L={L}: {t:.1f} s (with compilation), peak RSS {peak:.2f} GiB, "
-          f"lambda_min {np.linalg.eigvalsh(K)[0]:.3e}")
+    print(
+        f"structured n={n} N={N} L={L}: {t:.1f} s (with compilation), peak RSS {peak:.2f} GiB, "
+        f"lambda_min {np.linalg.eigvalsh(K)[0]:.3e}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Continuous adjoint vs backprop through the solver: gradient error vs time, per solver.
 
-    python benchmarks/gradients.py [--quick] [--out benchmarks/results/gradients.json]
+python benchmarks/gradients.py [--quick] [--out benchmarks/results/gradients.json]
 """
+
 import argparse
 import json
 import os

@@ -5,12 +5,13 @@ and N = 1000 equal-norm inputs (softplus, T = 1, d = 8, float64, default rtol 1e
     git worktree add /tmp/ntk_ode_old <revision>
     python benchmarks/kernel_speed_vs.py /tmp/ntk_ode_old .
 """
+
 import argparse
 import os
 import subprocess
 import sys
 
-CODE = r'''
+CODE = r"""
 import sys, time, jax, numpy as np
 jax.config.update("jax_enable_x64", True)
 import ntk_ode as no
@@ -22,7 +23,7 @@ else:
 t = time.perf_counter()
 no.kernel_fn(no.NeuralODE("softplus", T=1.0))(X, get="ntk").block_until_ready()
 print(time.perf_counter() - t)
-'''
+"""
 
 
 def run(checkout, case):

@@ -9,6 +9,7 @@ The reference is the spectral solution with 48 nodes. Prints a table and writes 
 
     python benchmarks/kernels.py [--quick] [--out benchmarks/results/kernels.json]
 """
+
 import argparse
 import json
 import os
@@ -59,32 +60,74 @@ def main():
         r10 = float(np.max(np.abs(np.asarray(K) - ref[:10, :10])) / np.max(np.abs(ref[:10, :10])))
         # cost scales with the number of pairs: extrapolate to N_gen inputs
         t_full = t * (N_gen * (N_gen + 1) / 2) / 55
-        rows.append({"method": f"first-order recursion L={L}", "N": N_gen, "rel_error": r10, "time_s": t_full,
-                     "note": "timed on 10 inputs, scaled by the pair count"})
+        rows.append(
+            {
+                "method": f"first-order recursion L={L}",
+                "N": N_gen,
+                "rel_error": r10,
+                "time_s": t_full,
+                "note": "timed on 10 inputs, scaled by the pair count",
+            }
+        )
         rec.append((L, r10, t_full))
     # error ~ c/L and time ~ L^2: the depth and time the recursion needs for 1e-4
     Lr, er, tr = (np.array(v) for v in zip(*rec))
     c = np.exp(np.mean(np.log(er * Lr)))
     L_need = c / 1e-4
     t_need = float(np.exp(np.mean(np.log(tr / Lr**2)))) * L_need**2
-    rows.append({"method": f"first-order recursion, L={L_need:.0f} (extrapolated)", "N": N_gen, "rel_error": 1e-4,
-                 "time_s": t_need, "note": "error ~ c/L and time ~ L^2 fitted to the rows above"})
+    rows.append(
+        {
+            "method": f"first-order recursion, L={L_need:.0f} (extrapolated)",
+            "N": N_gen,
+            "rel_error": 1e-4,
+            "time_s": t_need,
+            "note": "error ~ c/L and time ~ L^2 fitted to the rows above",
+        }
+    )
     K, t = timed(lambda: no.kernel_fn(model)(xe, get="ntk"))
     Kg = np.asarray(no.kernel_fn(model, equal_norm=False)(xe[:40], get="ntk"))
-    rows.append({"method": "spectral, equal-norm table", "N": N_eq, "rel_error_vs_general_40": float(np.max(np.abs(np.asarray(K)[:40, :40] - Kg)) / np.max(np.abs(Kg))), "time_s": t})
+    rows.append(
+        {
+            "method": "spectral, equal-norm table",
+            "N": N_eq,
+            "rel_error_vs_general_40": float(np.max(np.abs(np.asarray(K)[:40, :40] - Kg)) / np.max(np.abs(Kg))),
+            "time_s": t,
+        }
+    )
     # Monte Carlo at width 1024
     seeds = 8 if a.quick else 32
     t = time.perf_counter()
-    mc = no.monte_carlo_kernels(model, jax.random.PRNGKey(0), xg[:10], width=1024, n_samples=seeds,
-                                solver=no.Solver(rtol=1e-6, atol=1e-6), quad_nodes=16)
+    mc = no.monte_carlo_kernels(
+        model,
+        jax.random.PRNGKey(0),
+        xg[:10],
+        width=1024,
+        n_samples=seeds,
+        solver=no.Solver(rtol=1e-6, atol=1e-6),
+        quad_nodes=16,
+    )
     t = (time.perf_counter() - t) * (N_gen / 10) ** 2
     r10 = float(np.max(np.abs(np.asarray(mc["ntk"][0]) - ref[:10, :10])) / np.max(np.abs(ref[:10, :10])))
-    rows.append({"method": f"Monte Carlo width 1024 x {seeds} seeds", "N": N_gen, "rel_error": r10, "time_s": t,
-                 "note": "timed on 10 inputs (with compilation), scaled by N^2"})
+    rows.append(
+        {
+            "method": f"Monte Carlo width 1024 x {seeds} seeds",
+            "N": N_gen,
+            "rel_error": r10,
+            "time_s": t,
+            "note": "timed on 10 inputs (with compilation), scaled by N^2",
+        }
+    )
     # Monte Carlo error ~ 1/sqrt(seeds) (fluctuations) + O(1/width) bias: seeds needed for 1e-2
     need = max(1.0, (r10 / 1e-2) ** 2)
-    rows.append({"method": f"Monte Carlo width 1024, {seeds * need:.0f} seeds (extrapolated)", "N": N_gen,
-                 "rel_error": 1e-2, "time_s": t * need, "note": "error ~ seeds^-1/2 from the row above"})
+    rows.append(
+        {
+            "method": f"Monte Carlo width 1024, {seeds * need:.0f} seeds (extrapolated)",
+            "N": N_gen,
+            "rel_error": 1e-2,
+            "time_s": t * need,
+            "note": "error ~ seeds^-1/2 from the row above",
+        }
+    )
     print(f"{'method':40s} {'N':>5s} {'rel. error':>11s} {'time [s]':>9s}")
     for r in rows:
         e = r.get("rel_error", r.get("rel_error_vs_general_40"))

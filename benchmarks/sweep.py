@@ -1,7 +1,8 @@
 """Width x seed sweep: seeds vmapped through one compiled function vs a Python loop over seeds.
 
-    python benchmarks/sweep.py [--quick] [--out benchmarks/results/sweep.json]
+python benchmarks/sweep.py [--quick] [--out benchmarks/results/sweep.json]
 """
+
 import argparse
 import json
 import os
@@ -40,7 +41,10 @@ def main():
             jax.block_until_ready(g(k))
         t_loop = time.perf_counter() - t
         rows.append({"width": w, "seeds": seeds, "L": L, "time_mapped_s": t_vmap, "time_loop_s": t_loop})
-        print(f"width {w:5d}  {seeds} seeds  mapped {t_vmap:7.3f} s   python loop {t_loop:7.3f} s   ratio {t_loop / t_vmap:.2f}")
+        print(
+            f"width {w:5d}  {seeds} seeds  mapped {t_vmap:7.3f} s   python loop {t_loop:7.3f} s"
+            f"   ratio {t_loop / t_vmap:.2f}"
+        )
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:
         json.dump({"rows": rows, "jax": jax.__version__}, fh, indent=1)

@@ -7,6 +7,7 @@ the summed gradient over the batch; ours compiled once beforehand). Agreement ta
 
     python benchmarks/vs_torchdiffeq.py [--quick] [--out benchmarks/results/vs_torchdiffeq.json]
 """
+
 import argparse
 import json
 import os
@@ -15,10 +16,9 @@ import time
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import numpy as np  # noqa: E402
-
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 import ntk_ode as no  # noqa: E402
 from ntk_ode.gradients import batch_vjp  # noqa: E402
@@ -27,7 +27,7 @@ try:
     import torch
     import torchdiffeq
 except ImportError as e:  # pragma: no cover - optional
-    raise SystemExit(f"this benchmark needs the 'compare' extra (torch, torchdiffeq): {e}")
+    raise SystemExit(f"this benchmark needs the 'compare' extra (torch, torchdiffeq): {e}") from e
 
 
 class TorchODE(torch.nn.Module):
@@ -46,8 +46,9 @@ def torch_grads(U, W, v, x, tol):
     xt = torch.tensor(x)
     n, d = U.shape
     h0 = xt @ m.U.T / d**0.5
-    hT = torchdiffeq.odeint_adjoint(m, h0, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=tol, atol=tol,
-                                    method="dopri5", adjoint_params=(m.W,))[-1]
+    hT = torchdiffeq.odeint_adjoint(
+        m, h0, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=tol, atol=tol, method="dopri5", adjoint_params=(m.W,)
+    )[-1]
     f = hT @ m.v / n**0.5
     f.sum().backward()
     return f.detach().numpy(), {"U": m.U.grad.numpy(), "W": m.W.grad.numpy(), "v": m.v.grad.numpy()}
@@ -74,7 +75,7 @@ def main():
     model = no.NeuralODE("softplus")
     tol, N, d = 1e-10, 64, 10
     rows = []
-    for n in ((256, 512) if a.quick else (256, 512, 1024, 2048)):
+    for n in (256, 512) if a.quick else (256, 512, 1024, 2048):
         rng = np.random.default_rng(n)
         U, W, v = rng.standard_normal((n, d)), rng.standard_normal((n, n)), rng.standard_normal(n)
         x = rng.standard_normal((N, d))
@@ -89,10 +90,21 @@ def main():
         t_torch = time.perf_counter() - t
         err_f = float(np.max(np.abs(f1 - f2)) / np.max(np.abs(f2)))
         err_g = max(float(np.max(np.abs(g1[k] - g2[k])) / np.max(np.abs(g2[k]))) for k in "UWv")
-        rows.append({"width": n, "N": N, "rel_diff_output": err_f, "rel_diff_grad": err_g, "time_ntk_ode_s": t_ours,
-                     "time_torchdiffeq_s": t_torch})
-        print(f"n={n:5d} N={N}  output diff {err_f:.1e}  grad diff {err_g:.1e}  ntk_ode {t_ours:7.3f} s  "
-              f"torchdiffeq {t_torch:7.3f} s  ratio {t_torch / t_ours:.1f}x", flush=True)
+        rows.append(
+            {
+                "width": n,
+                "N": N,
+                "rel_diff_output": err_f,
+                "rel_diff_grad": err_g,
+                "time_ntk_ode_s": t_ours,
+                "time_torchdiffeq_s": t_torch,
+            }
+        )
+        print(
+            f"n={n:5d} N={N}  output diff {err_f:.1e}  grad diff {err_g:.1e}  ntk_ode {t_ours:7.3f} s  "
+            f"torchdiffeq {t_torch:7.3f} s  ratio {t_torch / t_ours:.1f}x",
+            flush=True,
+        )
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:
         json.dump({"rows": rows, "torch": torch.__version__, "jax": jax.__version__}, fh, indent=1)

@@ -1,6 +1,6 @@
 """ntk_ode: NTK and NNGP theory of wide weight-tied Neural ODEs.
 
-Public API (see docs/ and THEORY.md for the mathematics)::
+Public API (the mathematics is in docs/theory.md)::
 
     model  = NeuralODE(activation="softplus", T=1.0, ...)
     params = model.init(key, d, width)
@@ -8,21 +8,39 @@ Public API (see docs/ and THEORY.md for the mathematics)::
     g      = grad(model, params, x, method="adjoint")  # per-example gradients
     K      = empirical_ntk(model, params, x1, x2)      # finite-width NTK
     k      = kernel_fn(model)(x1, x2, get=("nngp", "ntk"))   # infinite width
+    fn     = predict.gradient_descent_mse(k_train_train, y_train)   # neural-tangents conventions
 """
 
-from . import activations, gaussian
+from . import activations, gaussian, predict
 from .activations import Activation, available_activations, get_activation, register_activation
 from .empirical import empirical_nngp, empirical_ntk, empirical_ntk_fn, monte_carlo_kernels
 from .gradients import adjoint_trajectory, grad
 from .limits import Kernel, kernel_fn, richardson
-from .model import NeuralODE, Solver
+from .model import NeuralODE, Params, Solver
 from .sweep import width_sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Activation", "Kernel", "NeuralODE", "Solver", "activations", "adjoint_trajectory",
-    "available_activations", "empirical_nngp", "empirical_ntk", "empirical_ntk_fn", "gaussian",
-    "get_activation", "grad", "kernel_fn", "monte_carlo_kernels", "register_activation",
-    "richardson", "width_sweep", "__version__",
+    "Activation",
+    "Kernel",
+    "NeuralODE",
+    "Params",
+    "Solver",
+    "activations",
+    "adjoint_trajectory",
+    "available_activations",
+    "empirical_nngp",
+    "empirical_ntk",
+    "empirical_ntk_fn",
+    "gaussian",
+    "get_activation",
+    "grad",
+    "kernel_fn",
+    "monte_carlo_kernels",
+    "predict",
+    "register_activation",
+    "richardson",
+    "width_sweep",
+    "__version__",
 ]

@@ -1,34 +1,116 @@
-"""Argument checks shared by the model and the kernel modules (imports nothing of ours)."""
+"""Argument and result checks shared by the model, gradient and kernel modules.
 
+Checks of *values* (a failed solve, a non-finite result) go through :func:`fail_if`: eagerly it
+raises a plain Python exception with our message; under ``jax.jit``/``jax.vmap`` tracing it
+becomes ``equinox.error_if``, which raises the same message at run time (as a RuntimeError).
+So every public function keeps its checks under transformations. Imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias, TypeVar
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = ["ArrayOrNumpy", "check_depth", "check_inputs", "fail_if", "is_traced"]
 
-def check_depth(depth) -> int | None:
+A = TypeVar("A")
+ArrayOrNumpy: TypeAlias = jax.Array | np.ndarray
+"""Input arrays: JAX or numpy (shapes are given with jaxtyping, e.g. ``Float[ArrayOrNumpy, "N d"]``)."""
+
+
+def is_traced(*xs: Any) -> bool:
+    """True if any leaf of ``xs`` is a JAX tracer (we are inside jit, vmap, grad, ...).
+
+    Args:
+        *xs: pytrees.
+
+    Returns:
+        Whether a leaf is traced.
+    """
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(xs))
+
+
+def fail_if(value: A, bad: Any, message: str, exc: type[Exception] = RuntimeError) -> A:
+    """Return ``value``, or fail with ``message`` where the boolean ``bad`` is true.
+
+    Args:
+        value: the pytree to pass through (under tracing the check is attached to it).
+        bad: a boolean scalar or array (any true entry fails).
+        message: what went wrong and what to do.
+        exc: the exception raised eagerly.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        exc: eagerly, when ``bad`` holds; under tracing a RuntimeError at run time.
+    """
+    if is_traced(bad):
+        return eqx.error_if(value, jnp.any(bad), message)
+    if bool(np.any(np.asarray(bad))):
+        raise exc(message)
+    return value
+
+
+def check_depth(depth: Any) -> int | None:
+    """Validate ``depth``: None (the ODE) or a positive integer L (the ResNet).
+
+    Args:
+        depth: the value to check.
+
+    Returns:
+        None or ``int(depth)``.
+
+    Raises:
+        ValueError: anything else.
+    """
     if depth is None:
         return None
-    if isinstance(depth, bool) or int(depth) != depth or depth < 1:
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer, float)) or int(depth) != depth or depth < 1:
         raise ValueError(f"depth must be None (the ODE) or a positive integer, got {depth!r}")
     return int(depth)
 
 
-def check_inputs(x, d: int | None = None, name: str = "x", expected_by: str = "the model expects"):
-    """Validate an input batch: a finite float array of shape (N, d)."""
+def check_inputs(x: Any, d: int | None = None, name: str = "x", expected_by: str = "the model expects") -> Any:
+    """Validate an input batch: a finite real array of shape (N, d).
+
+    Args:
+        x: the inputs.
+        d: the feature count required, or None.
+        name: the argument's name in messages.
+        expected_by: who requires ``d`` (for the message).
+
+    Returns:
+        ``x`` as a floating JAX array (in the default float dtype if it was an integer array);
+        tracers pass through unchecked.
+
+    Raises:
+        ValueError: wrong type, shape, dtype (complex) or non-finite entries.
+    """
     if isinstance(x, jax.core.Tracer):
         return x
     try:
-        arr = jnp.asarray(x)
-    except TypeError as e:
+        raw = np.asarray(x)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be an array of shape (N, d), got {type(x).__name__}") from e
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, d), got shape {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got shape {arr.shape}")
-    if d is not None and arr.shape[1] != d:
-        raise ValueError(f"{name} has d={arr.shape[1]} features but {expected_by} d={d}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if not isinstance(arr, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x, dtype=float))):
-        raise ValueError(f"{name} contains non-finite values (nan or inf)")
-    return arr
+    if raw.dtype == object or raw.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a real (float or integer) array, got dtype {raw.dtype}")
+    if raw.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, d), got shape {raw.shape}")
+    if raw.shape[0] < 1 or raw.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one row and one column, got shape {raw.shape}")
+    if d is not None and raw.shape[1] != d:
+        raise ValueError(f"{name} has d={raw.shape[1]} features but {expected_by} d={d}")
+    dtype = jax.dtypes.canonicalize_dtype(raw.dtype) if raw.dtype.kind == "f" else jnp.result_type(float)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(raw.astype(dtype))  # after the cast: 1e39 overflows float32
+    if not np.all(finite):
+        raise ValueError(
+            f"{name} contains non-finite values (nan or inf)"
+            + (f" after conversion to {np.dtype(dtype).name}" if np.all(np.isfinite(raw)) else "")
+        )
+    return jnp.asarray(x, dtype=dtype)

@@ -4,7 +4,7 @@ Every activation is an :class:`Activation` carrying
 
 * ``fn`` (phi) and ``dfn`` (phi'), both elementwise JAX functions;
 * the properties the theory asks about: ``phi_lipschitz``, ``dphi_lipschitz``, ``polynomial``,
-  ``odd`` (THEORY.md section 4: Prop 1-3 and the odd-activation caveat);
+  ``odd`` (docs/theory.md section 9: Prop 1-3 and the odd-activation caveat);
 * ``kinks``: the points where phi or phi' is not smooth (relu-like activations: 0);
 * its Gaussian duals ``dual(a, b, c) = E phi(u) phi(v)`` and ``ddual(a, b, c) = E phi'(u) phi'(v)``
   for ``(u, v) ~ N(0, [[a, c], [c, b]])``.
@@ -35,7 +35,8 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,11 +77,13 @@ class Activation:
     kinks: tuple = ()
     arccos_form: bool = False  # closed forms through arccos(rho): rounding amplified near |rho| = 1
 
-    def __call__(self, z):
+    def __call__(self, z: Any) -> Any:
+        """phi(z), elementwise."""
         return self.fn(z)
 
     @property
     def has_closed_form(self) -> bool:
+        """Whether both duals have closed forms."""
         return self.closed_form_dual is not None and self.closed_form_ddual is not None
 
     @property
@@ -92,8 +95,10 @@ class Activation:
         """``E phi(u) phi(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise.
 
         Args:
-            a, b, c: variances and covariance (broadcast); ``|c| <= sqrt(a b)`` is assumed and
-                the correlation is clipped to [-1, 1].
+            a: variance of u.
+            b: variance of v.
+            c: covariance (broadcast with a and b); ``|c| <= sqrt(a b)`` is assumed and the
+                correlation is clipped to [-1, 1].
             method: "auto" (closed form if known, else "quad"), "closed", "quad" (the robust
                 rule :func:`ntk_ode.gaussian.expect_2d_quad`), "hermite" (Mehler series of
                 Gauss-Hermite coefficients; accurate only at moderate variance) or "gh2d"
@@ -108,16 +113,47 @@ class Activation:
         return self._dual(self.fn, self.closed_form_dual, a, b, c, method)[0]
 
     def ddual(self, a, b, c, method: str = "auto"):
-        """``E phi'(u) phi'(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise (see :meth:`dual`)."""
+        """``E phi'(u) phi'(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise (see :meth:`dual`).
+
+        Args:
+            a: variance of u.
+            b: variance of v.
+            c: covariance (broadcast with a and b).
+            method: as in :meth:`dual`.
+
+        Returns:
+            The expectations.
+        """
         return self._dual(self.dfn, self.closed_form_ddual, a, b, c, method)[0]
 
     def dual_and_error(self, a, b, c, method: str = "auto"):
-        """``(E phi(u) phi(v), error estimate)``: the estimate bounds the absolute error
-        (rounding for closed forms, quadrature error otherwise; nan for "hermite"/"gh2d")."""
+        """``(E phi(u) phi(v), error estimate)``: the estimate bounds the absolute error.
+
+        Rounding for closed forms, quadrature error otherwise; nan for "hermite"/"gh2d".
+
+        Args:
+            a: variance of u.
+            b: variance of v.
+            c: covariance (broadcast with a and b).
+            method: as in :meth:`dual`.
+
+        Returns:
+            ``(value, error)``.
+        """
         return self._dual(self.fn, self.closed_form_dual, a, b, c, method)
 
     def ddual_and_error(self, a, b, c, method: str = "auto"):
-        """``(E phi'(u) phi'(v), error estimate)`` (see :meth:`dual_and_error`)."""
+        """``(E phi'(u) phi'(v), error estimate)`` (see :meth:`dual_and_error`).
+
+        Args:
+            a: variance of u.
+            b: variance of v.
+            c: covariance (broadcast with a and b).
+            method: as in :meth:`dual`.
+
+        Returns:
+            ``(value, error)``.
+        """
         return self._dual(self.dfn, self.closed_form_ddual, a, b, c, method)
 
     def _dual(self, f, closed, a, b, c, method):
@@ -172,9 +208,7 @@ def _relu_dual(a, b, c):
     rho = gaussian.correlation(a, b, c)
     theta = jnp.arccos(rho)
     s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0))
-    return (s * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) + (jnp.pi - theta) * rho * s) / (
-        2.0 * jnp.pi
-    )
+    return (s * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) + (jnp.pi - theta) * rho * s) / (2.0 * jnp.pi)
 
 
 def _relu_ddual(a, b, c):
@@ -202,9 +236,7 @@ def _relu_family_duals(pos: float, neg: float):
 
 
 def _erf_dual(a, b, c):
-    return (2.0 / jnp.pi) * jnp.arcsin(
-        jnp.clip(2.0 * c / jnp.sqrt((1.0 + 2.0 * a) * (1.0 + 2.0 * b)), -1.0, 1.0)
-    )
+    return (2.0 / jnp.pi) * jnp.arcsin(jnp.clip(2.0 * c / jnp.sqrt((1.0 + 2.0 * a) * (1.0 + 2.0 * b)), -1.0, 1.0))
 
 
 def _erf_ddual(a, b, c):
@@ -291,7 +323,8 @@ def register_activation(
             warnings.warn(
                 f"activation {name!r}: phi or phi' looks non-smooth near {list(kinks)}; these points "
                 "are used as quadrature breakpoints. Pass kinks=... to declare them (kinks=() for smooth).",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
     else:
         kinks = ()
@@ -318,6 +351,12 @@ def probe_kinks(dfn: Callable, lo: float = -30.0, hi: float = 30.0, step: float 
     kink (a jump J2 of phi'') order J2 * step. Candidates above ``1e-5 (1 + max|phi'|)`` are
     refined to ~1e-13 by zooming in. A heuristic: it cannot see features narrower than ``step``
     or outside [lo, hi].
+
+    Args:
+        dfn: phi', elementwise.
+        lo: left end of the scan.
+        hi: right end.
+        step: grid step.
 
     Returns:
         Sorted tuple of the points found (empty for a smooth phi').
@@ -355,22 +394,34 @@ def _autodiff_derivative(fn):
 
 
 def available_activations() -> list[str]:
-    """Names of the registered activations."""
+    """Names of the registered activations.
+
+    Returns:
+        The names, sorted.
+    """
     return sorted(_REGISTRY)
 
 
 def get_activation(activation) -> Activation:
-    """Resolve a registered name (or pass an :class:`Activation` through)."""
+    """Resolve a registered name (or pass an :class:`Activation` through).
+
+    Args:
+        activation: a name from :func:`available_activations` or an Activation.
+
+    Returns:
+        The Activation.
+
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones).
+    """
     if isinstance(activation, Activation):
         return activation
     if isinstance(activation, str) and activation in _REGISTRY:
         return _REGISTRY[activation]
-    raise ValueError(
-        f"activation must be an Activation or one of {available_activations()}, got {activation!r}"
-    )
+    raise ValueError(f"activation must be an Activation or one of {available_activations()}, got {activation!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def softplus(beta: float = 1.0) -> Activation:
     """Softplus ``log(1 + exp(beta z)) / beta``; phi' = sigmoid(beta z) (Lipschitz with constant beta/4)."""
     beta = float(beta)
@@ -392,9 +443,7 @@ def _gelu(z):
 
 
 def _dgelu(z):
-    return 0.5 * (1.0 + jax.lax.erf(z / math.sqrt(2.0))) + z * jnp.exp(-0.5 * z * z) / math.sqrt(
-        2.0 * jnp.pi
-    )
+    return 0.5 * (1.0 + jax.lax.erf(z / math.sqrt(2.0))) + z * jnp.exp(-0.5 * z * z) / math.sqrt(2.0 * jnp.pi)
 
 
 def _dsilu(z):
@@ -428,6 +477,14 @@ def relu_family(pos: float, neg: float, name: str | None = None) -> Activation:
 
     Raises:
         ValueError: ``pos`` or ``neg`` not finite.
+
+    Args:
+        pos: slope for u > 0.
+        neg: slope for u < 0.
+        name: its name (default ``relu_family(pos,neg)``).
+
+    Returns:
+        The activation.
     """
     pos, neg = float(pos), float(neg)
     if not (math.isfinite(pos) and math.isfinite(neg)):
@@ -441,39 +498,74 @@ def relu_family(pos: float, neg: float, name: str | None = None) -> Activation:
         return jnp.where(z > 0, pos, jnp.where(z < 0, neg, 0.0)).astype(jnp.result_type(z, float))
 
     return Activation(
-        name=name or f"relu_family({pos:g}, {neg:g})", fn=fn, dfn=dfn, phi_lipschitz=True,
-        dphi_lipschitz=pos == neg, polynomial=pos == neg, odd=pos == neg,
-        closed_form_dual=dual, closed_form_ddual=ddual, kinks=(0.0,), arccos_form=pos != neg,
+        name=name or f"relu_family({pos:g}, {neg:g})",
+        fn=fn,
+        dfn=dfn,
+        phi_lipschitz=True,
+        dphi_lipschitz=pos == neg,
+        polynomial=pos == neg,
+        odd=pos == neg,
+        closed_form_dual=dual,
+        closed_form_ddual=ddual,
+        kinks=(0.0,),
+        arccos_form=pos != neg,
     )
 
 
 _BUILTIN = [
     Activation(
-        name="relu", fn=jax.nn.relu, dfn=_drelu, phi_lipschitz=True, dphi_lipschitz=False,
-        polynomial=False, closed_form_dual=_relu_dual, closed_form_ddual=_relu_ddual,
-        kinks=(0.0,), arccos_form=True,
+        name="relu",
+        fn=jax.nn.relu,
+        dfn=_drelu,
+        phi_lipschitz=True,
+        dphi_lipschitz=False,
+        polynomial=False,
+        closed_form_dual=_relu_dual,
+        closed_form_ddual=_relu_ddual,
+        kinks=(0.0,),
+        arccos_form=True,
     ),
     relu_family(1.0, 0.01, "leaky_relu"),  # jax.nn.leaky_relu's default slope
     relu_family(1.0, -1.0, "abs"),
     softplus(1.0),
-    Activation(name="tanh", fn=jnp.tanh, dfn=_dtanh, phi_lipschitz=True, dphi_lipschitz=True,
-               polynomial=False, odd=True),
-    Activation(name="erf", fn=jax.lax.erf, dfn=_derf, phi_lipschitz=True, dphi_lipschitz=True,
-               polynomial=False, odd=True, closed_form_dual=_erf_dual, closed_form_ddual=_erf_ddual),
-    Activation(name="sigmoid", fn=jax.nn.sigmoid, dfn=_dsigmoid, phi_lipschitz=True,
-               dphi_lipschitz=True, polynomial=False),
-    Activation(name="gelu", fn=_gelu, dfn=_dgelu, phi_lipschitz=True, dphi_lipschitz=True,
-               polynomial=False),
-    Activation(name="silu", fn=jax.nn.silu, dfn=_dsilu, phi_lipschitz=True, dphi_lipschitz=True,
-               polynomial=False),
     Activation(
-        name="quadratic", fn=lambda z: z * z, dfn=lambda z: 2.0 * z, phi_lipschitz=False,
-        dphi_lipschitz=True, polynomial=True, closed_form_dual=_quadratic_dual,
+        name="tanh", fn=jnp.tanh, dfn=_dtanh, phi_lipschitz=True, dphi_lipschitz=True, polynomial=False, odd=True
+    ),
+    Activation(
+        name="erf",
+        fn=jax.lax.erf,
+        dfn=_derf,
+        phi_lipschitz=True,
+        dphi_lipschitz=True,
+        polynomial=False,
+        odd=True,
+        closed_form_dual=_erf_dual,
+        closed_form_ddual=_erf_ddual,
+    ),
+    Activation(
+        name="sigmoid", fn=jax.nn.sigmoid, dfn=_dsigmoid, phi_lipschitz=True, dphi_lipschitz=True, polynomial=False
+    ),
+    Activation(name="gelu", fn=_gelu, dfn=_dgelu, phi_lipschitz=True, dphi_lipschitz=True, polynomial=False),
+    Activation(name="silu", fn=jax.nn.silu, dfn=_dsilu, phi_lipschitz=True, dphi_lipschitz=True, polynomial=False),
+    Activation(
+        name="quadratic",
+        fn=lambda z: z * z,
+        dfn=lambda z: 2.0 * z,
+        phi_lipschitz=False,
+        dphi_lipschitz=True,
+        polynomial=True,
+        closed_form_dual=_quadratic_dual,
         closed_form_ddual=_quadratic_ddual,
     ),
     Activation(
-        name="identity", fn=lambda z: z, dfn=lambda z: jnp.ones_like(z), phi_lipschitz=True,
-        dphi_lipschitz=True, polynomial=True, odd=True, closed_form_dual=_identity_dual,
+        name="identity",
+        fn=lambda z: z,
+        dfn=lambda z: jnp.ones_like(z),
+        phi_lipschitz=True,
+        dphi_lipschitz=True,
+        polynomial=True,
+        odd=True,
+        closed_form_dual=_identity_dual,
         closed_form_ddual=_identity_ddual,
     ),
 ]

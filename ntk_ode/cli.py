@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,8 @@ def cmd_demo(args) -> int:
 
     import ntk_ode as no
     from ntk_ode.data import digits
-    from ntk_ode.sweep import atomic_write_json, fit_slope, versions
+    from ntk_ode.results import atomic_write_json, versions
+    from ntk_ode.sweep import fit_slope
 
     out = args.out
     if args.max_width < 256:
@@ -56,8 +58,16 @@ def cmd_demo(args) -> int:
     t_start = time.perf_counter()
     x, y = digits((0, 1), n=args.n, seed=args.seed)
     model = no.NeuralODE("softplus", T=1.0)
-    summary = {"config": {"data": "sklearn digits 0 vs 1, centred, on the unit sphere", "n_points": args.n,
-                          "activation": "softplus", "T": 1.0, "seed": args.seed}, "versions": versions()}
+    summary: dict[str, Any] = {
+        "config": {
+            "data": "sklearn digits 0 vs 1, centred, on the unit sphere",
+            "n_points": args.n,
+            "activation": "softplus",
+            "T": 1.0,
+            "seed": args.seed,
+        },
+        "versions": versions(),
+    }
 
     # E1: the same weights in the ODE and in ResNets of depth L
     print("[1/3] E1: Neural ODE vs weight-tied ResNet of depth L (softplus, width 256)", flush=True)
@@ -72,26 +82,65 @@ def cmd_demo(args) -> int:
         gL = no.grad(model, params, xs, depth=L, method="backprop")
         grad_gap.append(float(jnp.sqrt(sum(jnp.sum((gL[k] - g[k]) ** 2) for k in "UWv"))))
     s1 = [fit_slope(Ls, out_gap), fit_slope(Ls, grad_gap)]
-    summary["E1"] = {"L": Ls, "output_gap": out_gap, "gradient_gap": grad_gap, "slope_output": s1[0], "slope_gradient": s1[1]}
-    _plot_loglog(os.path.join(out, "e1_gaps"), Ls, [out_gap, grad_gap], ["max |f^L - f|", "||grad f^L - grad f||"],
-                 "depth L", "gap", "E1: ResNet -> Neural ODE (softplus)", s1)
+    summary["E1"] = {
+        "L": Ls,
+        "output_gap": out_gap,
+        "gradient_gap": grad_gap,
+        "slope_output": s1[0],
+        "slope_gradient": s1[1],
+    }
+    _plot_loglog(
+        os.path.join(out, "e1_gaps"),
+        Ls,
+        [out_gap, grad_gap],
+        ["max |f^L - f|", "||grad f^L - grad f||"],
+        "depth L",
+        "gap",
+        "E1: ResNet -> Neural ODE (softplus)",
+        s1,
+    )
 
     # E2: finite-width NTK -> K_inf
     widths = [w for w in (128, 256, 512, 1024, 2048) if w <= args.max_width]
     print(f"[2/3] E2: finite-width NTK vs K_inf over widths {widths[0]}..{widths[-1]} (6 seeds each)", flush=True)
-    sw = no.width_sweep(model, xs, widths, 6, seed=args.seed,
-                        solver=no.Solver(rtol=1e-8, atol=1e-8), out=os.path.join(out, "e2_sweep"), progress=True)
-    summary["E2"] = {"widths": sw["widths"].tolist(), "mean_rel_distance": sw["mean_dist"].tolist(), "slope": sw["slope"]}
-    _plot_loglog(os.path.join(out, "e2_width"), sw["widths"], [sw["mean_dist"]], ["||Theta_n - K_inf|| / ||K_inf||"],
-                 "width n", "relative distance", "E2: NTK at width n vs K_inf", [sw["slope"]])
+    sw = no.width_sweep(
+        model,
+        xs,
+        widths,
+        6,
+        seed=args.seed,
+        solver=no.Solver(rtol=1e-8, atol=1e-8),
+        out=os.path.join(out, "e2_sweep"),
+        progress=True,
+    )
+    summary["E2"] = {
+        "widths": sw["widths"].tolist(),
+        "mean_rel_distance": sw["mean_dist"].tolist(),
+        "slope": sw["slope"],
+    }
+    _plot_loglog(
+        os.path.join(out, "e2_width"),
+        sw["widths"],
+        [sw["mean_dist"]],
+        ["||Theta_n - K_inf|| / ||K_inf||"],
+        "width n",
+        "relative distance",
+        "E2: NTK at width n vs K_inf",
+        [sw["slope"]],
+    )
 
     # K_inf on the training set: lambda_0 of Theorem 2
     print(f"[3/3] K_inf on {len(x)} digits: lambda_0 = lambda_min", flush=True)
     t0 = time.perf_counter()
     K, err = no.kernel_fn(model, progress=True)(x, get="ntk", with_error=True)
     ev = np.linalg.eigvalsh(np.asarray(K))
-    summary["kernel"] = {"lambda_0": float(ev[0]), "lambda_max": float(ev[-1]), "condition": float(ev[-1] / ev[0]),
-                         "error_estimate": float(err), "time_s": time.perf_counter() - t0}
+    summary["kernel"] = {
+        "lambda_0": float(ev[0]),
+        "lambda_max": float(ev[-1]),
+        "condition": float(ev[-1] / ev[0]),
+        "error_estimate": float(err),
+        "time_s": time.perf_counter() - t0,
+    }
     _plot_spectrum(os.path.join(out, "kernel_spectrum"), ev)
     summary["time_s"] = time.perf_counter() - t_start
     atomic_write_json(os.path.join(out, "summary.json"), summary)
@@ -137,14 +186,32 @@ def cmd_kernel(args) -> int:
     """NNGP and NTK of a data set (rows = inputs) -> .npz."""
     _enable_x64()
     import ntk_ode as no
+    from ntk_ode.results import atomic_write_npz, fingerprint, provenance
 
     x = _load_matrix(args.data)
-    model = no.NeuralODE(args.activation, T=args.T, sigma_w=args.sigma_w, sigma_u=args.sigma_u,
-                         sigma_v=args.sigma_v, head=args.head, input_scaling=args.input_scaling)
+    model = no.NeuralODE(
+        args.activation,
+        T=args.T,
+        sigma_w=args.sigma_w,
+        sigma_u=args.sigma_u,
+        sigma_v=args.sigma_v,
+        head=args.head,
+        input_scaling=args.input_scaling,
+    )
+    t0 = time.perf_counter()
     k, err = no.kernel_fn(model, depth=args.depth, rtol=args.rtol, progress=True)(x, with_error=True)
-    tmp = args.out + ".tmp.npz"
-    np.savez(tmp, nngp=np.asarray(k.nngp), ntk=np.asarray(k.ntk), error_nngp=err.nngp, error_ntk=err.ntk)
-    os.replace(tmp, args.out)
+    config = {
+        **model.config(),
+        "depth": args.depth,
+        "rtol": args.rtol,
+        "data": os.path.abspath(args.data),
+        "data_fingerprint": fingerprint(x),
+    }
+    atomic_write_npz(
+        args.out,
+        {"nngp": np.asarray(k.nngp), "ntk": np.asarray(k.ntk), "error_nngp": err.nngp, "error_ntk": err.ntk},
+        meta=provenance(config, time_s=time.perf_counter() - t0),
+    )
     print(f"wrote {args.out}: nngp and ntk of shape {np.asarray(k.ntk).shape}, estimated error {err.ntk:.1e}")
     return 0
 
@@ -155,8 +222,13 @@ def cmd_reproduce(args) -> int:
 
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
     t = time.perf_counter()
-    reproduce(names, out=args.out, preset="full" if args.full else "quick", data_dir=args.data,
-              log=lambda m: print(m, flush=True))
+    reproduce(
+        names,
+        out=args.out,
+        preset="full" if args.full else "quick",
+        data_dir=args.data,
+        log=lambda m: print(m, flush=True),
+    )
     print(f"finished {', '.join(names)} in {time.perf_counter() - t:.1f} s; results in {args.out}/")
     return 0
 
@@ -168,22 +240,34 @@ def cmd_train(args) -> int:
 
     import ntk_ode as no
     from ntk_ode.data import digits
-    from ntk_ode.sweep import atomic_write_json
+    from ntk_ode.results import atomic_write_json
     from ntk_ode.train import train
 
     x, y = digits((args.classes[0], args.classes[1]), n=args.n, seed=args.seed)
     model = no.NeuralODE(args.activation, T=args.T)
     p = model.init(jax.random.PRNGKey(args.seed), d=x.shape[1], width=args.width)
-    lr = args.lr if args.lr is not None else "auto"
-    r = train(model, p, x, y, args.steps, depth=args.depth, record_every=args.record_every, learning_rate=lr,
-              checkpoint=args.out + ".ckpt")
+    lr: Any = args.lr if args.lr is not None else "auto"
+    r = train(
+        model,
+        p,
+        x,
+        y,
+        args.steps,
+        depth=args.depth,
+        record_every=args.record_every,
+        learning_rate=lr,
+        checkpoint=args.out + ".ckpt",
+    )
     rec = {k: np.asarray(v).tolist() for k, v in r.records.items() if k not in ("f_train", "f_test")}
-    atomic_write_json(args.out + ".json", {"config": r.config, "lambda_0": r.lambda_0, "learning_rate": r.learning_rate,
-                                           "records": rec})
+    atomic_write_json(
+        args.out + ".json", {**r.config, "lambda_0": r.lambda_0, "learning_rate": r.learning_rate, "records": rec}
+    )
     print(f"{'step':>6s} {'loss':>11s} {'bound':>11s} {'lambda_min':>11s} {'rel.dist':>9s}")
     for i in range(len(rec["step"])):
-        print(f"{rec['step'][i]:6d} {rec['train_loss'][i]:11.4e} {rec.get('bound', [np.nan] * 999)[i]:11.4e} "
-              f"{rec['lambda_min'][i]:11.4e} {rec['rel_dist'][i]:9.2e}")
+        print(
+            f"{rec['step'][i]:6d} {rec['train_loss'][i]:11.4e} {rec.get('bound', [np.nan] * 999)[i]:11.4e} "
+            f"{rec['lambda_min'][i]:11.4e} {rec['rel_dist'][i]:9.2e}"
+        )
     print(f"wrote {args.out}.json")
     return 0
 
@@ -195,8 +279,9 @@ def cmd_sweep(args) -> int:
     from ntk_ode.data import digits
 
     x, _ = digits((0, 1), n=args.n, seed=args.seed)
-    r = no.width_sweep(no.NeuralODE(args.activation), x, args.widths, args.seeds, depth=args.depth,
-                       seed=args.seed, out=args.out)
+    r = no.width_sweep(
+        no.NeuralODE(args.activation), x, args.widths, args.seeds, depth=args.depth, seed=args.seed, out=args.out
+    )
     for w, m in zip(r["widths"], r["mean_dist"]):
         print(f"width {w:6d}  mean ||Theta_n - K_inf|| / ||K_inf|| = {m:.4e}")
     print(f"fitted slope {r['slope']:+.3f} (theory -1/2); results in {args.out}.json")
@@ -220,6 +305,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ntk-ode`` and its commands."""
     from . import __version__
 
     p = argparse.ArgumentParser(prog="ntk-ode", description="NTK and NNGP theory of wide weight-tied Neural ODEs.")
@@ -230,8 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
     d.add_argument("--n", type=int, default=64, help="number of digits for the K_inf spectrum (default 64)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    d.add_argument("--max-width", dest="max_width", type=int, default=2048,
-                   help="largest width of the E2 sweep (default 2048; at least 256)")
+    d.add_argument(
+        "--max-width",
+        dest="max_width",
+        type=int,
+        default=2048,
+        help="largest width of the E2 sweep (default 2048; at least 256)",
+    )
     d.set_defaults(func=cmd_demo)
 
     k = sub.add_parser("kernel", help="infinite-width NNGP/NTK of a .npy/.csv data set -> .npz")
@@ -288,10 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``ntk-ode`` with ``argv``; returns the exit status (0 ok, 2 a clear error)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as e:
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         print(f"ntk-ode {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import numpy as np
+from jaxtyping import ArrayLike
 
 __all__ = ["to_sphere", "digits", "sphere", "teacher", "binary_task", "train_test_split", "mnist", "cifar10"]
 
 
-def to_sphere(x):
-    """Rows scaled to unit Euclidean norm (rows of zeros are rejected)."""
+def to_sphere(x: ArrayLike) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm.
+
+    Args:
+        x: data (N, d).
+
+    Returns:
+        The rows divided by their norms (float64).
+
+    Raises:
+        ValueError: x is not 2-d or has an all-zero row.
+    """
     x = np.asarray(x, float)
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, d), got {x.shape}")
@@ -18,16 +32,30 @@ def to_sphere(x):
     return x / norms
 
 
-def digits(classes=(0, 1), n: int | None = None, seed: int = 0, center: bool = True):
+def digits(
+    classes: Sequence[int] = (0, 1), n: int | None = None, seed: int = 0, center: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """The 8x8 digits bundled with scikit-learn (offline): two classes, targets +-1, on the sphere.
 
     Pixels are centred by the mean image (so that the data are not all in one orthant) and each
     image is scaled to unit norm. ``n`` points are drawn deterministically by ``seed``.
+
+    Args:
+        classes: two distinct digits in 0..9; the first gets target +1.
+        n: number of points (default all, about 360).
+        seed: the draw.
+        center: subtract the mean image first.
+
+    Returns:
+        ``(x (n, 64), y (n,))``.
+
+    Raises:
+        ValueError: classes are not two distinct digits in 0..9, or n is too large.
     """
     from sklearn.datasets import load_digits
 
-    if len(classes) != 2 or classes[0] == classes[1]:
-        raise ValueError(f"classes must be two distinct digits, got {classes!r}")
+    if len(classes) != 2 or classes[0] == classes[1] or not all(int(c) == c and 0 <= c <= 9 for c in classes):
+        raise ValueError(f"classes must be two distinct digits in 0..9, got {classes!r}")
     ds = load_digits()
     keep = np.isin(ds.target, classes)
     x, t = ds.data[keep].astype(float), ds.target[keep]
@@ -42,13 +70,32 @@ def digits(classes=(0, 1), n: int | None = None, seed: int = 0, center: bool = T
     return to_sphere(x[idx]), y[idx]
 
 
-def sphere(N: int, d: int, seed: int = 0):
-    """N uniform points on the unit sphere in R^d."""
+def sphere(N: int, d: int, seed: int = 0) -> np.ndarray:
+    """N uniform points on the unit sphere in R^d.
+
+    Args:
+        N: number of points.
+        d: dimension.
+        seed: the draw.
+
+    Returns:
+        Points (N, d).
+    """
     return to_sphere(np.random.default_rng(seed).standard_normal((N, d)))
 
 
-def teacher(N: int, d: int, seed: int = 0, noise: float = 0.0):
-    """Points on the sphere with a smooth non-linear teacher target ``y = tanh(2 a.x) + (b.x)^2 - mean``."""
+def teacher(N: int, d: int, seed: int = 0, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Points on the sphere with a smooth non-linear teacher target ``y = tanh(2 a.x) + (b.x)^2 - mean``.
+
+    Args:
+        N: number of points.
+        d: dimension.
+        seed: the draw (points, directions a and b, noise).
+        noise: standard deviation of Gaussian noise added to y.
+
+    Returns:
+        ``(x (N, d), y (N,))``.
+    """
     rng = np.random.default_rng(seed)
     x = sphere(N, d, seed)
     a, b = rng.standard_normal(d), rng.standard_normal(d)
@@ -59,9 +106,26 @@ def teacher(N: int, d: int, seed: int = 0, noise: float = 0.0):
     return x, y
 
 
-def binary_task(x, labels, classes=(0, 1), n: int | None = None, seed: int = 0):
-    """Keep two classes, targets +1 / -1, rows on the sphere, ``n`` drawn deterministically."""
-    x = np.asarray(x, float).reshape(len(x), -1)
+def binary_task(
+    x: ArrayLike, labels: ArrayLike, classes: Sequence[int] = (0, 1), n: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep two classes, targets +1 / -1, rows centred and on the sphere, ``n`` drawn deterministically.
+
+    Args:
+        x: samples (N, ...), flattened to rows.
+        labels: their labels (N,).
+        classes: the two classes kept; the first gets +1.
+        n: number of points (default all).
+        seed: the draw.
+
+    Returns:
+        ``(x (n, D), y (n,))``.
+
+    Raises:
+        ValueError: no sample of the classes.
+    """
+    xa = np.asarray(x, float)
+    x = xa.reshape(xa.shape[0], -1)
     labels = np.asarray(labels)
     keep = np.isin(labels, classes)
     if keep.sum() == 0:
@@ -71,8 +135,23 @@ def binary_task(x, labels, classes=(0, 1), n: int | None = None, seed: int = 0):
     return to_sphere(x[idx] - x.mean(axis=0)), np.where(t[idx] == classes[0], 1.0, -1.0)
 
 
-def train_test_split(x, y, test_fraction: float = 0.25, seed: int = 0):
-    """Deterministic split by ``seed``."""
+def train_test_split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float = 0.25, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A random split, deterministic by ``seed``.
+
+    Args:
+        x: inputs (N, ...).
+        y: targets (N, ...).
+        test_fraction: share of the test set, in (0, 1).
+        seed: the permutation.
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``.
+
+    Raises:
+        ValueError: test_fraction outside (0, 1).
+    """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     idx = np.random.default_rng(seed).permutation(len(x))
@@ -80,8 +159,10 @@ def train_test_split(x, y, test_fraction: float = 0.25, seed: int = 0):
     return x[idx[:k]], y[idx[:k]], x[idx[k:]], y[idx[k:]]
 
 
-_MNIST = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+_MNIST = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 def _read_idx(path):
@@ -101,8 +182,20 @@ def _read_idx(path):
     return data.reshape(dims)
 
 
-def mnist(folder, split: str = "train"):
-    """MNIST from the standard IDX gz files in ``folder``: images (N, 784) in [0, 1], labels (N,)."""
+def mnist(folder: str, split: Literal["train", "test"] = "train") -> tuple[np.ndarray, np.ndarray]:
+    """MNIST from the standard IDX files (gzipped or not) in ``folder``.
+
+    Args:
+        folder: where ``train-images-idx3-ubyte.gz`` etc. are.
+        split: "train" or "test".
+
+    Returns:
+        Images (N, 784) in [0, 1] and labels (N,).
+
+    Raises:
+        ValueError: an unknown split, or a file that is not IDX or is truncated.
+        FileNotFoundError: the files are missing.
+    """
     import os
 
     if split not in _MNIST:
@@ -117,8 +210,20 @@ def mnist(folder, split: str = "train"):
     return images.reshape(len(images), -1).astype(float) / 255.0, labels.astype(int)
 
 
-def cifar10(folder, split: str = "train"):
-    """CIFAR-10 from its binary version (plain bytes; nothing is unpickled): (N, 3072) in [0, 1], labels."""
+def cifar10(folder: str, split: Literal["train", "test"] = "train") -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 from its binary version (plain bytes; nothing is unpickled).
+
+    Args:
+        folder: where ``data_batch_1.bin`` etc. are (or their ``cifar-10-batches-bin`` folder).
+        split: "train" or "test".
+
+    Returns:
+        Images (N, 3072) in [0, 1] and labels (N,).
+
+    Raises:
+        ValueError: an unknown split or a malformed batch file.
+        FileNotFoundError: the files are missing.
+    """
     import os
 
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
@@ -129,8 +234,10 @@ def cifar10(folder, split: str = "train"):
         if all(os.path.exists(p) for p in paths):
             break
     else:
-        raise FileNotFoundError(f"CIFAR-10 {split} files not found in {folder!r}: expected {', '.join(names)} "
-                                "(the 'binary version' of CIFAR-10)")
+        raise FileNotFoundError(
+            f"CIFAR-10 {split} files not found in {folder!r}: expected {', '.join(names)} "
+            "(the 'binary version' of CIFAR-10)"
+        )
     xs, ys = [], []
     for p in paths:
         raw = np.fromfile(p, dtype=np.uint8)

@@ -1,6 +1,6 @@
 """Finite-width NTK of the Neural ODE / weight-tied ResNet, and Monte Carlo kernels.
 
-Methods of :func:`empirical_ntk` (THEORY.md section 2):
+Methods of :func:`empirical_ntk` (docs/theory.md section 2):
 
 * ``"structured"``: from stored forward states and adjoints,
 
@@ -24,21 +24,44 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
-from .gradients import _resnet_adjoint_states, _ode_adjoint_traj, _head_features
-from .model import NeuralODE, Solver, _raise_if_failed, check_depth, check_inputs, check_params
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if
+from .gradients import ode_adjoint_states, resnet_adjoint_states
+from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve
 
-__all__ = ["empirical_ntk", "empirical_ntk_fn", "empirical_nngp", "monte_carlo_kernels", "NTK_METHODS", "gauss_legendre"]
+__all__ = [
+    "empirical_ntk",
+    "empirical_ntk_fn",
+    "empirical_nngp",
+    "monte_carlo_kernels",
+    "structured_blocks",
+    "NTK_METHODS",
+    "NtkMethod",
+    "gauss_legendre",
+]
 
-NTK_METHODS = ("structured", "jacobian", "ntvp")
+NtkMethod = Literal["structured", "jacobian", "ntvp"]
+NTK_METHODS: tuple[str, ...] = get_args(NtkMethod)
 
 
-def gauss_legendre(q: int, T: float):
+def gauss_legendre(q: int, T: float) -> tuple[np.ndarray, np.ndarray]:
+    """The q-point Gauss-Legendre rule on [0, T].
+
+    Args:
+        q: number of nodes.
+        T: the interval's end.
+
+    Returns:
+        ``(nodes, weights)``, each (q,).
+    """
     z, w = np.polynomial.legendre.leggauss(int(q))
     return T * (z + 1.0) / 2.0, T * w / 2.0
 
@@ -49,17 +72,17 @@ def gauss_legendre(q: int, T: float):
 def _features(model, params, x, depth, solver, quad_nodes):
     """Per-input features: (z_T (N, n), lambda_0 (N, n), mu (N, Q, n), phi (N, Q, n), ok)."""
     if depth is not None:
-        hs, lams = _resnet_adjoint_states(model, params, x, depth)  # (L+1, N, n)
+        hs, lams = resnet_adjoint_states(model, params, x, depth)  # (L+1, N, n)
         dt = model.T / depth
         mu = dt * jnp.swapaxes(lams[1:], 0, 1)
         ph = model.activation.fn(jnp.swapaxes(hs[:-1], 0, 1))
-        return _head_features(model, hs[-1]), lams[0], mu, ph, jnp.asarray(True)
+        return model.head_features(hs[-1]), lams[0], mu, ph, jnp.asarray(True)
     tq, wq = gauss_legendre(quad_nodes, model.T)
     ts = jnp.asarray(np.concatenate([[0.0], tq, [model.T]]), x.dtype)
-    hs, lams, ok = _ode_adjoint_traj(model, params, x, ts, solver)  # (Q+2, N, n)
+    hs, lams, ok = ode_adjoint_states(model, params, x, ts, solver)  # (Q+2, N, n)
     mu = jnp.asarray(wq, x.dtype)[None, :, None] * jnp.swapaxes(lams[1:-1], 0, 1)
     ph = model.activation.fn(jnp.swapaxes(hs[1:-1], 0, 1))
-    return _head_features(model, hs[-1]), lams[0], mu, ph, ok
+    return model.head_features(hs[-1]), lams[0], mu, ph, ok
 
 
 def _structured_blocks(model, x1, x2, f1, f2):
@@ -76,7 +99,7 @@ def _structured_blocks(model, x1, x2, f1, f2):
 
 @eqx.filter_jit
 def _structured_jit(model, params, x1, x2, depth, solver, quad_nodes):
-    return _structured_blocks_from(model, params, x1, x2, depth, solver, quad_nodes)
+    return structured_blocks(model, params, x1, x2, depth, solver, quad_nodes)
 
 
 # ----------------------------------------------------------------------------- generic
@@ -84,7 +107,8 @@ def _structured_jit(model, params, x1, x2, depth, solver, quad_nodes):
 
 def _out_fn(model, depth, solver):
     def f(p, x):
-        return model.readout(p["v"], model.final_state(p, x, depth, solver))
+        y, ok = model.forward(p, x, depth, solver)
+        return check_solve(y, ok, solver, "empirical_ntk")
 
     return f
 
@@ -116,19 +140,41 @@ def _ntvp_ntk(f, params, x1, x2):
     return jax.lax.map(column, basis).T
 
 
-def empirical_ntk_fn(f, method: str = "jacobian"):
-    """``ntk(x1, x2, params)`` for any ``f(params, x) -> (N, ...)`` ("jacobian" or "ntvp").
+def empirical_ntk_fn(
+    f: Callable[[Any, Any], Array], method: Literal["jacobian", "ntvp"] = "jacobian"
+) -> Callable[..., Array]:
+    """``ntk(x1, x2, params)`` for any ``f(params, x) -> (N, ...)``.
 
     Output axes after the batch axis are traced (summed), as neural-tangents does with
-    ``trace_axes=(-1,)``; ``x2=None`` means ``x2 = x1``.
+    ``trace_axes=(-1,)``; ``x2=None`` means ``x2 = x1``. The result is jitted; a non-finite
+    kernel raises FloatingPointError (eagerly) or RuntimeError (under an outer jit).
+
+    Args:
+        f: the network, ``f(params, x)``.
+        method: "jacobian" (jacrev, contracted leaf by leaf) or "ntvp" (NTK-vector products).
+
+    Returns:
+        ``ntk(x1, x2, params) -> (N1, N2)``.
+
+    Raises:
+        ValueError: an unknown method.
     """
     if method not in ("jacobian", "ntvp"):
         raise ValueError(f"method must be 'jacobian' or 'ntvp', got {method!r}")
     impl = _jacobian_ntk if method == "jacobian" else _ntvp_ntk
 
     @jax.jit
-    def ntk(x1, x2, params):
+    def _ntk(x1, x2, params):
         return impl(f, params, x1, x2)
+
+    def ntk(x1, x2, params):
+        K = _ntk(x1, x2, params)
+        return fail_if(
+            K,
+            jnp.logical_not(jnp.all(jnp.isfinite(K))),
+            "empirical_ntk_fn: the kernel is not finite (the network's outputs or gradients overflowed)",
+            FloatingPointError,
+        )
 
     return ntk
 
@@ -144,26 +190,47 @@ def _generic_jit(model, params, x1, x2, depth, solver, method):
 
 def empirical_ntk(
     model: NeuralODE,
-    params,
-    x1,
-    x2=None,
-    depth=None,
-    method: str = "structured",
-    solver=None,
+    params: Params,
+    x1: Float[ArrayOrNumpy, "N1 d"],
+    x2: Float[ArrayOrNumpy, "N2 d"] | None = None,
+    depth: int | None = None,
+    method: NtkMethod = "structured",
+    solver: Solver | SolverName | None = None,
     *,
     quad_nodes: int = 32,
     blocks: bool = False,
-    steps=None,
-    rtol=None,
-    atol=None,
-    max_steps=None,
-):
-    """The finite-width NTK ``Theta(x1, x2) = J(x1) J(x2)^T``: (N1, N2).
+    steps: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int | None = None,
+) -> Float[Array, "N1 N2"] | tuple[Array, Array, Array]:
+    """The finite-width NTK ``Theta(x1, x2) = J(x1) J(x2)^T``.
 
-    ``blocks=True`` (structured only) returns ``(Theta_U, Theta_W, Theta_v)``, summing to Theta.
-    ``x2=None`` uses ``x1`` (and computes its features once). Solver options as in
-    :meth:`NeuralODE.apply`; ``quad_nodes`` is the Gauss-Legendre rule in time for
-    ``depth=None`` with ``method="structured"``.
+    Pure JAX: works under ``jax.jit`` and ``jax.vmap`` over parameters; its checks survive.
+
+    Args:
+        model: the model.
+        params: the parameters.
+        x1: inputs (N1, d).
+        x2: inputs (N2, d); None uses ``x1`` (and computes its features once).
+        depth: None (the ODE) or L (the tied ResNet; exact).
+        method: "structured" (states and adjoints, see the module docstring), "jacobian" or
+            "ntvp".
+        solver: as in :meth:`NeuralODE.apply`.
+        quad_nodes: Gauss-Legendre nodes in time (``depth=None``, ``method="structured"``).
+        blocks: return ``(Theta_U, Theta_W, Theta_v)`` (structured only), summing to Theta.
+        steps: as in :meth:`NeuralODE.apply`.
+        rtol: as in :meth:`NeuralODE.apply`.
+        atol: as in :meth:`NeuralODE.apply`.
+        max_steps: as in :meth:`NeuralODE.apply`.
+
+    Returns:
+        Theta (N1, N2), or its three blocks.
+
+    Raises:
+        ValueError: bad shapes or options.
+        RuntimeError: a solve failed.
+        FloatingPointError: a non-finite kernel (the dynamics blew up).
     """
     if method not in NTK_METHODS:
         raise ValueError(f"method must be one of {NTK_METHODS}, got {method!r}")
@@ -171,22 +238,47 @@ def empirical_ntk(
     x1 = check_inputs(x1, d, "x1")
     x2 = None if x2 is None else check_inputs(x2, d, "x2")
     depth = check_depth(depth)
-    if int(quad_nodes) != quad_nodes or quad_nodes < 1:
+    if isinstance(quad_nodes, bool) or int(quad_nodes) != quad_nodes or quad_nodes < 1:
         raise ValueError(f"quad_nodes must be a positive integer, got {quad_nodes!r}")
     solver = Solver.make(solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
     if method == "structured":
         bl, ok = _structured_jit(model, params, x1, x2, depth, solver, int(quad_nodes))
-        _raise_if_failed(ok, solver, "adjoint")
+        bl = check_solve(bl, ok, solver, "empirical_ntk")
         return bl if blocks else bl[0] + bl[1] + bl[2]
     if blocks:
         raise ValueError("blocks=True needs method='structured'")
     if method == "ntvp" and depth is None:
         solver = dataclasses.replace(solver, forward_mode=True)  # jvp through the solve
-    return _generic_jit(model, params, x1, x2, depth, solver, method)
+    K = _generic_jit(model, params, x1, x2, depth, solver, method)
+    return check_solve(K, True, solver, "empirical_ntk")
 
 
-def empirical_nngp(model, params, x1, x2=None, depth=None, solver=None, **kw):
-    """``f(x1) f(x2)^T`` for one network: its average over initializations is the NNGP."""
+def empirical_nngp(
+    model: NeuralODE,
+    params: Params,
+    x1: Float[ArrayOrNumpy, "N1 d"],
+    x2: Float[ArrayOrNumpy, "N2 d"] | None = None,
+    depth: int | None = None,
+    solver: Solver | SolverName | None = None,
+    **kw: Any,
+) -> Float[Array, "N1 N2"]:
+    """``f(x1) f(x2)^T`` for one network: its average over initializations is the NNGP.
+
+    Args:
+        model: the model.
+        params: the parameters.
+        x1: inputs (N1, d).
+        x2: inputs (N2, d), or None for ``x1``.
+        depth: None or L.
+        solver: as in :meth:`NeuralODE.apply`.
+        **kw: solver overrides (steps, rtol, atol, max_steps).
+
+    Returns:
+        The outer product (N1, N2).
+
+    Raises:
+        ValueError, RuntimeError, FloatingPointError: as :meth:`NeuralODE.apply`.
+    """
     y1 = model.apply(params, x1, depth=depth, solver=solver, **kw)
     y2 = y1 if x2 is None else model.apply(params, x2, depth=depth, solver=solver, **kw)
     return y1[:, None] * y2[None, :]
@@ -194,32 +286,54 @@ def empirical_nngp(model, params, x1, x2=None, depth=None, solver=None, **kw):
 
 def monte_carlo_kernels(
     model: NeuralODE,
-    key,
-    x1,
-    x2=None,
+    key: jax.Array,
+    x1: Float[ArrayOrNumpy, "N1 d"],
+    x2: Float[ArrayOrNumpy, "N2 d"] | None = None,
     *,
     width: int,
     n_samples: int,
-    depth=None,
-    solver=None,
+    depth: int | None = None,
+    solver: Solver | SolverName | None = None,
     quad_nodes: int = 32,
     batch_size: int | None = None,
-):
-    """Mean and standard error over ``n_samples`` initializations of the finite-width NTK
-    (structured) and of ``f(x1) f(x2)^T`` (the NNGP estimate).
+) -> dict[str, tuple[Array, Array]]:
+    """Monte Carlo estimates of the NTK and NNGP from ``n_samples`` random networks.
 
-    Returns ``{"ntk": (mean, se), "nngp": (mean, se)}``. Seeds are vmapped (``batch_size`` of them
-    at a time through ``jax.lax.map``), compiled once for the width.
+    Seeds are mapped (``batch_size`` of them at a time through ``jax.lax.map``), compiled once
+    for the width. Works under ``jax.jit`` (with ``width``, ``n_samples`` static).
+
+    Args:
+        model: the model.
+        key: PRNG key (split into ``n_samples`` keys).
+        x1: inputs (N1, d).
+        x2: inputs (N2, d), or None for ``x1``.
+        width: hidden width n.
+        n_samples: number of networks (>= 2).
+        depth: None or L.
+        solver: the ODE solver.
+        quad_nodes: time nodes of the structured NTK.
+        batch_size: networks per ``lax.map`` batch.
+
+    Returns:
+        ``{"ntk": (mean, standard error), "nngp": (mean, standard error)}``: the finite-width NTK
+        (structured) and ``f(x1) f(x2)^T``, averaged.
+
+    Raises:
+        ValueError: bad arguments.
+        RuntimeError: a solve failed.
+        FloatingPointError: a non-finite sample.
     """
-    if int(n_samples) != n_samples or n_samples < 2:
+    if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    if isinstance(width, bool) or int(width) != width or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
     x1 = check_inputs(x1, None, "x1")
     x2 = None if x2 is None else check_inputs(x2, x1.shape[1], "x2")
     depth = check_depth(depth)
     solver = Solver.make(solver)
     keys = jax.random.split(key, int(n_samples))
     ntk, nngp, ok = _mc_jit(model, keys, x1, x2, int(width), depth, solver, int(quad_nodes), batch_size)
-    _raise_if_failed(bool(jnp.all(ok)), solver, "Monte Carlo")
+    ntk, nngp = check_solve((ntk, nngp), ok, solver, "monte_carlo_kernels")
     s = math.sqrt(n_samples)
     return {
         "ntk": (ntk.mean(0), ntk.std(0, ddof=1) / s),
@@ -229,19 +343,39 @@ def monte_carlo_kernels(
 
 @eqx.filter_jit
 def _mc_jit(model, keys, x1, x2, width, depth, solver, quad_nodes, batch_size):
-    xb = x1 if x2 is None else x2
-
     def one(key):
         p = model.init(key, x1.shape[1], width, x1.dtype)
-        bl, ok = _structured_blocks_from(model, p, x1, x2, depth, solver, quad_nodes)
-        y1 = model.readout(p["v"], model.final_state(p, x1, depth, solver))
-        y2 = y1 if x2 is None else model.readout(p["v"], model.final_state(p, xb, depth, solver))
-        return bl[0] + bl[1] + bl[2], y1[:, None] * y2[None, :], ok
+        bl, ok = structured_blocks(model, p, x1, x2, depth, solver, quad_nodes)
+        y1, ok1 = model.forward(p, x1, depth, solver)
+        y2, ok2 = (y1, ok1) if x2 is None else model.forward(p, x2, depth, solver)
+        return bl[0] + bl[1] + bl[2], y1[:, None] * y2[None, :], ok & ok1 & ok2
 
     return jax.lax.map(one, keys, batch_size=batch_size)
 
 
-def _structured_blocks_from(model, params, x1, x2, depth, solver, quad_nodes):
+def structured_blocks(
+    model: NeuralODE,
+    params: Params,
+    x1: Float[Array, "N1 d"],
+    x2: Float[Array, "N2 d"] | None,
+    depth: int | None,
+    solver: Solver,
+    quad_nodes: int,
+) -> tuple[tuple[Array, Array, Array], Array]:
+    """The three blocks of the structured NTK and the solves' success flag (traceable, unchecked).
+
+    Args:
+        model: the model.
+        params: the parameters.
+        x1: inputs (N1, d).
+        x2: inputs (N2, d), or None for ``x1`` (features computed once).
+        depth: None or L.
+        solver: the ODE solver.
+        quad_nodes: Gauss-Legendre nodes in time (depth=None).
+
+    Returns:
+        ``((Theta_U, Theta_W, Theta_v), ok)``, each block (N1, N2).
+    """
     f1 = _features(model, params, x1, depth, solver, quad_nodes)
     f2 = f1 if x2 is None else _features(model, params, x2, depth, solver, quad_nodes)
     return _structured_blocks(model, x1, x1 if x2 is None else x2, f1[:4], f2[:4]), f1[4] & f2[4]

@@ -1,6 +1,6 @@
 """Infinite-width NNGP and NTK of the weight-tied Neural ODE and of its Euler ResNet.
 
-THEORY.md section 3. For inputs x, x' the two-time covariances solve
+docs/theory.md section 3. For inputs x, x' the two-time covariances solve
 
     Sigma(t, s) = Sigma00 + sigma_w^2 int_0^t int_0^s Phi(a, b) da db            (forward)
     K(t, s)     = K_TT    + sigma_w^2 int_t^T int_s^T dPhi(a, b) K(a, b) da db    (backward)
@@ -18,7 +18,7 @@ and solved by Picard iteration (which converges like (c T^2)^k / (k!)^2 for a 2-
 operator). Two grids:
 
 * ``depth=L``: t_l = l T / L, A = dt x (strictly lower ones), B = dt x (strictly upper ones), with
-  the one-step shift of THEORY.md (lambda at l+1 against phi at l). Here the grid equations *are*
+  the one-step shift of docs/theory.md section 3 (lambda at l+1 against phi at l). Here the grid equations *are*
   the exact recursion of the weight-tied ResNet's infinite-width kernel K^L_inf; the Picard
   iteration reaches their fixed point exactly (it is nilpotent).
 * ``depth=None``: Chebyshev-Lobatto nodes in t with the spectral integration matrix
@@ -27,7 +27,7 @@ operator). Two grids:
   and a few pairs) to meet ``rtol``; the estimate is returned on request.
 
 Per-input variances Sigma_x(t, t) are found first by the N single-input problems (the
-coupled fill that THEORY.md warns about is handled by iterating the whole single-input grid to
+coupled fill (section 3: shells, not anti-diagonals) is handled by iterating the whole single-input grid to
 its fixed point); pairs then only see them as data, and are solved in blocks of bounded size,
 spread over all local devices. Duals: closed forms where the activation has them, otherwise the
 Mehler series sum_k rho^k c_k(a) c_k(b) with Hermite coefficient tables c_k stored per input and
@@ -72,6 +72,7 @@ class Grid:
 
     @property
     def size(self) -> int:
+        """Number of input pairs."""
         return self.t.size
 
 
@@ -151,6 +152,7 @@ class _Duals:
         """E f(u) f(u') on the grid, f = phi (which = 0) or phi' (1)."""
         closed = self.act.closed_form_dual if which == 0 else self.act.closed_form_ddual
         if self.closed:
+            assert closed is not None
             val = closed(v1[:, None], v2[None, :], S)
         elif self.quad:
             val = self._quad(self.act.fn if which == 0 else self.act.dfn, v1, v2, S)
@@ -233,7 +235,9 @@ def _pair(duals: _Duals, grid: Grid, model, s00, v1, v2, tab1, tab2):
     dt = s00.dtype
     A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
     c = model.sigma_w**2
-    S, ok1 = _picard(lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt))
+    S, ok1 = _picard(
+        lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
+    )
     Phi = duals.phi(v1, v2, S, tab1, tab2)
     dPhi = duals.dphi(v1, v2, S, tab1, tab2)
     sv2 = model.sigma_v**2
@@ -315,14 +319,14 @@ def _check_get(get):
     return names, single
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_type(names: tuple):
     """The namedtuple returned for ``get=names``: exactly those fields, in that order (as in
     neural-tangents), so ``nngp, ntk = kfn(x1, None, ("nngp", "ntk"))`` unpacks. ``names`` equal
     to all five gives :class:`Kernel` itself."""
     if tuple(names) == GETS:
         return Kernel
-    t = collections.namedtuple("Kernel", names)
+    t = collections.namedtuple("Kernel", names)  # type: ignore[misc]
     t.__doc__ = f"Infinite-width kernels {', '.join(names)} (a selection of :class:`Kernel`'s fields)."
     return t
 
@@ -373,10 +377,11 @@ class _Problem:
 
     def _solve_singles(self, grid):
         if self.duals.per_input_batch:
-            parts = [_singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00[i:i + 1])
-                     for i in range(self.self_s00.shape[0])]
-            v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (),
-                           jnp.concatenate([p[2] for p in parts]))
+            parts = [
+                _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00[i : i + 1])
+                for i in range(self.self_s00.shape[0])
+            ]
+            v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (), jnp.concatenate([p[2] for p in parts]))
         else:
             v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00)
         nan = ~np.isfinite(np.asarray(v)).all()
@@ -388,7 +393,9 @@ class _Problem:
         v, tabs = self.singles(grid)
         i1, i2 = (self.i1, self.i2) if sel is None else (self.i1[sel], self.i2[sel])
         s00 = _s00(self.model, self.X[i1], self.X[i2])
-        nngp, ntk, blocks, ok = _solve_pairs(self.duals, grid, self.model, s00, i1, i2, v, tabs, block_size, progress, shard)
+        nngp, ntk, blocks, ok = _solve_pairs(
+            self.duals, grid, self.model, s00, i1, i2, v, tabs, block_size, progress, shard
+        )
         _raise_on_failure(ok, nngp, ntk, self.model, "kernel_fn")
         return np.concatenate([nngp[:, None], ntk[:, None], blocks], axis=1)  # (P, 5) in GETS order
 
@@ -519,7 +526,18 @@ def _dual_sensitivity(problem: _Problem, grid: Grid, pick, base, eta: float = 1e
 
 
 def richardson(values, Ls):
-    """Richardson extrapolation of values(L) ~ K + c1/L + c2/L^2 + ... over L doubling each step."""
+    """Richardson extrapolation of values(L) ~ K + c1/L + c2/L^2 + ... over L doubling each step.
+
+    Args:
+        values: kernels (or numbers) at the depths ``Ls``.
+        Ls: depths doubling at each step.
+
+    Returns:
+        The extrapolated value (eliminating the 1/L .. 1/L^(m-1) terms of m values).
+
+    Raises:
+        ValueError: the depths do not double.
+    """
     Ls = np.asarray(Ls, float)
     if np.any(np.abs(Ls[1:] / Ls[:-1] - 2.0) > 1e-12):
         raise ValueError("Ls must double at each step, e.g. 8, 16, 32, ...")
@@ -564,6 +582,16 @@ def kernel_fn(
             never; True requires it.
         shard: spread pair blocks over all local devices.
         progress: show a progress bar over pair blocks.
+
+    Returns:
+        ``kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False)``.
+
+    Raises:
+        ValueError: bad options (here) or inputs (from ``kfn``).
+        RuntimeError: ``equal_norm=True`` and the table cannot meet rtol.
+
+    Warns:
+        RuntimeWarning: the error estimate exceeds ``rtol``.
     """
     depth = check_depth(depth)
     if equal_norm not in ("auto", True, False):
@@ -572,6 +600,10 @@ def kernel_fn(
         raise ValueError(f"nodes must be an integer >= 2, got {nodes!r}")
     if int(block_size) != block_size or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if rtol is not None and (isinstance(rtol, bool) or not (0 < float(rtol) < 1)):
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    if isinstance(terms, bool) or int(terms) != terms or terms < 8:
+        raise ValueError(f"terms must be an integer >= 8, got {terms!r}")
     duals0 = _Duals(model.activation, int(terms))
 
     def kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False):
@@ -594,8 +626,11 @@ def kernel_fn(
         kinked = depth is None and nodes is None and _is_kinked(model.activation)
         use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64 and not kinked)
         probe = _probe_pairs(problem)  # the inputs whose variances the duals are certified on
-        inputs = np.unique(np.concatenate([problem.i1[probe], problem.i2[probe],
-                                           [np.argmax(problem.self_s00), np.argmin(problem.self_s00)]]))
+        inputs = np.unique(
+            np.concatenate(
+                [problem.i1[probe], problem.i2[probe], [np.argmax(problem.self_s00), np.argmin(problem.self_s00)]]
+            )
+        )
         # the duals first (on the first grid: it sees the whole range of variances), then the time
         # grid with those duals, then the duals' certificate again on the chosen grid
         grid0 = _first_grid(model, depth, nodes)
@@ -622,8 +657,9 @@ def kernel_fn(
         vals = None
         if use_zonal:
             try:
-                vals, zerr = _zonal(model, problem, grid, tol, block_size, shard, norms[0],
-                                    max_nodes=512 if equal_norm is True else 256)
+                vals, zerr = _zonal(
+                    model, problem, grid, tol, block_size, shard, norms[0], max_nodes=512 if equal_norm is True else 256
+                )
                 err = err + zerr
             except _ZonalFailed as exc:
                 if equal_norm is True:
@@ -647,7 +683,9 @@ def kernel_fn(
                 f"kernel_fn: rtol={tol:g} not met: estimated max abs error nngp {err[0]:.2e}, ntk {err[1]:.2e} "
                 f"(relative {np.max(err[:2] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
                 f"relative dual error bound {delta:.1e}, activation {model.activation.name!r})",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning,
+                stacklevel=2,
+            )
         select = lambda kk: getattr(kk, names[0]) if single else kernel_type(names)(*(getattr(kk, g) for g in names))
         return (select(k), select(e)) if with_error else select(k)
 
@@ -769,6 +807,7 @@ def _choose_grid(model, problem: _Problem, depth, nodes, tol, pick):
     # not converged: keep the finest grid; its error from the last two differences, assuming
     # at least first-order convergence in M (the ratio of consecutive rungs is 4/3)
     ratio = ladder[-1] / ladder[-2]
+    assert prev is not None
     return chebyshev_grid(prev[0], model.T), diff / (ratio - 1.0)
 
 
@@ -792,7 +831,9 @@ def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, norm, m
         nodes = np.cos(np.pi * (1.0 - u) / 2.0)
         zero = np.zeros(Q + 1, dtype=int)
         s00 = jnp.asarray(scale2 * nodes, v.dtype)
-        nngp, ntk, blocks, ok = _solve_pairs(problem.duals, grid, model, s00, zero, zero, v, tabs, block_size, False, shard)
+        nngp, ntk, blocks, ok = _solve_pairs(
+            problem.duals, grid, model, s00, zero, zero, v, tabs, block_size, False, shard
+        )
         _raise_on_failure(ok, nngp, ntk, model, "kernel_fn (equal-norm table)")
         tab = np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
         if prev is not None:

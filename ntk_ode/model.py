@@ -1,4 +1,4 @@
-"""The Neural ODE of THEORY.md section 1, its weight-tied Euler ResNet, and their trajectories.
+"""The Neural ODE of docs/theory.md section 1, its weight-tied Euler ResNet, and their dynamics.
 
     h_0   = sigma_u / sqrt(d) U x                 (input_scaling "sqrt_d"; "none": sigma_u U x)
     dh/dt = sigma_w / sqrt(n) W phi(h_t),  t in [0, T]   (one W for all t)
@@ -8,26 +8,61 @@
 weight-tied ResNet ``h^l = h^{l-1} + dt sigma_w / sqrt(n) W phi(h^{l-1})``, ``dt = T / L``,
 computed exactly. A batch of inputs is solved as one ODE with state ``(N, n)`` (one matrix
 product per stage), compiled once per shape.
+
+The dynamics live here, forward and adjoint (section 1 of docs/theory.md):
+:meth:`NeuralODE.vector_field` (``dh/dt``), :meth:`NeuralODE.adjoint_field` (``dlambda/dt``),
+:meth:`NeuralODE.head_features` and :meth:`NeuralODE.terminal_adjoint` (the head and its
+derivative), :meth:`NeuralODE.solve` (one diffrax solve) and :meth:`NeuralODE.forward` (the
+traceable ``(f(x), ok)``). Everything is pure JAX: ``apply`` and ``trajectory`` work under
+``jax.jit`` and ``jax.vmap``, and their checks survive tracing (:func:`ntk_ode._checks.fail_if`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Literal, TypeAlias, get_args
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import check_depth, check_inputs
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if, is_traced
 from .activations import Activation, get_activation
 
-__all__ = ["NeuralODE", "Solver", "RK4", "SOLVERS", "check_params", "check_inputs"]
+__all__ = [
+    "NeuralODE",
+    "Solver",
+    "RK4",
+    "SOLVERS",
+    "Params",
+    "Head",
+    "InputScaling",
+    "SolverName",
+    "check_params",
+    "check_inputs",
+    "check_depth",
+    "check_times",
+    "check_solve",
+]
 
-HEADS = ("linear", "phi")
-INPUT_SCALINGS = ("sqrt_d", "none")
+Head = Literal["linear", "phi"]
+InputScaling = Literal["sqrt_d", "none"]
+SolverName = Literal["euler", "heun", "midpoint", "rk4", "tsit5", "dopri5", "dopri8"]
+HEADS: tuple[str, ...] = get_args(Head)
+INPUT_SCALINGS: tuple[str, ...] = get_args(InputScaling)
+
+
+Params: TypeAlias = dict[str, Array]
+"""The parameters: a plain dict pytree ``{"U": (n, d), "W": (n, n), "v": (n,)}``.
+
+Built (and validated) by :meth:`NeuralODE.init` or :meth:`NeuralODE.params`; every public
+function validates the shapes again (:func:`check_params`). A plain dict keeps optax, jax.tree_util
+and neural-tangents-style code working unchanged.
+"""
 
 
 # ----------------------------------------------------------------------------- solvers
@@ -48,7 +83,15 @@ class RK4(diffrax.AbstractERK):
         lambda *, t0, t1, y0, y1, k: diffrax.LocalLinearInterpolation(t0=t0, t1=t1, y0=y0, y1=y1)
     )
 
-    def order(self, terms):
+    def order(self, terms: Any) -> int:
+        """The order of the method.
+
+        Args:
+            terms: unused (diffrax's interface).
+
+        Returns:
+            4.
+        """
         del terms
         return 4
 
@@ -71,9 +114,21 @@ class Solver:
     ``steps=None`` selects adaptive step-size control with ``rtol``/``atol`` (defaults 1e-10 in
     float64 and 1e-6 in float32), available for heun, midpoint, tsit5, dopri5 and dopri8.
     Euler and RK4 carry no error estimate and need ``steps``.
+
+    Args:
+        name: the method (:data:`SolverName`).
+        steps: fixed steps, or None for adaptive steps.
+        rtol: relative tolerance (adaptive).
+        atol: absolute tolerance (adaptive).
+        max_steps: step budget; a solve that needs more fails loudly.
+        forward_mode: differentiate the solve in forward mode too (``diffrax.DirectAdjoint``).
+
+    Raises:
+        ValueError: an unknown method, bad steps or tolerances, or adaptive steps for a method
+            without an error estimate.
     """
 
-    name: str = "dopri8"
+    name: str = "dopri8"  # a SolverName
     steps: int | None = None
     rtol: float | None = None
     atol: float | None = None
@@ -86,9 +141,7 @@ class Solver:
         if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
             raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
         if self.steps is None and not SOLVERS[self.name][1]:
-            raise ValueError(
-                f"solver {self.name!r} has no error estimate: pass steps=<int> for fixed steps"
-            )
+            raise ValueError(f"solver {self.name!r} has no error estimate: pass steps=<int> for fixed steps")
         for k in ("rtol", "atol"):
             v = getattr(self, k)
             if v is not None and not (v > 0 and math.isfinite(v)):
@@ -97,8 +150,19 @@ class Solver:
             raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
 
     @classmethod
-    def make(cls, solver=None, **kw) -> "Solver":
-        """Build from a Solver, a name, or None (the default), overriding fields given in ``kw``."""
+    def make(cls, solver: Solver | str | None = None, **kw: Any) -> Solver:
+        """Build from a Solver, a name, or None (the default), overriding fields given in ``kw``.
+
+        Args:
+            solver: a Solver, a method name, or None.
+            **kw: fields to override (None values are ignored).
+
+        Returns:
+            The Solver.
+
+        Raises:
+            ValueError: ``solver`` is none of these, or a field is invalid.
+        """
         kw = {k: v for k, v in kw.items() if v is not None}
         if isinstance(solver, Solver):
             return dataclasses.replace(solver, **kw) if kw else solver
@@ -108,32 +172,68 @@ class Solver:
             return cls(name=solver, **kw)
         raise ValueError(f"solver must be a Solver, a name in {sorted(SOLVERS)} or None, got {solver!r}")
 
-    def tolerances(self, dtype) -> tuple[float, float]:
+    def tolerances(self, dtype: Any) -> tuple[float, float]:
+        """``(rtol, atol)`` with the defaults of ``dtype`` (1e-10 in float64, 1e-6 otherwise).
+
+        Args:
+            dtype: the state's dtype.
+
+        Returns:
+            The tolerances.
+        """
         default = 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-6
         return (self.rtol or default, self.atol or default)
 
-    def diffrax_solver(self):
+    def diffrax_solver(self) -> diffrax.AbstractSolver:
+        """The diffrax solver object.
+
+        Returns:
+            A new instance of the method.
+        """
         return SOLVERS[self.name][0]()
 
-    def controller(self, dtype):
+    def controller(self, dtype: Any) -> diffrax.AbstractStepSizeController:
+        """The step-size controller: constant for fixed steps, PID with the tolerances otherwise.
+
+        Args:
+            dtype: the state's dtype (for the default tolerances).
+
+        Returns:
+            The controller.
+        """
         if self.steps is not None:
             return diffrax.ConstantStepSize()
         rtol, atol = self.tolerances(dtype)
         return diffrax.PIDController(rtol=rtol, atol=atol)
 
-    def dt0(self, t0, t1):
+    def dt0(self, t0: Any, t1: Any) -> Any:
+        """The initial step: ``(t1 - t0) / steps`` for fixed steps, None (automatic) otherwise.
+
+        Args:
+            t0: start time.
+            t1: end time.
+
+        Returns:
+            The step or None.
+        """
         return None if self.steps is None else (t1 - t0) / self.steps
 
 
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
+def check_params(params: Any) -> tuple[int, int]:
+    """Validate ``{"U": (n, d), "W": (n, n), "v": (n,)}``.
 
+    Args:
+        params: the parameters (traced leaves are checked for shape only).
 
-def check_params(params) -> tuple[int, int]:
-    """Validate ``{"U": (n, d), "W": (n, n), "v": (n,)}``; return ``(n, d)``."""
+    Returns:
+        ``(n, d)``: width and input dimension.
+
+    Raises:
+        ValueError: wrong keys, shapes or non-finite entries, naming the leaf.
+    """
     if not isinstance(params, dict) or set(params) != {"U", "W", "v"}:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params must be a dict with keys 'U', 'W', 'v', got {got}")
@@ -145,18 +245,81 @@ def check_params(params) -> tuple[int, int]:
         raise ValueError(f"params['W'] must have shape (n, n) = ({n}, {n}) to match U, got {jnp.shape(W)}")
     if jnp.shape(v) != (n,):
         raise ValueError(f"params['v'] must have shape (n,) = ({n},) to match U, got {jnp.shape(v)}")
-    if not any(_is_traced(p) for p in (U, W, v)):
+    if not is_traced(U, W, v):
         for k in ("U", "W", "v"):
             if not np.all(np.isfinite(np.asarray(params[k]))):
                 raise ValueError(f"params['{k}'] contains non-finite values")
     return int(n), int(d)
 
 
+def check_times(ts: Any, T: float) -> Float[Array, " M"]:
+    """Validate save times: a non-empty, strictly increasing 1-d array within [0, T].
+
+    Args:
+        ts: the times.
+        T: the horizon.
+
+    Returns:
+        ``ts`` as a float array.
+
+    Raises:
+        ValueError: ts is None, not 1-d, empty, not increasing or outside [0, T].
+    """
+    if ts is None:
+        raise ValueError("ts (the save times) must be given when depth is None")
+    ts = jnp.asarray(ts, jnp.result_type(float))
+    if ts.ndim != 1 or ts.size < 1:
+        raise ValueError(f"ts must be a non-empty 1-d array, got shape {ts.shape}")
+    if is_traced(ts):
+        return ts
+    if not bool(jnp.all(jnp.diff(ts) > 0)) or float(ts[0]) < 0 or float(ts[-1]) > T * (1 + 1e-12):
+        raise ValueError(f"ts must be strictly increasing within [0, T={T}]")
+    return ts
+
+
+def check_solve(value: Any, ok: Any, solver: Solver, what: str, finite: Any = None) -> Any:
+    """Pass ``value`` on, failing loudly if the solve failed or the result is not finite.
+
+    Works eagerly and under jit/vmap (see :func:`ntk_ode._checks.fail_if`).
+
+    Args:
+        value: the result (a pytree).
+        ok: the solve's success flag (scalar or batch).
+        solver: the solver used (named in the message).
+        what: what was computed (e.g. ``"apply"``, ``"empirical_ntk"``).
+        finite: the arrays whose finiteness is required (default: every leaf of ``value``).
+
+    Returns:
+        ``value``.
+
+    Raises:
+        RuntimeError: the solve failed (step budget exhausted or step size collapsed).
+        FloatingPointError: a non-finite entry (the dynamics blew up).
+    """
+    value = fail_if(
+        value,
+        jnp.logical_not(ok),
+        f"{what}: the ODE solve failed ({solver.name}, steps={solver.steps}, "
+        f"max_steps={solver.max_steps}): the step budget was exhausted or the step size "
+        "collapsed. Raise max_steps, loosen rtol/atol, or check for blow-up (e.g. a "
+        "quadratic activation at large sigma_w T).",
+    )
+    leaves = jax.tree_util.tree_leaves(value if finite is None else finite)
+    bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves])))
+    return fail_if(
+        value,
+        bad,
+        f"{what}: the result is not finite: the dynamics blew up (the hidden state "
+        "overflowed). Lower sigma_w T, the input norms, or the depth's step.",
+        FloatingPointError,
+    )
+
+
 # ----------------------------------------------------------------------------- the model
 
 
 class NeuralODE(eqx.Module):
-    """Immutable configuration of the weight-tied Neural ODE (THEORY.md section 1).
+    """Immutable configuration of the weight-tied Neural ODE (docs/theory.md section 1).
 
     Args:
         activation: a registered name (``ntk_ode.activations.available_activations()``) or an
@@ -177,8 +340,8 @@ class NeuralODE(eqx.Module):
     sigma_w: float = eqx.field(static=True)
     sigma_u: float = eqx.field(static=True)
     sigma_v: float = eqx.field(static=True)
-    head: str = eqx.field(static=True)
-    input_scaling: str = eqx.field(static=True)
+    head: Head = eqx.field(static=True)
+    input_scaling: InputScaling = eqx.field(static=True)
 
     def __init__(
         self,
@@ -187,8 +350,8 @@ class NeuralODE(eqx.Module):
         sigma_w: float = 1.0,
         sigma_u: float = 1.0,
         sigma_v: float = 1.0,
-        head: str = "linear",
-        input_scaling: str = "sqrt_d",
+        head: Head = "linear",
+        input_scaling: InputScaling = "sqrt_d",
     ):
         self.activation = get_activation(activation)
         for name, val in (("T", T), ("sigma_w", sigma_w), ("sigma_u", sigma_u), ("sigma_v", sigma_v)):
@@ -204,10 +367,39 @@ class NeuralODE(eqx.Module):
         self.head = head
         self.input_scaling = input_scaling
 
+    def config(self) -> dict:
+        """The model's fields as a JSON-able dict (the activation by name), for provenance.
+
+        Returns:
+            ``{"activation", "T", "sigma_w", "sigma_u", "sigma_v", "head", "input_scaling"}``.
+        """
+        return {
+            "activation": self.activation.name,
+            "T": self.T,
+            "sigma_w": self.sigma_w,
+            "sigma_u": self.sigma_u,
+            "sigma_v": self.sigma_v,
+            "head": self.head,
+            "input_scaling": self.input_scaling,
+        }
+
     # -- parameters ---------------------------------------------------------------------------
 
-    def init(self, key, d: int, width: int, dtype=None) -> dict:
-        """``{"U": (n, d), "W": (n, n), "v": (n,)}`` with i.i.d. N(0, 1) entries."""
+    def init(self, key: jax.Array, d: int, width: int, dtype: Any = None) -> Params:
+        """Draw parameters with i.i.d. N(0, 1) entries.
+
+        Args:
+            key: a PRNG key.
+            d: input dimension.
+            width: hidden width n.
+            dtype: float dtype (default: JAX's default float).
+
+        Returns:
+            ``{"U": (n, d), "W": (n, n), "v": (n,)}``.
+
+        Raises:
+            ValueError: d or width not a positive integer.
+        """
         for name, val in (("d", d), ("width", width)):
             if isinstance(val, bool) or int(val) != val or val < 1:
                 raise ValueError(f"{name} must be a positive integer, got {val!r}")
@@ -220,28 +412,126 @@ class NeuralODE(eqx.Module):
             "v": jax.random.normal(kv, (n,), dtype),
         }
 
-    # -- the maps of section 1 -----------------------------------------------------------------
+    @staticmethod
+    def params(U: ArrayLike, W: ArrayLike, v: ArrayLike) -> Params:
+        """Build validated parameters from arrays.
+
+        Args:
+            U: input weights (n, d).
+            W: the shared hidden weights (n, n).
+            v: readout weights (n,).
+
+        Returns:
+            The parameter dict.
+
+        Raises:
+            ValueError: shapes that do not fit together, or non-finite entries.
+        """
+        p = {"U": jnp.asarray(U), "W": jnp.asarray(W), "v": jnp.asarray(v)}
+        check_params(p)
+        return p
+
+    # -- the maps and dynamics of section 1 ---------------------------------------------------
 
     def input_scale(self, d: int) -> float:
+        """The factor of ``h_0 = c U x``: ``sigma_u / sqrt(d)`` (``sqrt_d``) or ``sigma_u``.
+
+        Args:
+            d: input dimension.
+
+        Returns:
+            The scale c.
+        """
         return self.sigma_u / math.sqrt(d) if self.input_scaling == "sqrt_d" else self.sigma_u
 
-    def embed(self, params, x):
-        """``h_0``: (N, d) -> (N, n)."""
+    def embed(self, params: Params, x: Float[Array, "N d"]) -> Float[Array, "N n"]:
+        """``h_0 = input_scale(d) U x`` for a batch.
+
+        Args:
+            params: the parameters.
+            x: inputs (N, d).
+
+        Returns:
+            ``h_0`` (N, n).
+        """
         return self.input_scale(x.shape[-1]) * x @ params["U"].T
 
-    def vector_field(self, W, h):
-        """``sigma_w / sqrt(n) W phi(h)`` for a batch ``h`` of shape (..., n)."""
+    def vector_field(self, W: Float[Array, "n n"], h: Float[Array, "*B n"]) -> Float[Array, "*B n"]:
+        """The forward dynamics ``dh/dt = sigma_w / sqrt(n) W phi(h)`` for a batch of states.
+
+        Args:
+            W: the shared weights (n, n).
+            h: states (..., n).
+
+        Returns:
+            ``dh/dt`` (..., n).
+        """
         return (self.sigma_w / math.sqrt(W.shape[0])) * self.activation.fn(h) @ W.T
 
-    def readout(self, v, hT):
-        """The head: (N, n) -> (N,)."""
-        z = self.activation.fn(hT) if self.head == "phi" else hT
-        return (self.sigma_v / math.sqrt(v.shape[0])) * z @ v
+    def adjoint_field(
+        self, W: Float[Array, "n n"], h: Float[Array, "*B n"], lam: Float[Array, "*B n"]
+    ) -> Float[Array, "*B n"]:
+        """The adjoint dynamics ``dlambda/dt = -sigma_w / sqrt(n) diag(phi'(h)) W^T lambda``.
+
+        Args:
+            W: the shared weights (n, n).
+            h: forward states (..., n).
+            lam: adjoints ``df/dh`` (..., n).
+
+        Returns:
+            ``dlambda/dt`` (..., n).
+        """
+        return -(self.sigma_w / math.sqrt(W.shape[0])) * self.activation.dfn(h) * (lam @ W)
+
+    def head_features(self, hT: Float[Array, "*B n"]) -> Float[Array, "*B n"]:
+        """What the readout weights multiply: ``h_T`` (head linear) or ``phi(h_T)`` (head phi).
+
+        Args:
+            hT: final states (..., n).
+
+        Returns:
+            The features (..., n).
+        """
+        return self.activation.fn(hT) if self.head == "phi" else hT
+
+    def readout(self, v: Float[Array, " n"], hT: Float[Array, "N n"]) -> Float[Array, " N"]:
+        """The head ``f = sigma_v / sqrt(n) v . head_features(h_T)``.
+
+        Args:
+            v: readout weights (n,).
+            hT: final states (N, n).
+
+        Returns:
+            Outputs (N,).
+        """
+        return (self.sigma_v / math.sqrt(v.shape[0])) * self.head_features(hT) @ v
+
+    def terminal_adjoint(self, v: Float[Array, " n"], hT: Float[Array, "N n"]) -> Float[Array, "N n"]:
+        """``lambda_T = df/dh_T``: ``sigma_v v / sqrt(n)``, times ``phi'(h_T)`` for head phi.
+
+        Args:
+            v: readout weights (n,).
+            hT: final states (N, n).
+
+        Returns:
+            ``lambda_T`` (N, n).
+        """
+        lam = (self.sigma_v / math.sqrt(v.shape[0])) * jnp.broadcast_to(v, hT.shape)
+        return lam * self.activation.dfn(hT) if self.head == "phi" else lam
 
     # -- solves ---------------------------------------------------------------------------------
 
-    def resnet_states(self, params, x, depth: int):
-        """All ResNet states ``h^0..h^L``: (L + 1, N, n)."""
+    def resnet_states(self, params: Params, x: Float[Array, "N d"], depth: int) -> Float[Array, "L1 N n"]:
+        """All states ``h^0..h^L`` of the weight-tied ResNet ``h^l = h^{l-1} + dt F(h^{l-1})``.
+
+        Args:
+            params: the parameters.
+            x: inputs (N, d).
+            depth: L.
+
+        Returns:
+            States (L + 1, N, n).
+        """
         dt = self.T / depth
         W = params["W"]
 
@@ -253,106 +543,184 @@ class NeuralODE(eqx.Module):
         _, hs = jax.lax.scan(step, h0, None, length=depth)
         return jnp.concatenate([h0[None], hs], axis=0)
 
-    def _resnet_final(self, params, x, depth):
-        dt = self.T / depth
-        W = params["W"]
-        return jax.lax.fori_loop(0, depth, lambda _, h: h + dt * self.vector_field(W, h), self.embed(params, x))
+    def solve(
+        self,
+        W: Float[Array, "n n"],
+        h0: Float[Array, "N n"],
+        solver: Solver,
+        saveat: diffrax.SaveAt,
+        t0: float,
+        t1: float,
+        *,
+        terms: diffrax.AbstractTerm | None = None,
+        y0: Any = None,
+    ) -> diffrax.Solution:
+        """One diffrax solve of the forward field (or of ``terms``) from ``t0`` to ``t1``.
 
-    def _diffeqsolve(self, W, h0, solver: Solver, saveat, t0, t1, throw, terms=None, y0=None):
+        Never throws: the caller checks ``sol.result`` (see :func:`check_solve`).
+
+        Args:
+            W: the shared weights, passed to the field as ``args``.
+            h0: the initial state (its dtype sets the precision of the times).
+            solver: method, steps or tolerances.
+            saveat: what to save.
+            t0: start time (may exceed ``t1``: backward solves).
+            t1: end time.
+            terms: another field ``(t, y, W) -> dy/dt`` (e.g. the augmented adjoint system).
+            y0: its initial state (default ``h0``).
+
+        Returns:
+            The diffrax Solution.
+        """
         term = terms or diffrax.ODETerm(lambda t, h, W: self.vector_field(W, h))
         dtype = h0.dtype  # times in the state's precision keep float32 solves in float32
-        t0, t1 = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
+        t0a, t1a = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
         return diffrax.diffeqsolve(
             term,
             solver.diffrax_solver(),
-            t0,
-            t1,
-            solver.dt0(t0, t1),
+            t0a,
+            t1a,
+            solver.dt0(t0a, t1a),
             h0 if y0 is None else y0,
             args=W,
             saveat=saveat,
             stepsize_controller=solver.controller(dtype),
             max_steps=solver.max_steps if solver.steps is None else max(solver.max_steps, solver.steps),
-            throw=throw,
+            throw=False,
             adjoint=diffrax.DirectAdjoint() if solver.forward_mode else diffrax.RecursiveCheckpointAdjoint(),
         )
 
-    def final_state(self, params, x, depth=None, solver=None, *, throw=True):
-        """``h_T`` (depth=None) or ``h^L``; with ``throw=False`` also returns the solve's success flag."""
-        if depth is not None:
-            hT = self._resnet_final(params, x, depth)
-            return hT if throw else (hT, jnp.asarray(True))
-        sol = self._diffeqsolve(params["W"], self.embed(params, x), solver, diffrax.SaveAt(t1=True), 0.0, self.T, throw)
-        hT = sol.ys[-1]
-        return hT if throw else (hT, sol.result == diffrax.RESULTS.successful)
+    def final_state(
+        self, params: Params, x: Float[Array, "N d"], depth: int | None, solver: Solver
+    ) -> tuple[Float[Array, "N n"], Bool[Array, ""]]:
+        """``h_T`` (depth=None) or ``h^L``, with the solve's success flag (traceable).
 
-    def apply(self, params, x, depth: int | None = None, solver=None, *, steps=None, rtol=None, atol=None, max_steps=None):
+        Args:
+            params: the parameters.
+            x: inputs (N, d).
+            depth: None or L.
+            solver: the ODE solver (unused for depth=L).
+
+        Returns:
+            ``(h_T (N, n), ok)``.
+        """
+        if depth is not None:
+            dt = self.T / depth
+            W = params["W"]
+            hT = jax.lax.fori_loop(0, depth, lambda _, h: h + dt * self.vector_field(W, h), self.embed(params, x))
+            return hT, jnp.asarray(True)
+        sol = self.solve(params["W"], self.embed(params, x), solver, diffrax.SaveAt(t1=True), 0.0, self.T)
+        return sol.ys[-1], sol.result == diffrax.RESULTS.successful  # type: ignore[index,return-value]
+
+    def forward(
+        self, params: Params, x: Float[Array, "N d"], depth: int | None, solver: Solver
+    ) -> tuple[Float[Array, " N"], Bool[Array, ""]]:
+        """``(f(x), ok)``: the unchecked, traceable forward map (used inside other computations).
+
+        Args:
+            params: the parameters.
+            x: inputs (N, d).
+            depth: None or L.
+            solver: the ODE solver.
+
+        Returns:
+            Outputs (N,) and the solve's success flag.
+        """
+        hT, ok = self.final_state(params, x, depth, solver)
+        return self.readout(params["v"], hT), ok
+
+    def apply(
+        self,
+        params: Params,
+        x: Float[ArrayOrNumpy, "N d"],
+        depth: int | None = None,
+        solver: Solver | SolverName | None = None,
+        *,
+        steps: int | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        max_steps: int | None = None,
+    ) -> Float[Array, " N"]:
         """The network output ``f(x)``: (N, d) -> (N,).
 
-        ``depth=None``: the Neural ODE, solved with ``solver`` (default Dopri8 at rtol = atol =
-        1e-10 in float64). ``depth=L``: the weight-tied Euler ResNet ``f^L``, exactly.
-        Raises ``RuntimeError`` if the solve fails (e.g. exhausts ``max_steps``).
+        Pure JAX: works under ``jax.jit`` and ``jax.vmap`` (over parameters or inputs).
+
+        Args:
+            params: the parameters.
+            x: inputs (N, d).
+            depth: None (the Neural ODE) or L (the weight-tied Euler ResNet ``f^L``, exactly).
+            solver: a :class:`Solver`, a solver name, or None (Dopri8, rtol = atol = 1e-10 in
+                float64, 1e-6 in float32).
+            steps: fixed steps (overrides the solver's).
+            rtol: relative tolerance (overrides the solver's).
+            atol: absolute tolerance (overrides the solver's).
+            max_steps: step budget (overrides the solver's).
+
+        Returns:
+            Outputs (N,).
+
+        Raises:
+            ValueError: bad shapes or options.
+            RuntimeError: the solve failed (e.g. exhausted ``max_steps``).
+            FloatingPointError: the output is not finite (blow-up).
         """
         n, d = check_params(params)
         x = check_inputs(x, d)
         depth = check_depth(depth)
         solver = Solver.make(solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
-        if _is_traced(x) or any(_is_traced(p) for p in params.values()):
-            return self.readout(params["v"], self.final_state(params, x, depth, solver))
-        y, ok = _apply_jit(self, params, x, depth, solver)
-        _raise_if_failed(ok, solver, "forward ODE")
-        _raise_if_nonfinite(y, "apply")
-        return y
+        y, ok = _forward_jit(self, params, x, depth, solver)
+        return check_solve(y, ok, solver, "apply")
 
-    def trajectory(self, params, x, ts=None, depth=None, solver=None, *, steps=None, rtol=None, atol=None, max_steps=None):
-        """Forward states on a time grid: (N, M, n).
+    def trajectory(
+        self,
+        params: Params,
+        x: Float[ArrayOrNumpy, "N d"],
+        ts: ArrayLike | None = None,
+        depth: int | None = None,
+        solver: Solver | SolverName | None = None,
+        *,
+        steps: int | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        max_steps: int | None = None,
+    ) -> Float[Array, "N M n"]:
+        """Forward states on a time grid.
 
-        ``depth=L``: all ResNet states ``h^0..h^L`` (``ts`` must be None; M = L + 1).
-        ``depth=None``: the ODE solution at the times ``ts`` (ascending, in [0, T]).
+        Args:
+            params: the parameters.
+            x: inputs (N, d).
+            ts: save times (ascending, in [0, T]); must be None for depth=L.
+            depth: None (the ODE) or L (all ResNet states ``h^0..h^L``, M = L + 1).
+            solver: as in :meth:`apply`.
+            steps: as in :meth:`apply`.
+            rtol: as in :meth:`apply`.
+            atol: as in :meth:`apply`.
+            max_steps: as in :meth:`apply`.
+
+        Returns:
+            States (N, M, n).
+
+        Raises:
+            ValueError: bad shapes, times or options.
+            RuntimeError: the solve failed.
+            FloatingPointError: a state is not finite.
         """
         n, d = check_params(params)
         x = check_inputs(x, d)
         depth = check_depth(depth)
+        solver = Solver.make(solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
         if depth is not None:
             if ts is not None:
                 raise ValueError("ts must be None when depth is given (the grid is l = 0..L)")
-            return jnp.swapaxes(_resnet_states_jit(self, params, x, depth), 0, 1)
-        ts = check_times(ts, self.T)
-        solver = Solver.make(solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
-        hs, ok = _trajectory_jit(self, params, x, ts, solver)
-        _raise_if_failed(ok, solver, "forward ODE")
-        return jnp.swapaxes(hs, 0, 1)
-
-
-def check_times(ts, T: float):
-    if ts is None:
-        raise ValueError("ts (the save times) must be given when depth is None")
-    ts = jnp.asarray(ts, jnp.result_type(float))
-    if ts.ndim != 1 or ts.size < 1:
-        raise ValueError(f"ts must be a non-empty 1-d array, got shape {ts.shape}")
-    if not bool(jnp.all(jnp.diff(ts) > 0)) or float(ts[0]) < 0 or float(ts[-1]) > T * (1 + 1e-12):
-        raise ValueError(f"ts must be strictly increasing within [0, T={T}]")
-    return ts
-
-
-def _raise_if_failed(ok, solver: Solver, what: str):
-    if not bool(ok):
-        raise RuntimeError(
-            f"{what} solve failed ({solver.name}, steps={solver.steps}, max_steps={solver.max_steps}): "
-            "the step budget was exhausted or the step size collapsed. Raise max_steps, loosen "
-            "rtol/atol, or check for blow-up (e.g. a quadratic activation at large T)."
-        )
-
-
-def _raise_if_nonfinite(y, what: str):
-    if not bool(jnp.all(jnp.isfinite(jnp.asarray(y)))):
-        raise FloatingPointError(f"{what}: the result is not finite (the ODE blew up?)")
+            hs, ok = _resnet_states_jit(self, params, x, depth), jnp.asarray(True)
+        else:
+            hs, ok = _trajectory_jit(self, params, x, check_times(ts, self.T), solver)
+        return jnp.swapaxes(check_solve(hs, ok, solver, "trajectory"), 0, 1)
 
 
 @eqx.filter_jit
-def _apply_jit(model, params, x, depth, solver):
-    hT, ok = model.final_state(params, x, depth, solver, throw=False)
-    return model.readout(params["v"], hT), ok
+def _forward_jit(model, params, x, depth, solver):
+    return model.forward(params, x, depth, solver)
 
 
 @eqx.filter_jit
@@ -362,5 +730,5 @@ def _resnet_states_jit(model, params, x, depth):
 
 @eqx.filter_jit
 def _trajectory_jit(model, params, x, ts, solver):
-    sol = model._diffeqsolve(params["W"], model.embed(params, x), solver, diffrax.SaveAt(ts=ts), 0.0, model.T, False)
+    sol = model.solve(params["W"], model.embed(params, x), solver, diffrax.SaveAt(ts=ts), 0.0, model.T)
     return sol.ys, sol.result == diffrax.RESULTS.successful

@@ -3,62 +3,76 @@
 For each width the seeds go through one compiled function (``jax.lax.map`` in batches on one
 device; vmapped and split over the devices when there are several);
 the relative distance ``||Theta_n - K_inf||_F / ||K_inf||_F`` is recorded per seed, in total and
-per block (U, W, v). Results are written atomically after every width to ``<out>.json`` (config,
-versions, timings, numbers) and ``<out>.npz`` (mean kernels); a rerun with the same config
-resumes, skipping the widths already done.
+per block (U, W, v). Results are written atomically after every width to ``<out>.json``
+(provenance, per-seed distances, the mean kernel per width, timings); a rerun with the same
+config resumes, skipping the finished seeds of every width (the resume policy of
+:mod:`ntk_ode.results`).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import tempfile
 import time
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .empirical import _structured_blocks_from
+from ._checks import ArrayOrNumpy
+from .empirical import structured_blocks
 from .limits import kernel_fn
 from .model import NeuralODE, Solver, check_depth, check_inputs
+from .results import atomic_write_json, check_resume, fingerprint, provenance, read_json
 
-__all__ = ["width_sweep", "fit_slope", "versions", "atomic_write_json"]
-
-
-def versions() -> dict:
-    import diffrax
-    import equinox
-    import optax
-
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ours = version("ntk_ode")
-    except PackageNotFoundError:
-        ours = "unknown"
-    return {"ntk_ode": ours, "jax": jax.__version__, "diffrax": diffrax.__version__,
-            "equinox": equinox.__version__, "optax": optax.__version__, "numpy": np.__version__}
+__all__ = ["width_sweep", "fit_slope", "seed_keys"]
 
 
-def atomic_write_json(path, obj):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(tmp, path)
+def fit_slope(x: ArrayOrNumpy | Sequence[float], y: ArrayOrNumpy | Sequence[float]) -> float:
+    """Least-squares slope of log y against log x.
+
+    Args:
+        x: positive abscissae.
+        y: positive values.
+
+    Returns:
+        The fitted exponent a of y ~ x^a.
+
+    Raises:
+        ValueError: fewer than two points, or a non-positive value.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 2 or x.shape != y.shape:
+        raise ValueError(f"fit_slope needs at least two (x, y) points of equal shape, got {x.shape} and {y.shape}")
+    if np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("fit_slope needs positive x and y (it fits on log-log axes)")
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def fit_slope(x, y) -> float:
-    """Least-squares slope of log y against log x."""
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
+def seed_keys(seed: int, width: int, first: int, count: int) -> jax.Array:
+    """PRNG keys of seeds ``first .. first + count - 1`` at ``width``.
+
+    Seed ``s`` at width ``w`` is ``fold_in(fold_in(PRNGKey(seed), w), s)``: it does not depend on
+    how many seeds are run, so a sweep extended to more seeds reuses the finished ones.
+
+    Args:
+        seed: the sweep's base seed.
+        width: the width.
+        first: index of the first seed.
+        count: number of seeds.
+
+    Returns:
+        Keys of shape (count, 2) (raw uint32 keys).
+    """
+    base = jax.random.fold_in(jax.random.PRNGKey(seed), width)
+    return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(first, first + count))
 
 
 def _one_seed(model, key, x, width, depth, solver):
     p = model.init(key, x.shape[1], width, x.dtype)
-    bl, ok = _structured_blocks_from(model, p, x, None, depth, solver, 32)
+    bl, ok = structured_blocks(model, p, x, None, depth, solver, 32)
     return jnp.stack(bl), ok
 
 
@@ -86,27 +100,54 @@ def _seed_blocks(model, keys, x, width, depth, solver, batch_size, shard):
     return bl[:S], ok[:S]
 
 
+def _rel(A, B):
+    return np.linalg.norm(A - B, axis=(-2, -1)) / np.linalg.norm(B)
+
+
 def width_sweep(
     model: NeuralODE,
-    x,
-    widths,
+    x: ArrayOrNumpy,
+    widths: Sequence[int],
     n_seeds: int,
     *,
-    depth=None,
+    depth: int | None = None,
     seed: int = 0,
-    solver=None,
+    solver: Solver | str | None = None,
     out: str | None = None,
     batch_size: int | None = None,
     shard: bool = True,
     progress: bool = True,
-):
+) -> dict:
     """Relative distance of the finite-width NTK to ``kernel_fn(model, depth)`` over widths.
 
-    Returns a dict with ``widths``, per-seed distances ``dist`` (n_widths, n_seeds) and per block
-    ``dist_U``, ``dist_W``, ``dist_v``, their means, the fitted log-log ``slope`` of the mean
-    distance against width, and timings. With ``out`` (a path without extension), results are
-    saved after each width and a rerun resumes. With several local devices (``shard=True``) the
-    seeds of each width are split over them.
+    Runs eagerly (it writes files and shows progress); each width's seeds go through one
+    compiled, vmapped function.
+
+    Args:
+        model: the Neural ODE.
+        x: inputs (N, d).
+        widths: widths to sample.
+        n_seeds: initializations per width (seed ``s`` at width ``w``: :func:`seed_keys`).
+        depth: None (the ODE) or L (the tied ResNet).
+        seed: base seed.
+        solver: ODE solver (name, Solver or None).
+        out: path prefix; ``<out>.json`` is written after every width. A rerun with the same
+            config resumes; more widths or more seeds extend the finished run; any other change
+            is refused (:class:`~ntk_ode.results.ResumeError`).
+        batch_size: seeds per ``lax.map`` batch on one device.
+        shard: split seeds over the local devices when there are several.
+        progress: show a progress bar.
+
+    Returns:
+        A dict with ``widths``, per-seed distances ``dist`` (n_widths, n_seeds) and per block
+        ``dist_U``, ``dist_W``, ``dist_v``, their means ``mean_*``, the fitted log-log ``slope``
+        of the mean distance against width (nan for a single width), ``K_inf``, timings and
+        provenance (``config``, ``versions``).
+
+    Raises:
+        ValueError: bad arguments.
+        ResumeError: ``out`` holds a sweep of another configuration or is not a sweep file.
+        RuntimeError: an ODE solve failed.
     """
     x = check_inputs(x, None)
     depth = check_depth(depth)
@@ -115,20 +156,27 @@ def width_sweep(
         raise ValueError(f"widths must be a non-empty list of positive integers, got {widths!r}")
     if int(n_seeds) != n_seeds or n_seeds < 1:
         raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}")
+    n_seeds = int(n_seeds)
     solver = Solver.make(solver)
-    config = {"activation": model.activation.name, "T": model.T, "sigma_w": model.sigma_w, "sigma_u": model.sigma_u,
-              "sigma_v": model.sigma_v, "head": model.head, "input_scaling": model.input_scaling, "depth": depth,
-              "widths": widths, "n_seeds": int(n_seeds), "seed": int(seed), "solver": solver.name,
-              "x_sha": _digest(np.asarray(x))}
+    config = {
+        **model.config(),
+        "depth": depth,
+        "widths": widths,
+        "n_seeds": n_seeds,
+        "seed": int(seed),
+        "solver": dataclasses.asdict(solver),
+        "x_fingerprint": fingerprint(x),
+        "x_dtype": str(x.dtype),
+    }
     state = _load(out, config)
     if "K_inf" not in state:
         t0 = time.perf_counter()
         k = kernel_fn(model, depth=depth)(x, get=("ntk", "ntk_U", "ntk_W", "ntk_v"))
-        state["K_inf"] = [np.asarray(a).tolist() for a in (k.ntk, k.ntk_U, k.ntk_W, k.ntk_v)]
+        state["K_inf"] = [np.asarray(a).tolist() for a in k]
         state["time_kernel_s"] = time.perf_counter() - t0
         state["done"] = {}
     K = [np.asarray(a) for a in state["K_inf"]]
-    todo = [w for w in widths if str(w) not in state["done"]]
+    todo = [w for w in widths if len(state["done"].get(str(w), {}).get("dist", [])) < n_seeds]
     it = todo
     if progress and todo:
         from tqdm.auto import tqdm
@@ -136,50 +184,53 @@ def width_sweep(
         it = tqdm(todo, desc="width sweep", unit="width")
     for w in it:
         t0 = time.perf_counter()
-        keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), w), n_seeds)
-        bl, ok = _seed_blocks(model, keys, x, w, depth, solver, batch_size, shard)
+        prev = state["done"].get(str(w), {})
+        have = len(prev.get("dist", []))
+        bl, ok = _seed_blocks(model, seed_keys(seed, w, have, n_seeds - have), x, w, depth, solver, batch_size, shard)
         if not bool(jnp.all(ok)):
             raise RuntimeError(f"width_sweep: an ODE solve failed at width {w}")
-        bl = np.asarray(bl)  # (seeds, 3, N, N)
+        bl = np.asarray(bl)  # (new seeds, 3, N, N)
         tot = bl.sum(axis=1)
-        rel = lambda A, B: np.linalg.norm(A - B, axis=(-2, -1)) / np.linalg.norm(B)
+        row = {
+            "dist": _rel(tot, K[0]),
+            "dist_U": _rel(bl[:, 0], K[1]),
+            "dist_W": _rel(bl[:, 1], K[2]),
+            "dist_v": _rel(bl[:, 2], K[3]),
+        }
+        sum_ntk = tot.sum(0) + (np.asarray(prev["mean_ntk"]) * have if have else 0.0)
         state["done"][str(w)] = {
-            "dist": rel(tot, K[0]).tolist(),
-            "dist_U": rel(bl[:, 0], K[1]).tolist(),
-            "dist_W": rel(bl[:, 1], K[2]).tolist(),
-            "dist_v": rel(bl[:, 2], K[3]).tolist(),
-            "mean_ntk": tot.mean(0).tolist(),
-            "time_s": time.perf_counter() - t0,
+            **{k: list(prev.get(k, [])) + v.tolist() for k, v in row.items()},
+            "mean_ntk": (sum_ntk / n_seeds).tolist(),
+            "time_s": prev.get("time_s", 0.0) + time.perf_counter() - t0,
         }
         _save(out, config, state)
-    res = {k: np.array([state["done"][str(w)][k] for w in widths]) for k in ("dist", "dist_U", "dist_W", "dist_v")}
+    res = {
+        k: np.array([state["done"][str(w)][k][:n_seeds] for w in widths])
+        for k in ("dist", "dist_U", "dist_W", "dist_v")
+    }
     means = {f"mean_{k}": v.mean(axis=1) for k, v in res.items()}
-    return {"config": config, "widths": np.array(widths), **res, **means,
-            "slope": fit_slope(widths, means["mean_dist"]), "K_inf": K[0],
-            "time_kernel_s": state["time_kernel_s"],
-            "time_s": np.array([state["done"][str(w)]["time_s"] for w in widths]), "versions": versions()}
+    slope = fit_slope(widths, means["mean_dist"]) if len(set(widths)) > 1 else float("nan")
+    return {
+        **provenance(config),
+        "widths": np.array(widths),
+        **res,
+        **means,
+        "slope": slope,
+        "K_inf": K[0],
+        "time_kernel_s": state["time_kernel_s"],
+        "time_s": np.array([state["done"][str(w)]["time_s"] for w in widths]),
+    }
 
 
-def _digest(a) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
-
-
-def _load(out, config) -> dict:
+def _load(out: str | None, config: dict) -> dict:
     if out is None or not os.path.exists(out + ".json"):
         return {}
-    try:
-        with open(out + ".json") as f:
-            saved = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{out}.json exists but is not a readable results file ({e}); move it away") from e
-    if saved.get("config") != config:
-        raise ValueError(f"{out}.json holds a sweep with another config; use another out path")
-    return saved.get("state", {})
+    saved = read_json(out + ".json", required=("config", "state"))
+    check_resume(out + ".json", saved["config"], config, extendable=("widths", "n_seeds"))
+    return saved["state"]  # seeds beyond n_seeds are kept on disk and left out of the results
 
 
-def _save(out, config, state):
+def _save(out: str | None, config: dict, state: dict) -> None:
     if out is None:
         return
-    atomic_write_json(out + ".json", {"config": config, "state": state, "versions": versions()})
+    atomic_write_json(out + ".json", {**provenance(config), "state": state})

@@ -1,9 +1,11 @@
 """Activations and Gaussian duals: closed forms vs quadrature vs Monte Carlo; properties."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ntk_ode import activations as A
 from ntk_ode import gaussian as G
@@ -31,8 +33,12 @@ def test_smooth_closed_forms_match_gauss_hermite(name):
 
 def test_erf_closed_form_matches_high_order_mehler():
     act = A.get_activation("erf")
-    np.testing.assert_allclose(act.dual(A_, B_, C_), G.expect_2d_mehler(act.fn, act.fn, A_, B_, C_, terms=256), atol=1e-12)
-    np.testing.assert_allclose(act.ddual(A_, B_, C_), G.expect_2d_mehler(act.dfn, act.dfn, A_, B_, C_, terms=256), atol=1e-10)
+    np.testing.assert_allclose(
+        act.dual(A_, B_, C_), G.expect_2d_mehler(act.fn, act.fn, A_, B_, C_, terms=256), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        act.ddual(A_, B_, C_), G.expect_2d_mehler(act.dfn, act.dfn, A_, B_, C_, terms=256), atol=1e-10
+    )
 
 
 def test_relu_closed_form_matches_quadrature_to_its_algebraic_accuracy():
@@ -98,9 +104,7 @@ def _jitted(name):
 def test_duals_finite_symmetric_psd(name, cov):
     a, b, c = (np.float64(t) for t in cov)
     for dual in _jitted(name):
-        k = np.array(
-            [[float(dual(a, a, a)), float(dual(a, b, c))], [float(dual(b, a, c)), float(dual(b, b, b))]]
-        )
+        k = np.array([[float(dual(a, a, a)), float(dual(a, b, c))], [float(dual(b, a, c)), float(dual(b, b, b))]])
         assert np.all(np.isfinite(k))
         assert k[0, 1] == pytest.approx(k[1, 0], abs=1e-12)
         # 1e-8: relu's order-0 arc-cosine kernel turns a rounding of rho near 1 into sqrt(eps)

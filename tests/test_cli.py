@@ -1,4 +1,5 @@
 """The command line: demo at its smallest size, kernel on a file, clear errors."""
+
 import json
 import os
 

@@ -1,4 +1,5 @@
 """Data loaders: bundled digits, sphere, IDX and CIFAR binary parsing, clear errors."""
+
 import gzip
 import struct
 

@@ -1,6 +1,7 @@
 """Gaussian duals at any variance and correlation: every activation against an independent
 reference (adaptive Gauss-Kronrod, scipy's QUADPACK, nested over the conditional density), and
 error estimates that are never smaller than the measured error."""
+
 import math
 import warnings
 
@@ -27,8 +28,7 @@ def _quad(fun, pts):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # QUADPACK's roundoff notes near 1e-16
         return sum(
-            integrate.quad(fun, lo, hi, epsabs=EPSABS, epsrel=1e-13, limit=100)[0]
-            for lo, hi in zip(pts[:-1], pts[1:])
+            integrate.quad(fun, lo, hi, epsabs=EPSABS, epsrel=1e-13, limit=100)[0] for lo, hi in zip(pts[:-1], pts[1:])
         )
 
 
@@ -64,8 +64,10 @@ SCALAR = {
     "softplus": (lambda u: max(u, 0.0) + math.log1p(math.exp(-abs(u))), _sig),
     "tanh": (math.tanh, lambda u: 1.0 - math.tanh(u) ** 2),
     "sigmoid": (_sig, lambda u: _sig(u) * (1.0 - _sig(u))),
-    "gelu": (lambda u: 0.5 * u * (1.0 + math.erf(u / math.sqrt(2.0))),
-             lambda u: 0.5 * (1.0 + math.erf(u / math.sqrt(2.0))) + u * math.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)),
+    "gelu": (
+        lambda u: 0.5 * u * (1.0 + math.erf(u / math.sqrt(2.0))),
+        lambda u: 0.5 * (1.0 + math.erf(u / math.sqrt(2.0))) + u * math.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi),
+    ),
     "silu": (lambda u: u * _sig(u), lambda u: _sig(u) * (1.0 + u * (1.0 - _sig(u)))),
     "relu": (lambda u: max(u, 0.0), lambda u: 1.0 if u > 0 else 0.0),
     "leaky_relu": (lambda u: u if u > 0 else 0.01 * u, lambda u: 1.0 if u > 0 else (0.01 if u < 0 else 0.0)),
@@ -119,7 +121,10 @@ def test_closed_forms_agree_with_robust_quadrature(name):
     c = r * np.sqrt(a * b)
     for f, closed in ((act.fn, act.dual), (act.dfn, act.ddual)):
         q, e = G.expect_2d_quad(f, f, a, b, c, act.breakpoints, act.breakpoints)
-        scale = np.sqrt(np.asarray(G.expect_1d_quad(lambda z: f(z) ** 2, a)[0]) * np.asarray(G.expect_1d_quad(lambda z: f(z) ** 2, b)[0]))
+        scale = np.sqrt(
+            np.asarray(G.expect_1d_quad(lambda z: f(z) ** 2, a)[0])
+            * np.asarray(G.expect_1d_quad(lambda z: f(z) ** 2, b)[0])
+        )
         np.testing.assert_array_less(np.abs(np.asarray(q) - np.asarray(closed(a, b, c))), 1e-12 * scale + 1e-300)
 
 
@@ -127,7 +132,9 @@ def test_relu_family_special_cases():
     a, b, c = 1.7, 0.6, -0.4
     assert float(A.relu_family(1.0, 1.0).dual(a, b, c)) == pytest.approx(c, abs=1e-15)  # identity
     assert float(A.relu_family(1.0, 1.0).ddual(a, b, c)) == pytest.approx(1.0, abs=1e-15)
-    assert float(A.relu_family(1.0, 0.0).dual(a, b, c)) == pytest.approx(float(A.get_activation("relu").dual(a, b, c)), abs=1e-15)
+    assert float(A.relu_family(1.0, 0.0).dual(a, b, c)) == pytest.approx(
+        float(A.get_activation("relu").dual(a, b, c)), abs=1e-15
+    )
     # abs: E|u||v| at rho = 0 is 2 sqrt(ab) / pi
     assert float(A.get_activation("abs").dual(a, b, 0.0)) == pytest.approx(2 * math.sqrt(a * b) / math.pi, rel=1e-14)
     with pytest.raises(ValueError, match="pos and neg"):
@@ -163,6 +170,12 @@ def test_float32_duals_with_honest_estimates(name):
         assert v.dtype == jnp.float32
         exact = np.asarray(ref(a.astype(np.float64), a.astype(np.float64), c.astype(np.float64)))
         true = np.abs(np.asarray(v, np.float64) - exact)
-        scale = np.sqrt(np.asarray(G.expect_1d_quad(lambda z: (act.dfn if mine == act.ddual_and_error else act.fn)(z) ** 2, a.astype(np.float64))[0]))
-        assert np.all(true <= 1e-5 * scale ** 2 + 1e-30), (name, true / scale**2)
+        scale = np.sqrt(
+            np.asarray(
+                G.expect_1d_quad(
+                    lambda z: (act.dfn if mine == act.ddual_and_error else act.fn)(z) ** 2, a.astype(np.float64)
+                )[0]
+            )
+        )
+        assert np.all(true <= 1e-5 * scale**2 + 1e-30), (name, true / scale**2)
         assert np.all(np.asarray(e, np.float64) >= true), (name, true, e)

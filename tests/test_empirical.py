@@ -1,4 +1,5 @@
 """Finite-width NTK: three methods, generic function, Monte Carlo vs kernel_fn, width sweep."""
+
 import os
 import subprocess
 import sys
@@ -27,7 +28,10 @@ def setup(width=48, **kw):
 def test_three_methods_agree(depth, head):
     model, params = setup(activation="tanh", head=head, sigma_w=1.3, sigma_u=0.7)
     kw = {} if depth else dict(rtol=1e-13, atol=1e-13)
-    K = {m: np.asarray(empirical_ntk(model, params, X, depth=depth, method=m, **kw)) for m in ("structured", "jacobian", "ntvp")}
+    K = {
+        m: np.asarray(empirical_ntk(model, params, X, depth=depth, method=m, **kw))
+        for m in ("structured", "jacobian", "ntvp")
+    }
     scale = np.abs(K["jacobian"]).max()
     assert np.abs(K["structured"] - K["jacobian"]).max() <= 1e-10 * scale
     assert np.abs(K["ntvp"] - K["jacobian"]).max() <= 1e-10 * scale
@@ -58,13 +62,19 @@ def test_symmetry_psd_blocks_and_x2_none():
     U, W, v = empirical_ntk(model, params, X, depth=8, blocks=True)
     np.testing.assert_allclose(U + W + v, K, atol=1e-13)
     x2 = np.asarray(jax.random.normal(jax.random.PRNGKey(9), (2, 4)))
-    np.testing.assert_allclose(empirical_ntk(model, params, x2, X, depth=8), np.asarray(empirical_ntk(model, params, X, x2, depth=8)).T, atol=1e-13)
+    np.testing.assert_allclose(
+        empirical_ntk(model, params, x2, X, depth=8),
+        np.asarray(empirical_ntk(model, params, X, x2, depth=8)).T,
+        atol=1e-13,
+    )
 
 
 @pytest.mark.parametrize("act,head", [("softplus", "linear"), ("softplus", "phi"), ("tanh", "linear"), ("tanh", "phi")])
 def test_monte_carlo_mean_matches_kernel_fn(act, head):
     model = no.NeuralODE(act, sigma_w=1.2, sigma_v=0.9, head=head)
-    mc = monte_carlo_kernels(model, jax.random.PRNGKey(11), X, width=2048, n_samples=8, solver=no.Solver(rtol=1e-8, atol=1e-8), quad_nodes=24)
+    mc = monte_carlo_kernels(
+        model, jax.random.PRNGKey(11), X, width=2048, n_samples=8, solver=no.Solver(rtol=1e-8, atol=1e-8), quad_nodes=24
+    )
     mean, se = (np.asarray(a) for a in mc["ntk"])
     K = np.asarray(kernel_fn(model)(X, get="ntk"))
     assert np.all(np.abs(mean - K) <= 4 * se), (mean - K) / se
@@ -79,8 +89,19 @@ def test_width_sweep_slope_and_resume(tmp_path):
     assert -0.7 <= r["slope"] <= -0.3, r["slope"]
     r2 = width_sweep(model, x, widths, 6, depth=8, out=out, progress=False)
     np.testing.assert_array_equal(r["dist"], r2["dist"])
-    with pytest.raises(ValueError, match="another config"):
-        width_sweep(model, x, widths[:2], 3, depth=8, out=out, progress=False)
+    # fewer widths or seeds reuse the stored ones; more seeds extend them (seed s does not depend
+    # on how many seeds run), giving what a fresh run gives
+    r3 = width_sweep(model, x, widths[:2], 3, depth=8, out=out, progress=False)
+    np.testing.assert_array_equal(r3["dist"], r["dist"][:2, :3])
+    r4 = width_sweep(model, x, widths[:2], 8, depth=8, out=out, progress=False)
+    np.testing.assert_array_equal(r4["dist"][:, :6], r["dist"][:2])
+    fresh = width_sweep(model, x, widths[:2], 8, depth=8, progress=False)
+    np.testing.assert_allclose(r4["dist"], fresh["dist"], rtol=1e-12)
+    # anything else is refused, naming the field
+    with pytest.raises(ValueError, match="depth"):
+        width_sweep(model, x, widths[:2], 3, depth=4, out=out, progress=False)
+    with pytest.raises(ValueError, match="solver"):
+        width_sweep(model, x, widths[:2], 3, depth=8, out=out, progress=False, solver=no.Solver("rk4", steps=1))
 
 
 def test_width_sweep_sharded_over_devices_equals_single_device():
@@ -113,7 +134,11 @@ def test_bad_input():
     with pytest.raises(ValueError, match="d=4"):
         empirical_ntk(model, params, X, np.ones((2, 3)))
     with pytest.raises(ValueError, match="non-finite"):
-        empirical_ntk(model, params, X.at[0, 0].set(np.inf) if hasattr(X, "at") else np.where(np.arange(12).reshape(3, 4) == 0, np.inf, X))
+        empirical_ntk(
+            model,
+            params,
+            X.at[0, 0].set(np.inf) if hasattr(X, "at") else np.where(np.arange(12).reshape(3, 4) == 0, np.inf, X),
+        )
     with pytest.raises(ValueError, match="non-finite"):
         empirical_ntk(model, {**params, "v": params["v"].at[0].set(jnp.nan)}, X)
     with pytest.raises(ValueError, match="blocks"):

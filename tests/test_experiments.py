@@ -1,4 +1,6 @@
 """Every experiment runs end to end at a tiny size, writes results and plots, and resumes."""
+
+import dataclasses
 import json
 import os
 
@@ -6,6 +8,7 @@ import pytest
 
 from ntk_ode.cli import main
 from ntk_ode.experiments import EXPERIMENTS, load_results
+from ntk_ode.results import config_fingerprint
 
 TINY = {
     "E1": dict(widths=(32,), depths=(8, 16, 32), n_inputs=3),
@@ -50,9 +53,10 @@ def test_reproduce_errors(tmp_path, capsys):
     assert "unknown experiment" in capsys.readouterr().err
     assert main(["reproduce", "E5", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
-    bad = tmp_path / ".E5_cells.json"
+    cfg = EXPERIMENTS["E5"].config_cls.quick()
+    bad = tmp_path / f".E5_cells.{config_fingerprint(dataclasses.asdict(cfg))}.json"
     bad.write_text('{"config": {')  # partial file from an interrupted write
     assert main(["reproduce", "E5", "--out", str(tmp_path)]) == 2
-    assert "corrupt or partial" in capsys.readouterr().err
+    assert "is not a readable results file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a readable results file"):
         load_results(str(bad))

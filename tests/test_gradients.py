@@ -1,4 +1,5 @@
 """Gradients: continuous adjoint vs backprop vs finite differences; Prop 2 rates in L."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,11 +38,11 @@ def test_gradients_match_central_finite_differences(depth):
     grads = {m: grad(model, params, x, method=m, **kw) for m in ("adjoint", "backprop")}
     key = jax.random.PRNGKey(7)
     eps = 1e-5
-    for i in range(3):
+    for _ in range(3):
         key, sub = jax.random.split(key)
         leaves, tree = jax.tree_util.tree_flatten(params)
         dirs = jax.tree_util.tree_unflatten(
-            tree, [jax.random.normal(k, l.shape) for k, l in zip(jax.random.split(sub, len(leaves)), leaves)]
+            tree, [jax.random.normal(k, leaf.shape) for k, leaf in zip(jax.random.split(sub, len(leaves)), leaves)]
         )
         shift = lambda s: jax.tree_util.tree_map(lambda p, u: p + s * u, params, dirs)
         fd = (model.apply(shift(eps), x, **kw) - model.apply(shift(-eps), x, **kw)) / (2 * eps)
@@ -65,7 +66,9 @@ def test_adjoint_trajectory_consistency(depth):
     kw = {} if depth else dict(rtol=1e-12, atol=1e-12)
     h, lam = adjoint_trajectory(model, params, x, ts=ts, depth=depth, **kw)
     n = params["W"].shape[0]
-    np.testing.assert_allclose(lam[:, -1], jnp.broadcast_to(model.sigma_v / np.sqrt(n) * params["v"], lam[:, -1].shape), atol=1e-14)
+    np.testing.assert_allclose(
+        lam[:, -1], jnp.broadcast_to(model.sigma_v / np.sqrt(n) * params["v"], lam[:, -1].shape), atol=1e-14
+    )
     g = grad(model, params, x, depth=depth, **kw)
     # grad_U = sigma_u/sqrt(d) lambda_0 x^T
     gU = model.input_scale(x.shape[1]) * lam[:, 0, :, None] * x[:, None, :]

@@ -1,4 +1,5 @@
 """Infinite-width kernels: Monte Carlo, Richardson, identities, fast paths, bad input."""
+
 import os
 import subprocess
 import sys
@@ -80,8 +81,14 @@ def test_blocks_sum_and_vblock_is_nngp():
 def test_relu_closed_form_vs_quadrature():
     # relu registered without closed forms: the Hermite series of a kink cannot be certified, so
     # the solver uses quadrature duals, and matches the closed forms (depth=L: exact recursion).
-    relu_q = A.register_activation("relu_quadrature_test", jax.nn.relu, A.get_activation("relu").dfn,
-                                   dphi_lipschitz=False, kinks=(0.0,), overwrite=True)
+    relu_q = A.register_activation(
+        "relu_quadrature_test",
+        jax.nn.relu,
+        A.get_activation("relu").dfn,
+        dphi_lipschitz=False,
+        kinks=(0.0,),
+        overwrite=True,
+    )
     kc = np.asarray(kernel_fn(no.NeuralODE("relu"), depth=6)(X, get="ntk"))
     kq, e = kernel_fn(no.NeuralODE(relu_q), depth=6, terms=64)(X, get="ntk", with_error=True)
     err = np.max(np.abs(np.asarray(kq) - kc))

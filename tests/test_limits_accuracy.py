@@ -1,6 +1,7 @@
 """Kernel error estimates away from the default settings: large pre-activation variance and
 kinked activations. The estimate must never be smaller than the true error, and a missed rtol
 must be loud (RuntimeWarning)."""
+
 import math
 import warnings
 
@@ -16,8 +17,15 @@ from ntk_ode.limits import kernel_fn
 
 def _gauss(f, v):
     s = math.sqrt(v)
-    return integrate.quad(lambda z: f(s * z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
-                          -11, 11, points=[0.0], epsabs=1e-16, epsrel=1e-13, limit=500)[0]
+    return integrate.quad(
+        lambda z: f(s * z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+        -11,
+        11,
+        points=[0.0],
+        epsabs=1e-16,
+        epsrel=1e-13,
+        limit=500,
+    )[0]
 
 
 def depth_one_diagonal(act, s00, c, head, sigma_v=1.0):

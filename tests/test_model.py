@@ -1,4 +1,5 @@
 """The Neural ODE forward pass: ResNet exactness, solver convergence, options, bad input."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

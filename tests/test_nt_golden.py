@@ -1,4 +1,5 @@
 """Our kernels against golden values from neural-tangents 0.6.5 (tools/nt_oracle/generate.py)."""
+
 import os
 
 import numpy as np

@@ -1,11 +1,12 @@
 """Spectra, Assumption-1 checks, Gegenbauer coefficients, kernel predictions."""
+
 import jax
 import numpy as np
 import pytest
 
 import ntk_ode as no
 from ntk_ode.data import sphere, to_sphere
-from ntk_ode.predict import gp_inference, gradient_descent_mse
+from ntk_ode.predict import gp_inference, gradient_descent_mse, max_learning_rate
 from ntk_ode.spectrum import check_assumption1, check_psd, condition_number, eigenvalues, gegenbauer_coefficients
 
 
@@ -64,7 +65,9 @@ def test_gegenbauer_coefficients():
     a = gegenbauer_coefficients(zonal, d, 5, nodes=24)
     assert np.all(np.abs(a[2:]) < 1e-10 * np.abs(a[:2]).max()) and a[1] > 0
     kfs = no.kernel_fn(no.NeuralODE("softplus"))
-    zs = lambda t: np.asarray(kfs(np.eye(d)[:1], np.stack([t, np.sqrt(1 - t**2)] + [np.zeros_like(t)] * (d - 2), axis=1), get="ntk"))[0]
+    zs = lambda t: np.asarray(
+        kfs(np.eye(d)[:1], np.stack([t, np.sqrt(1 - t**2)] + [np.zeros_like(t)] * (d - 2), axis=1), get="ntk")
+    )[0]
     a = gegenbauer_coefficients(zs, d, 5, nodes=24)
     assert np.all(a > 0)
 
@@ -78,27 +81,81 @@ def test_psd_helpers():
     assert condition_number(np.diag([1.0, 4.0])) == 4.0
 
 
-def test_gradient_descent_prediction_matches_explicit_iteration():
+def _problem(k=None):
     rng = np.random.default_rng(0)
     A = rng.standard_normal((6, 6))
     K = A @ A.T + 0.1 * np.eye(6)
     B = rng.standard_normal((3, 6))
-    Kte = B @ A.T
-    y = rng.standard_normal(6)
+    y = rng.standard_normal(6 if k is None else (6, k))
+    return K, B @ A.T, y
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_discrete_prediction_matches_explicit_iteration(k):
+    K, Kte, y = _problem(k)
     eta = 1.0 / np.linalg.eigvalsh(K)[-1]
-    f, ft = np.zeros(6), np.zeros(3)
+    f, ft = np.zeros(y.shape), np.zeros((3,) + y.shape[1:])
     for _ in range(37):
         r = f - y
         f, ft = f - eta * K @ r, ft - eta * Kte @ r
-    pf, pt = gradient_descent_mse(K, y, eta, Kte)(37)
+    fn = gradient_descent_mse(K, y, eta, discrete=True, normalization="sum")
+    pf, pt = fn(37, 0.0, 0.0, Kte)
     np.testing.assert_allclose(pf, f, atol=1e-12)
     np.testing.assert_allclose(pt, ft, atol=1e-12)
-    # long time: kernel regression interpolant; GP mean without noise is the same
-    pf, pt = gradient_descent_mse(K, y, eta, Kte, flow=True)(1e7)
-    mean, _ = gp_inference(K, y, Kte)
-    np.testing.assert_allclose(pt, mean, atol=1e-8)
-    np.testing.assert_allclose(pf, y, atol=1e-8)
+    # an array of times gives a leading time axis; k_test_train can be fixed at build time
+    pf2, pt2 = gradient_descent_mse(K, y, eta, discrete=True, normalization="sum", k_test_train=Kte)(
+        np.array([0, 37]), 0.0, 0.0
+    )
+    np.testing.assert_allclose(pt2[1], ft, atol=1e-12)
+    np.testing.assert_allclose(pf2[0], 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_flow_follows_the_neural_tangents_ode_and_t_none_is_the_gp_mean(k):
+    """d f/dt = -eta / |y| K (f - y) (neural-tangents' normalization), by central differences;
+    t = None (Cholesky) equals t = 1e9 (eigenbasis) and the noiseless GP posterior mean."""
+    K, Kte, y = _problem(k)
+    fn = gradient_descent_mse(K, y, 0.5)
+    h = 1e-5
+    f1 = fn(1.0, 0.3)
+    deriv = (fn(1.0 + h, 0.3) - fn(1.0 - h, 0.3)) / (2 * h)
+    np.testing.assert_allclose(deriv, -0.5 / y.size * K @ (f1 - y), atol=1e-8)
+    a, b = fn(None, 0.0, 0.0, Kte)
+    mean = gp_inference(K, y)(Kte)
+    np.testing.assert_allclose(a, y, atol=1e-12)
+    np.testing.assert_allclose(b, mean, atol=1e-9)
+    np.testing.assert_allclose(fn(1e9, 0.0, 0.0, Kte)[1], mean, atol=1e-9)
+    assert fn(2.0, None, 0.0, Kte).shape == (3,) + y.shape[1:]  # only the test outputs
+    # traceable
+    jitted = jax.jit(lambda K: gradient_descent_mse(K, y, 0.5)(2.0, 0.0, 0.0, Kte)[1])(K)
+    np.testing.assert_allclose(jitted, fn(2.0, 0.0, 0.0, Kte)[1], atol=1e-12)
+
+
+def test_gp_inference_posterior_against_the_schur_complement():
+    K, Kte, y = _problem()
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((9, 9))
+    full = Z @ Z.T  # a joint prior over 6 train + 3 test points
+    Ktr, Kte, Ktt = full[:6, :6], full[6:, :6], full[6:, 6:]
+    post = gp_inference(Ktr, y, diag_reg=0.1, diag_reg_absolute_scale=True)(Kte, Ktt)
+    S = Ktr + 0.1 * np.eye(6)
+    np.testing.assert_allclose(post.mean, Kte @ np.linalg.solve(S, y), atol=1e-10)
+    np.testing.assert_allclose(post.covariance, Ktt - Kte @ np.linalg.solve(S, Kte.T), atol=1e-10)
+
+
+def test_predict_bad_input_and_stability_warning():
+    K, Kte, y = _problem()
+    eta = 1.0 / np.linalg.eigvalsh(K)[-1]
     with pytest.raises(ValueError, match="y_train"):
         gradient_descent_mse(K, y[:3], eta)
     with pytest.raises(ValueError, match="learning_rate"):
         gradient_descent_mse(K, y, -1.0)
+    with pytest.raises(ValueError, match="k_test_train"):
+        gradient_descent_mse(K, y, eta)(1.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="diag_reg"):
+        gradient_descent_mse(K, y, eta, diag_reg=-1.0)
+    with pytest.raises(ValueError, match="positive definite"):
+        gp_inference(-K, y)
+    with pytest.warns(RuntimeWarning, match="stability limit"):
+        gradient_descent_mse(K, y, 2.5 * eta, discrete=True, normalization="sum")
+    assert 2.0 / np.linalg.eigvalsh(K)[-1] == pytest.approx(max_learning_rate(K, normalization="sum"))

@@ -1,4 +1,5 @@
 """Gradient descent against Theorem 2 on the bundled digits; kernel predictions; bad input."""
+
 import jax
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_infinite_width_prediction_improves_with_width(runs):
         r = out[width].records
         i = list(r["step"]).index(200)
         f0 = r["f_train"][0]
-        pred, _ = gradient_descent_mse(K, y, out[width].learning_rate)(200, fx_train_0=f0)
+        pred = gradient_descent_mse(K, y, out[width].learning_rate, discrete=True, normalization="sum")(200, f0)
         errs.append(np.linalg.norm(r["f_train"][i] - pred) / np.linalg.norm(r["f_train"][i] - f0))
     assert errs[1] < errs[0], errs
 
@@ -59,15 +60,40 @@ def test_adjoint_and_backprop_training_agree_and_resume(tmp_path):
     model = no.NeuralODE("tanh", T=1.0)
     p = model.init(jax.random.PRNGKey(0), d=x.shape[1], width=32)
     s = no.Solver(rtol=1e-10, atol=1e-10)
-    ra = train(model, p, x, y, 20, gradient="adjoint", record_every=10, solver=s, progress=False, lambda_0=None)
-    rb = train(model, p, x, y, 20, gradient="backprop", record_every=10, solver=s, progress=False, lambda_0=None)
+    ra = train(model, p, x, y, 20, method="adjoint", record_every=10, solver=s, progress=False, lambda_0=None)
+    rb = train(model, p, x, y, 20, method="backprop", record_every=10, solver=s, progress=False, lambda_0=None)
     np.testing.assert_allclose(ra.records["train_loss"], rb.records["train_loss"], rtol=1e-7)
     ck = str(tmp_path / "ck")
     r1 = train(model, p, x, y, 20, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
     r2 = train(model, p, x, y, 20, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
     np.testing.assert_allclose(r2.records["train_loss"], r1.records["train_loss"])
-    with pytest.raises(ValueError, match="another configuration"):
-        train(model, p, x, y, 30, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
+    # more steps extend the finished run, bit for bit as an uninterrupted run
+    r3 = train(model, p, x, y, 30, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
+    r4 = train(model, p, x, y, 30, depth=3, record_every=10, progress=False, lambda_0=None)
+    np.testing.assert_array_equal(r3.records["train_loss"], r4.records["train_loss"])
+    np.testing.assert_array_equal(np.asarray(r3.params["W"]), np.asarray(r4.params["W"]))
+    # another initialization, other data or another solver is refused, naming the field
+    p2 = model.init(jax.random.PRNGKey(5), d=x.shape[1], width=32)
+    with pytest.raises(ValueError, match="init_params"):
+        train(model, p2, x, y, 30, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
+    with pytest.raises(ValueError, match="data"):
+        train(model, p, x, -y, 30, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(
+            model,
+            p,
+            x,
+            y,
+            30,
+            depth=3,
+            record_every=10,
+            checkpoint=ck,
+            progress=False,
+            lambda_0=None,
+            optimizer=__import__("optax").adam(1e-3),
+        )
+    with pytest.raises(ValueError, match="beyond"):
+        train(model, p, x, y, 10, depth=3, record_every=10, checkpoint=ck, progress=False, lambda_0=None)
 
 
 def test_bad_input():
@@ -82,5 +108,5 @@ def test_bad_input():
         train(model, p, x, y, 1, depth=2, learning_rate=-0.1, progress=False)
     with pytest.warns(RuntimeWarning, match="stability limit"):
         train(model, p, x, y, 0, depth=2, learning_rate=1e3, progress=False, lambda_0=None, track_ntk=False)
-    with pytest.raises(ValueError, match="gradient"):
-        train(model, p, x, y, 1, gradient="magic", progress=False)
+    with pytest.raises(ValueError, match="method"):
+        train(model, p, x, y, 1, method="magic", progress=False)

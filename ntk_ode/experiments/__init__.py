@@ -1,39 +1,97 @@
 """The paper's experiments E1-E9: each a config (quick/full presets), run -> results file, plot.
 
-    from ntk_ode.experiments import EXPERIMENTS, reproduce
-    reproduce(["E1", "E2"], out="results", preset="quick")
+from ntk_ode.experiments import EXPERIMENTS, reproduce
+reproduce(["E1", "E2"], out="results", preset="quick")
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from . import convergence, gaps, gaussian_outputs, kernels, solvers, width
 from .common import Experiment, load_results
 
 EXPERIMENTS = {
-    "E1": Experiment("E1", "Softplus: Neural ODE vs ResNet gaps against depth", gaps.GapConfig, gaps.run,
-                     functools.partial(gaps.plot, title="softplus")),
+    "E1": Experiment(
+        "E1",
+        "Softplus: Neural ODE vs ResNet gaps against depth",
+        gaps.GapConfig,
+        gaps.run,
+        functools.partial(gaps.plot, title="softplus"),
+    ),
     "E2": Experiment("E2", "Finite-width NTK vs K_inf against width", width.WidthConfig, width.run, width.plot),
-    "E3": Experiment("E3", "ReLU: gaps against depth, three gradient references", gaps.ReluGapConfig,
-                     functools.partial(gaps.run, name="E3"), functools.partial(gaps.plot, name="E3", title="relu")),
-    "E4": Experiment("E4", "Global convergence of gradient descent on digits", convergence.ConvergenceConfig,
-                     convergence.run, convergence.plot),
-    "E5": Experiment("E5", "Time horizon: sigma_w fixed vs sigma_w ~ 1/T", kernels.HorizonConfig,
-                     kernels.run_horizon, kernels.plot_horizon),
-    "E6": Experiment("E6", "Quadratic activation: degenerate kernels", kernels.PolynomialConfig,
-                     kernels.run_polynomial, kernels.plot_polynomial),
+    "E3": Experiment(
+        "E3",
+        "ReLU: gaps against depth, three gradient references",
+        gaps.ReluGapConfig,
+        functools.partial(gaps.run, name="E3"),
+        functools.partial(gaps.plot, name="E3", title="relu"),
+    ),
+    "E4": Experiment(
+        "E4",
+        "Global convergence of gradient descent on digits",
+        convergence.ConvergenceConfig,
+        convergence.run,
+        convergence.plot,
+    ),
+    "E5": Experiment(
+        "E5",
+        "Time horizon: sigma_w fixed vs sigma_w ~ 1/T",
+        kernels.HorizonConfig,
+        kernels.run_horizon,
+        kernels.plot_horizon,
+    ),
+    "E6": Experiment(
+        "E6",
+        "Quadratic activation: degenerate kernels",
+        kernels.PolynomialConfig,
+        kernels.run_polynomial,
+        kernels.plot_polynomial,
+    ),
     "E7": Experiment("E7", "Adaptive vs fixed-step solvers", solvers.SolverConfig, solvers.run, solvers.plot),
-    "E8": Experiment("E8", "More activations and data sets", kernels.ActivationsConfig, kernels.run_activations,
-                     kernels.plot_activations),
-    "E9": Experiment("E9", "Gaussian outputs at initialization", gaussian_outputs.GaussianConfig,
-                     gaussian_outputs.run, gaussian_outputs.plot),
+    "E8": Experiment(
+        "E8",
+        "More activations and data sets",
+        kernels.ActivationsConfig,
+        kernels.run_activations,
+        kernels.plot_activations,
+    ),
+    "E9": Experiment(
+        "E9",
+        "Gaussian outputs at initialization",
+        gaussian_outputs.GaussianConfig,
+        gaussian_outputs.run,
+        gaussian_outputs.plot,
+    ),
 }
 
 
-def reproduce(names, out: str = "results", preset: str = "quick", data_dir: str | None = None, log=print) -> dict:
-    """Run and plot the named experiments; returns {name: results}. Finished cells are reused."""
+def reproduce(
+    names: Sequence[str],
+    out: str = "results",
+    preset: Literal["quick", "full"] = "quick",
+    data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run and plot the named experiments. Finished cells are reused (per config).
+
+    Args:
+        names: experiment names ("E1".."E9").
+        out: the output folder (created if missing).
+        preset: "quick" or "full" sizes.
+        data_dir: a folder with MNIST's IDX files (E4 and E8 then use MNIST).
+        log: where progress lines go.
+
+    Returns:
+        ``{name: results}``.
+
+    Raises:
+        ValueError: an unknown name or preset.
+        FileNotFoundError: ``data_dir`` does not exist.
+    """
     import os
 
     import jax

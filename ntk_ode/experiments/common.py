@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..sweep import atomic_write_json, fit_slope, versions
+from ..results import (
+    atomic_write_json,
+    atomic_write_npz,
+    check_resume,
+    config_fingerprint,
+    jsonable,
+    provenance,
+    read_json,
+)
+from ..sweep import fit_slope
 
 __all__ = ["Preset", "Experiment", "Cells", "loglog", "fit_slope", "save_results", "load_results"]
 
@@ -22,49 +31,69 @@ class Preset:
     FULL: ClassVar[dict] = {}
 
     @classmethod
-    def quick(cls, **kw):
+    def quick(cls, **kw: Any) -> Any:
+        """The quick preset (the dataclass defaults), with ``kw`` overriding fields.
+
+        Args:
+            **kw: fields to override.
+
+        Returns:
+            A config instance.
+        """
         return cls(**kw)
 
     @classmethod
-    def full(cls, **kw):
+    def full(cls, **kw: Any) -> Any:
+        """The full preset (``FULL`` over the defaults), with ``kw`` overriding fields.
+
+        Args:
+            **kw: fields to override.
+
+        Returns:
+            A config instance.
+        """
         return cls(**{**cls.FULL, **kw})
 
 
 class Cells:
-    """A JSON file of finished cells: ``get(key, fn)`` computes ``fn()`` once and stores it."""
+    """Finished cells of an experiment in a JSON file: ``get(key, fn)`` computes ``fn()`` once.
+
+    Each config has its own file, ``<stem>.<fingerprint of the config>.json`` next to
+    ``path``, so runs of different presets in one folder never mix or overwrite each other;
+    a file whose stored config differs from the one it is named after is refused (the resume
+    policy of :mod:`ntk_ode.results`).
+
+    Args:
+        path: ``<folder>/<stem>.json``; the config's fingerprint is inserted before ``.json``.
+        config: the experiment's config (JSON-able).
+    """
 
     def __init__(self, path: str, config: dict):
-        # compare configs as JSON sees them (tuples become lists)
-        self.path, self.config = path, json.loads(json.dumps(_jsonable(config)))
-        self.data = {}
-        if os.path.exists(path):
-            try:
-                with open(path) as f:
-                    saved = json.load(f)
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path} is corrupt or partial ({e}); delete it to recompute") from e
-            if saved.get("config") == self.config:
-                self.data = saved.get("cells", {})
+        self.config = jsonable(config)
+        stem = path[:-5] if path.endswith(".json") else path
+        self.path = f"{stem}.{config_fingerprint(self.config)}.json"
+        self.data: dict = {}
+        if os.path.exists(self.path):
+            saved = read_json(self.path, required=("config", "cells"))
+            check_resume(self.path, saved["config"], self.config)
+            self.data = saved["cells"]
 
-    def get(self, key: str, fn):
+    def get(self, key: str, fn: Callable[[], Any]) -> Any:
+        """The value of cell ``key``: stored, or computed by ``fn()`` and stored at once.
+
+        Args:
+            key: the cell's name.
+            fn: computes its value (JSON-able).
+
+        Returns:
+            The value (as JSON stores it: lists for arrays).
+        """
         if key not in self.data:
             t = time.perf_counter()
             val = fn()
-            self.data[key] = {"value": _jsonable(val), "time_s": time.perf_counter() - t}
-            atomic_write_json(self.path, {"config": self.config, "cells": self.data})
+            self.data[key] = {"value": jsonable(val), "time_s": time.perf_counter() - t}
+            atomic_write_json(self.path, {**provenance(self.config), "cells": self.data})
         return self.data[key]["value"]
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
 
 
 @dataclasses.dataclass
@@ -74,20 +103,32 @@ class Experiment:
     name: str
     title: str
     config_cls: type
-    run: callable
-    plot: callable
+    run: Callable[..., dict]
+    plot: Callable[..., None]
 
 
-def save_results(out: str, name: str, config, results: dict, t0: float) -> str:
+def save_results(out: str, name: str, config: Any, results: dict, t0: float) -> str:
+    """Write ``<out>/<name>.json`` (provenance + results) and ``<out>/<name>.npz`` (numeric arrays).
+
+    Args:
+        out: the output folder (created if missing).
+        name: the experiment's name.
+        config: its config dataclass.
+        results: name -> value.
+        t0: ``time.perf_counter()`` at the start (for the timing).
+
+    Returns:
+        The JSON file's path.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
     path = os.path.join(out, f"{name}.json")
-    payload = {"experiment": name, "config": dataclasses.asdict(config), "versions": versions(),
-               "time_s": time.perf_counter() - t0, "results": _jsonable(results)}
-    atomic_write_json(path, payload)
+    rec = provenance(dataclasses.asdict(config), time_s=time.perf_counter() - t0)
+    atomic_write_json(path, {"experiment": name, **rec, "results": jsonable(results)})
     arrays = {k: np.asarray(v) for k, v in results.items() if isinstance(v, (list, np.ndarray)) and _numeric(v)}
     if arrays:
-        tmp = os.path.join(out, f".{name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(out, f"{name}.npz"))
+        atomic_write_npz(os.path.join(out, f"{name}.npz"), arrays, meta={"experiment": name, **rec})
     return path
 
 
@@ -100,14 +141,18 @@ def _numeric(v):
 
 
 def load_results(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable results file ({e})") from e
-    if "results" not in data or "experiment" not in data:
-        raise ValueError(f"{path} is not an ntk_ode results file (missing 'experiment'/'results')")
-    return data
+    """Read an experiment's results file.
+
+    Args:
+        path: ``<out>/<name>.json``.
+
+    Returns:
+        The record: ``experiment``, ``config``, ``versions``, ``time_s``, ``results``.
+
+    Raises:
+        ResumeError: (a ValueError) the file is unreadable or not an experiment's results file.
+    """
+    return read_json(path, required=("experiment", "results"))
 
 
 def figure():
@@ -121,11 +166,23 @@ def figure():
 
 
 def loglog(ax, x, y, label, theory_slope=None, marker="o-"):
-    """Plot y(x) on log-log axes with its fitted slope in the label; optional dashed theory line."""
+    """Plot y(x) on log-log axes with its fitted slope in the label; optional dashed theory line.
+
+    Args:
+        ax: matplotlib axes.
+        x: abscissae.
+        y: values (non-positive ones are left out).
+        label: legend label.
+        theory_slope: slope of a dashed reference line through the first point.
+        marker: line style.
+
+    Returns:
+        The fitted slope (nan with fewer than two points).
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = (x > 0) & (y > 0) & np.isfinite(y)
     s = fit_slope(x[ok], y[ok]) if ok.sum() >= 2 else float("nan")
-    line, = ax.loglog(x[ok], y[ok], marker, ms=4, label=f"{label} (slope {s:.2f})")
+    (line,) = ax.loglog(x[ok], y[ok], marker, ms=4, label=f"{label} (slope {s:.2f})")
     if theory_slope is not None and ok.sum() >= 1:
         ax.loglog(x[ok], y[ok][0] * (x[ok] / x[ok][0]) ** theory_slope, "--", color=line.get_color(), lw=0.8, alpha=0.7)
     return s

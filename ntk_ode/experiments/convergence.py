@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import os
 import time
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -13,11 +13,13 @@ import numpy as np
 from .. import NeuralODE, kernel_fn
 from ..data import digits, train_test_split
 from ..train import train
-from .common import Preset, Cells, figure, fit_slope, loglog, save_results, savefig
+from .common import Cells, Preset, figure, fit_slope, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
 class ConvergenceConfig(Preset):
+    """E4: gradient descent on digits over widths; quick and full presets."""
+
     activation: str = "softplus"
     widths: tuple = (256, 1024)
     n_points: int = 96
@@ -28,10 +30,13 @@ class ConvergenceConfig(Preset):
     data_dir: str | None = None  # a folder with MNIST's IDX files: use MNIST instead of the digits
     seed: int = 0
 
-    FULL: ClassVar[dict] = dict(widths=(256, 512, 1024, 2048, 4096), n_points=256, steps=2000, record_every=100, depth=None)
+    FULL: ClassVar[dict] = dict(
+        widths=(256, 512, 1024, 2048, 4096), n_points=256, steps=2000, record_every=100, depth=None
+    )
 
 
 def run(cfg: ConvergenceConfig, out: str, name: str = "E4") -> dict:
+    """Run E4 (resumable cells) and write its results file; returns the results."""
     t0 = time.perf_counter()
     if cfg.data_dir:
         from ..data import binary_task, mnist
@@ -44,28 +49,64 @@ def run(cfg: ConvergenceConfig, out: str, name: str = "E4") -> dict:
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
     K = np.asarray(kernel_fn(model, depth=cfg.depth)(xtr, get="ntk"))
     ev = np.linalg.eigvalsh(K)
-    res = {"lambda_0": float(ev[0]), "lambda_max_inf": float(ev[-1]), "widths": list(cfg.widths), "runs": {}}
+    res: dict[str, Any] = {
+        "lambda_0": float(ev[0]),
+        "lambda_max_inf": float(ev[-1]),
+        "widths": list(cfg.widths),
+        "runs": {},
+    }
     for w in cfg.widths:
+
         def cell(w=w):
             p = model.init(jax.random.PRNGKey(cfg.seed), d=x.shape[1], width=w)
-            r = train(model, p, xtr, ytr, cfg.steps, depth=cfg.depth, record_every=cfg.record_every,
-                      x_test=xte, y_test=yte, lambda_0=float(ev[0]))
-            keep = ("step", "train_loss", "test_loss", "bound", "lambda_min", "lambda_max", "rel_dist", "dist",
-                    "ntk_rel_change", "rel_dist_U", "rel_dist_W", "rel_dist_v")
+            r = train(
+                model,
+                p,
+                xtr,
+                ytr,
+                cfg.steps,
+                depth=cfg.depth,
+                record_every=cfg.record_every,
+                x_test=xte,
+                y_test=yte,
+                lambda_0=float(ev[0]),
+            )
+            keep = (
+                "step",
+                "train_loss",
+                "test_loss",
+                "bound",
+                "lambda_min",
+                "lambda_max",
+                "rel_dist",
+                "dist",
+                "ntk_rel_change",
+                "rel_dist_U",
+                "rel_dist_W",
+                "rel_dist_v",
+            )
             rec = {k: np.asarray(r.records[k]).tolist() for k in keep}
             steps, loss = np.asarray(rec["step"]), np.asarray(rec["train_loss"])
             rate = float(np.exp(np.polyfit(steps, np.log(loss), 1)[0]))
-            return {"records": rec, "learning_rate": r.learning_rate, "measured_rate": rate,
-                    "theory_rate": 1.0 - r.learning_rate * float(ev[0])}
+            return {
+                "records": rec,
+                "learning_rate": r.learning_rate,
+                "measured_rate": rate,
+                "theory_rate": 1.0 - r.learning_rate * float(ev[0]),
+            }
+
         res["runs"][str(w)] = cells.get(f"width={w}", cell)
     d = [res["runs"][str(w)]["records"]["dist"][-1] for w in cfg.widths]
     res["dist_final"] = d
-    res["slope_rel_dist_U_vs_width"] = fit_slope(cfg.widths, [res["runs"][str(w)]["records"]["rel_dist_U"][-1] for w in cfg.widths])
+    res["slope_rel_dist_U_vs_width"] = fit_slope(
+        cfg.widths, [res["runs"][str(w)]["records"]["rel_dist_U"][-1] for w in cfg.widths]
+    )
     save_results(out, name, cfg, res, t0)
     return res
 
 
 def plot(res: dict, out: str, name: str = "E4"):
+    """Plot E4 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for w in res["widths"]:
@@ -77,10 +118,20 @@ def plot(res: dict, out: str, name: str = "E4"):
     axes[0].semilogy(r["step"], r["bound"], "k--", lw=1, label="(1 - eta lambda_0)^k L_0")
     axes[0].set(xlabel="step k", ylabel="loss", title=f"{name}: loss (lambda_0 = {res['lambda_0']:.2e})")
     axes[1].set(xlabel="step k", ylabel="lambda_min(H_k) / lambda_min(H_0)", title="NTK during training")
-    loglog(axes[2], res["widths"], [res["runs"][str(w)]["records"]["rel_dist_U"][-1] for w in res["widths"]],
-           "||U_k - U_0|| / ||U_0||", theory_slope=-0.5)
-    loglog(axes[2], res["widths"], [res["runs"][str(w)]["records"]["ntk_rel_change"][-1] for w in res["widths"]],
-           "||H_k - H_0|| / ||H_0||", theory_slope=-0.5)
+    loglog(
+        axes[2],
+        res["widths"],
+        [res["runs"][str(w)]["records"]["rel_dist_U"][-1] for w in res["widths"]],
+        "||U_k - U_0|| / ||U_0||",
+        theory_slope=-0.5,
+    )
+    loglog(
+        axes[2],
+        res["widths"],
+        [res["runs"][str(w)]["records"]["ntk_rel_change"][-1] for w in res["widths"]],
+        "||H_k - H_0|| / ||H_0||",
+        theory_slope=-0.5,
+    )
     axes[2].set(xlabel="width n", ylabel="relative change at the last step", title="lazy training")
     for ax in axes:
         ax.legend(fontsize=6)

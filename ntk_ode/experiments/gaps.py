@@ -10,20 +10,22 @@ Dopri5 adjoints at several tolerances.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import os
 import time
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from .. import NeuralODE, Solver, grad
 from ..data import digits
-from .common import Preset, Cells, figure, fit_slope, loglog, save_results, savefig
+from .common import Cells, Preset, figure, fit_slope, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
 class GapConfig(Preset):
+    """E1: ODE vs ResNet gaps over depths and widths (softplus); quick and full presets."""
+
     activation: str = "softplus"
     widths: tuple = (64, 256)
     depths: tuple = (8, 16, 32, 64, 128, 256)
@@ -39,7 +41,7 @@ class GapConfig(Preset):
 def _reference(model, p, x, ref: str):
     """grad f by a named reference: '<solver>-adjoint-<tol>', 'rk4-adjoint-<steps>', 'backprop-L<depth>'."""
     if ref.startswith("backprop-L"):
-        return grad(model, p, x, depth=int(ref[len("backprop-L"):]), method="backprop")
+        return grad(model, p, x, depth=int(ref[len("backprop-L") :]), method="backprop")
     name, _, arg = ref.split("-", 2)
     if name in ("rk4", "euler"):
         return grad(model, p, x, method="adjoint", solver=Solver(name, steps=int(arg)))
@@ -47,12 +49,19 @@ def _reference(model, p, x, ref: str):
 
 
 def run(cfg: GapConfig, out: str, name: str = "E1") -> dict:
+    """Run E1/E3 (resumable cells) and write the results file; returns the results."""
     t0 = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
     model = NeuralODE(cfg.activation, T=cfg.T, sigma_w=cfg.sigma_w)
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
-    res = {"depths": list(cfg.depths), "widths": list(cfg.widths), "output_gap": {}, "gradient_gap": {}, "slopes": {}}
+    res: dict[str, Any] = {
+        "depths": list(cfg.depths),
+        "widths": list(cfg.widths),
+        "output_gap": {},
+        "gradient_gap": {},
+        "slopes": {},
+    }
     fine = Solver("dopri8", rtol=1e-12, atol=1e-12, max_steps=100000)
     for w in cfg.widths:
         p = model.init(jax.random.PRNGKey(cfg.seed), d=x.shape[1], width=w)
@@ -60,7 +69,8 @@ def run(cfg: GapConfig, out: str, name: str = "E1") -> dict:
         def cell(w=w, p=p):
             f = model.apply(p, x, solver=fine)
             refs = {r: _reference(model, p, x, r) for r in cfg.references}
-            og, gg = [], {r: [] for r in cfg.references}
+            og: list[float] = []
+            gg: dict[str, list[float]] = {r: [] for r in cfg.references}
             for L in cfg.depths:
                 og.append(float(jnp.max(jnp.abs(model.apply(p, x, depth=L) - f))))
                 gL = grad(model, p, x, depth=L, method="backprop")
@@ -79,6 +89,7 @@ def run(cfg: GapConfig, out: str, name: str = "E1") -> dict:
 
 
 def plot(res: dict, out: str, name: str = "E1", title: str = "softplus"):
+    """Plot E1/E3 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for w in res["widths"]:
@@ -96,11 +107,28 @@ def plot(res: dict, out: str, name: str = "E1", title: str = "softplus"):
 
 @dataclasses.dataclass
 class ReluGapConfig(GapConfig):
+    """E3: the gaps of E1 for relu, with three gradient references."""
+
     activation: str = "relu"
     widths: tuple = (256,)
-    references: tuple = ("backprop-L4096", "rk4-adjoint-2048", "dopri5-adjoint-1e-4", "dopri5-adjoint-1e-6",
-                         "dopri5-adjoint-1e-8")
+    references: tuple = (
+        "backprop-L4096",
+        "rk4-adjoint-2048",
+        "dopri5-adjoint-1e-4",
+        "dopri5-adjoint-1e-6",
+        "dopri5-adjoint-1e-8",
+    )
 
-    FULL: ClassVar[dict] = dict(widths=(256, 1024), depths=(8, 16, 32, 64, 128, 256, 512, 1024), n_inputs=16,
-                   references=("backprop-L16384", "rk4-adjoint-8192", "dopri5-adjoint-1e-4", "dopri5-adjoint-1e-6",
-                               "dopri5-adjoint-1e-8", "dopri5-adjoint-1e-10"))
+    FULL: ClassVar[dict] = dict(
+        widths=(256, 1024),
+        depths=(8, 16, 32, 64, 128, 256, 512, 1024),
+        n_inputs=16,
+        references=(
+            "backprop-L16384",
+            "rk4-adjoint-8192",
+            "dopri5-adjoint-1e-4",
+            "dopri5-adjoint-1e-6",
+            "dopri5-adjoint-1e-8",
+            "dopri5-adjoint-1e-10",
+        ),
+    )

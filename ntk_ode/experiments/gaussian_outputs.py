@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import math
 import os
 import time
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -15,11 +15,14 @@ import numpy as np
 
 from .. import NeuralODE, Solver, kernel_fn
 from ..data import digits
-from .common import Preset, Cells, figure, loglog, save_results, savefig
+from ..model import check_solve
+from .common import Cells, Preset, figure, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
 class GaussianConfig(Preset):
+    """E9: outputs at initialization against the NNGP; quick and full presets."""
+
     activation: str = "softplus"
     widths: tuple = (4, 16, 64, 256)
     n_seeds: int = 400
@@ -33,9 +36,10 @@ class GaussianConfig(Preset):
 def _outputs(model, keys, x, width, solver):
     def one(k):
         p = model.init(k, x.shape[1], width, x.dtype)
-        return model.readout(p["v"], model.final_state(p, x, None, solver))
+        return model.forward(p, x, None, solver)
 
-    return jax.lax.map(one, keys, batch_size=64)
+    f, ok = jax.lax.map(one, keys, batch_size=64)
+    return check_solve(f, ok, solver, "E9 outputs")
 
 
 def _ks_normal(z):
@@ -49,21 +53,33 @@ def _ks_normal(z):
 
 
 def run(cfg: GaussianConfig, out: str, name: str = "E9") -> dict:
+    """Run E9 (resumable cells) and write the results file; returns the results."""
     t0 = time.perf_counter()
     x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
     model = NeuralODE(cfg.activation)
     nngp = np.asarray(kernel_fn(model)(x, get="nngp"))
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
-    res = {"widths": list(cfg.widths), "nngp": nngp, "cov_rel_error": [], "ks": [], "kurtosis_excess": [],
-           "ks_noise_level": 1.36 / math.sqrt(cfg.n_seeds)}
+    res: dict[str, Any] = {
+        "widths": list(cfg.widths),
+        "nngp": nngp,
+        "cov_rel_error": [],
+        "ks": [],
+        "kurtosis_excess": [],
+        "ks_noise_level": 1.36 / math.sqrt(cfg.n_seeds),
+    }
     for w in cfg.widths:
+
         def cell(w=w):
             keys = jax.random.split(jax.random.PRNGKey(cfg.seed + w), cfg.n_seeds)
             f = np.asarray(_outputs(model, keys, jnp.asarray(x), w, Solver(rtol=1e-8, atol=1e-8)))
             C = f.T @ f / f.shape[0]
             z = f[:, 0] / math.sqrt(nngp[0, 0])
-            return {"cov_rel_error": float(np.linalg.norm(C - nngp) / np.linalg.norm(nngp)), "ks": _ks_normal(z),
-                    "kurtosis_excess": float(np.mean(z**4) / np.mean(z**2) ** 2 - 3.0)}
+            return {
+                "cov_rel_error": float(np.linalg.norm(C - nngp) / np.linalg.norm(nngp)),
+                "ks": _ks_normal(z),
+                "kurtosis_excess": float(np.mean(z**4) / np.mean(z**2) ** 2 - 3.0),
+            }
+
         c = cells.get(f"width={w}", cell)
         for k in ("cov_rel_error", "ks", "kurtosis_excess"):
             res[k].append(c[k])
@@ -72,6 +88,7 @@ def run(cfg: GaussianConfig, out: str, name: str = "E9") -> dict:
 
 
 def plot(res, out, name="E9"):
+    """Plot E9 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     loglog(axes[0], res["widths"], res["cov_rel_error"], "||C_n - NNGP|| / ||NNGP||")

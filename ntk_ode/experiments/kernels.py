@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import os
 import time
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import NeuralODE, kernel_fn
 from ..data import digits, sphere, teacher
-from .common import Preset, Cells, figure, save_results, savefig
-
+from .common import Cells, Preset, figure, save_results, savefig
 
 # ----------------------------------------------------------------------------- E5
 
 
 @dataclasses.dataclass
 class HorizonConfig(Preset):
+    """E5: kernels against the horizon T, sigma_w fixed vs sigma_w ~ 1/T."""
+
     activation: str = "softplus"
     horizons: tuple = (0.25, 0.5, 1.0, 2.0, 4.0)
     n_points: int = 32
@@ -32,15 +33,20 @@ def run_horizon(cfg: HorizonConfig, out: str, name: str = "E5") -> dict:
     t0 = time.perf_counter()
     x, _ = digits((0, 1), n=cfg.n_points, seed=cfg.seed)
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
-    res = {"T": list(cfg.horizons)}
+    res: dict[str, Any] = {"T": list(cfg.horizons)}
     for label, sw in (("fixed", lambda T: 1.0), ("scaled", lambda T: 1.0 / T)):
         rows = []
         for T in cfg.horizons:
+
             def cell(T=T, sw=sw):
                 k = kernel_fn(NeuralODE(cfg.activation, T=T, sigma_w=sw(T)))(x)
                 ev = np.linalg.eigvalsh(np.asarray(k.ntk))
-                return {"lambda_0": float(ev[0]), "lambda_max": float(ev[-1]),
-                        "nngp_diag_mean": float(np.mean(np.diag(np.asarray(k.nngp))))}
+                return {
+                    "lambda_0": float(ev[0]),
+                    "lambda_max": float(ev[-1]),
+                    "nngp_diag_mean": float(np.mean(np.diag(np.asarray(k.nngp)))),
+                }
+
             rows.append(cells.get(f"{label} T={T}", cell))
         for key in ("lambda_0", "lambda_max", "nngp_diag_mean"):
             res[f"{key}_{label}"] = [r[key] for r in rows]
@@ -49,12 +55,15 @@ def run_horizon(cfg: HorizonConfig, out: str, name: str = "E5") -> dict:
 
 
 def plot_horizon(res, out, name="E5"):
+    """Plot E5 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for label in ("fixed", "scaled"):
         lab = "sigma_w = 1" if label == "fixed" else "sigma_w = 1/T"
         axes[0].loglog(res["T"], res[f"lambda_0_{label}"], "o-", label=lab)
-        axes[1].loglog(res["T"], np.asarray(res[f"lambda_max_{label}"]) / np.asarray(res[f"lambda_0_{label}"]), "o-", label=lab)
+        axes[1].loglog(
+            res["T"], np.asarray(res[f"lambda_max_{label}"]) / np.asarray(res[f"lambda_0_{label}"]), "o-", label=lab
+        )
     axes[0].set(xlabel="T", ylabel="lambda_0 = lambda_min(K_inf)", title=f"{name}: smallest eigenvalue vs horizon")
     axes[1].set(xlabel="T", ylabel="condition number", title="conditioning of K_inf")
     for ax in axes:
@@ -68,6 +77,8 @@ def plot_horizon(res, out, name="E5"):
 
 @dataclasses.dataclass
 class PolynomialConfig(Preset):
+    """E6: the quadratic activation and its degenerate kernels."""
+
     activations: tuple = ("quadratic", "identity", "softplus")
     depths: tuple = (1, 2, 3, None)
     d: int = 3
@@ -83,13 +94,20 @@ def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
     t0 = time.perf_counter()
     x = sphere(cfg.n_points, cfg.d, cfg.seed)
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
-    res = {"activations": list(cfg.activations), "depths": [str(L) for L in cfg.depths], "spectra": {},
-           "rel_lambda_min": {}, "numerical_rank": {}}
+    res: dict[str, Any] = {
+        "activations": list(cfg.activations),
+        "depths": [str(L) for L in cfg.depths],
+        "spectra": {},
+        "rel_lambda_min": {},
+        "numerical_rank": {},
+    }
     for act in cfg.activations:
         for L in cfg.depths:
+
             def cell(act=act, L=L):
                 K = np.asarray(kernel_fn(NeuralODE(act, T=cfg.T), depth=L)(x, get="ntk"))
                 return np.linalg.eigvalsh(K)[::-1].tolist()
+
             ev = np.asarray(cells.get(f"{act} L={L}", cell))
             res["spectra"][f"{act} L={L}"] = ev.tolist()
             res["rel_lambda_min"][f"{act} L={L}"] = float(ev[-1] / ev[0])
@@ -99,6 +117,7 @@ def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
 
 
 def plot_polynomial(res, out, name="E6"):
+    """Plot E6 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, len(res["activations"]), figsize=(4 * len(res["activations"]), 3.4), sharey=True)
     for ax, act in zip(np.atleast_1d(axes), res["activations"]):
@@ -116,6 +135,8 @@ def plot_polynomial(res, out, name="E6"):
 
 @dataclasses.dataclass
 class ActivationsConfig(Preset):
+    """E8: lambda_0 of K_inf for several activations and data sets."""
+
     activations: tuple = ("softplus", "gelu", "silu", "tanh", "erf", "sigmoid", "relu")
     n_points: int = 48
     data_dir: str | None = None  # a folder with MNIST's IDX files: adds MNIST 0/1
@@ -127,21 +148,25 @@ class ActivationsConfig(Preset):
 def run_activations(cfg: ActivationsConfig, out: str, name: str = "E8") -> dict:
     """lambda_0 / lambda_max of K_inf for several activations on digits and on a synthetic sphere."""
     t0 = time.perf_counter()
-    data = {"digits 0/1": digits((0, 1), n=cfg.n_points, seed=cfg.seed)[0],
-            "digits 3/8": digits((3, 8), n=cfg.n_points, seed=cfg.seed)[0],
-            "sphere d=10": teacher(cfg.n_points, 10, cfg.seed)[0]}
+    data = {
+        "digits 0/1": digits((0, 1), n=cfg.n_points, seed=cfg.seed)[0],
+        "digits 3/8": digits((3, 8), n=cfg.n_points, seed=cfg.seed)[0],
+        "sphere d=10": teacher(cfg.n_points, 10, cfg.seed)[0],
+    }
     if cfg.data_dir:
         from ..data import binary_task, mnist
 
         data["MNIST 0/1"] = binary_task(*mnist(cfg.data_dir, "train"), classes=(0, 1), n=cfg.n_points, seed=cfg.seed)[0]
     cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
-    res = {"activations": list(cfg.activations), "datasets": list(data), "rel_lambda_0": {}}
+    res: dict[str, Any] = {"activations": list(cfg.activations), "datasets": list(data), "rel_lambda_0": {}}
     for ds, x in data.items():
         vals = []
         for act in cfg.activations:
+
             def cell(act=act, x=x):
                 ev = np.linalg.eigvalsh(np.asarray(kernel_fn(NeuralODE(act))(x, get="ntk")))
                 return float(ev[0] / ev[-1])
+
             vals.append(cells.get(f"{ds} {act}", cell))
         res["rel_lambda_0"][ds] = vals
     save_results(out, name, cfg, res, t0)
@@ -149,6 +174,7 @@ def run_activations(cfg: ActivationsConfig, out: str, name: str = "E8") -> dict:
 
 
 def plot_activations(res, out, name="E8"):
+    """Plot E8 into ``out``."""
     plt = figure()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     n = len(res["datasets"])

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import os
 import time
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from .. import NeuralODE, Solver, grad
 from ..data import digits
-from .common import Preset, Cells, figure, save_results, savefig
+from .common import Cells, Preset, figure, save_results, savefig
 
 
 @dataclasses.dataclass
 class SolverConfig(Preset):
+    """E7: adaptive vs fixed-step solvers, accuracy against cost."""
+
     activation: str = "softplus"
     width: int = 128
     n_inputs: int = 8
@@ -27,7 +29,12 @@ class SolverConfig(Preset):
     tolerances: tuple = (1e-4, 1e-7, 1e-10)
     seed: int = 0
 
-    FULL: ClassVar[dict] = dict(width=512, n_inputs=32, fixed_steps=(4, 8, 16, 32, 64, 128, 256, 1024), tolerances=(1e-3, 1e-5, 1e-7, 1e-9, 1e-11))
+    FULL: ClassVar[dict] = dict(
+        width=512,
+        n_inputs=32,
+        fixed_steps=(4, 8, 16, 32, 64, 128, 256, 1024),
+        tolerances=(1e-3, 1e-5, 1e-7, 1e-9, 1e-11),
+    )
 
 
 def _timed(fn):
@@ -39,6 +46,7 @@ def _timed(fn):
 
 
 def run(cfg: SolverConfig, out: str, name: str = "E7") -> dict:
+    """Run E7 (resumable cells) and write the results file; returns the results."""
     t0 = time.perf_counter()
     x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
     model = NeuralODE(cfg.activation, T=cfg.T)
@@ -51,20 +59,32 @@ def run(cfg: SolverConfig, out: str, name: str = "E7") -> dict:
     settings += [Solver(s, rtol=t, atol=t, max_steps=100000) for s in cfg.adaptive for t in cfg.tolerances]
     rows = []
     for s in settings:
+
         def cell(s=s):
             f, tf = _timed(lambda: model.apply(p, x, solver=s))
             g, tg = _timed(lambda: grad(model, p, x, solver=s))
-            gerr = float(jnp.sqrt(sum(jnp.sum((g[k] - g_ref[k]) ** 2) for k in "UWv")) /
-                         jnp.sqrt(sum(jnp.sum(g_ref[k] ** 2) for k in "UWv")))
-            return {"solver": s.name, "steps": s.steps, "tol": s.rtol, "output_error": float(jnp.max(jnp.abs(f - f_ref))),
-                    "gradient_rel_error": gerr, "time_forward_s": tf, "time_adjoint_s": tg}
+            gerr = float(
+                jnp.sqrt(sum(jnp.sum((g[k] - g_ref[k]) ** 2) for k in "UWv"))
+                / jnp.sqrt(sum(jnp.sum(g_ref[k] ** 2) for k in "UWv"))
+            )
+            return {
+                "solver": s.name,
+                "steps": s.steps,
+                "tol": s.rtol,
+                "output_error": float(jnp.max(jnp.abs(f - f_ref))),
+                "gradient_rel_error": gerr,
+                "time_forward_s": tf,
+                "time_adjoint_s": tg,
+            }
+
         rows.append(cells.get(f"{s.name} steps={s.steps} tol={s.rtol}", cell))
-    res = {"rows": rows}
+    res: dict[str, Any] = {"rows": rows}
     save_results(out, name, cfg, res, t0)
     return res
 
 
 def plot(res, out, name="E7"):
+    """Plot E7 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     names = sorted({r["solver"] for r in res["rows"]})
@@ -72,7 +92,9 @@ def plot(res, out, name="E7"):
         rs = [r for r in res["rows"] if r["solver"] == s]
         style = "o-" if rs[0]["steps"] else "s--"
         axes[0].loglog([r["time_forward_s"] for r in rs], [max(r["output_error"], 1e-17) for r in rs], style, label=s)
-        axes[1].loglog([r["time_adjoint_s"] for r in rs], [max(r["gradient_rel_error"], 1e-17) for r in rs], style, label=s)
+        axes[1].loglog(
+            [r["time_adjoint_s"] for r in rs], [max(r["gradient_rel_error"], 1e-17) for r in rs], style, label=s
+        )
     axes[0].set(xlabel="time [s]", ylabel="max output error", title=f"{name}: forward solve")
     axes[1].set(xlabel="time [s]", ylabel="relative gradient error", title="continuous adjoint")
     for ax in axes:

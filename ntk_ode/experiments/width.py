@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 import os
 import time
+from typing import Any, ClassVar
 
 from .. import NeuralODE, Solver, width_sweep
 from ..data import digits
@@ -14,6 +14,8 @@ from .common import Preset, figure, loglog, save_results, savefig
 
 @dataclasses.dataclass
 class WidthConfig(Preset):
+    """E2: finite-width NTK against K_inf over widths; quick and full presets."""
+
     activation: str = "softplus"
     widths: tuple = (128, 256, 512, 1024, 2048)
     n_seeds: int = 8
@@ -25,23 +27,37 @@ class WidthConfig(Preset):
 
 
 def run(cfg: WidthConfig, out: str, name: str = "E2") -> dict:
+    """Run E2 (a resumable width sweep) and write the results file; returns the results."""
     t0 = time.perf_counter()
     x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
     model = NeuralODE(cfg.activation)
-    r = width_sweep(model, x, cfg.widths, cfg.n_seeds, depth=cfg.depth, seed=cfg.seed,
-                    solver=Solver(rtol=1e-8, atol=1e-8), out=os.path.join(out, f".{name}_sweep"))
-    res = {k: r[k] for k in ("widths", "mean_dist", "mean_dist_U", "mean_dist_W", "mean_dist_v", "dist", "slope")}
+    r = width_sweep(
+        model,
+        x,
+        cfg.widths,
+        cfg.n_seeds,
+        depth=cfg.depth,
+        seed=cfg.seed,
+        solver=Solver(rtol=1e-8, atol=1e-8),
+        out=os.path.join(out, f".{name}_sweep"),
+    )
+    res: dict[str, Any] = {
+        k: r[k] for k in ("widths", "mean_dist", "mean_dist_U", "mean_dist_W", "mean_dist_v", "dist", "slope")
+    }
     save_results(out, name, cfg, res, t0)
     return res
 
 
 def plot(res: dict, out: str, name: str = "E2"):
+    """Plot E2 into ``out``."""
     plt = figure()
     fig, ax = plt.subplots(figsize=(4.8, 3.8))
     loglog(ax, res["widths"], res["mean_dist"], "total", theory_slope=-0.5)
     for b in "UWv":
         loglog(ax, res["widths"], res[f"mean_dist_{b}"], f"{b} block", marker="s:")
-    ax.set(xlabel="width n", ylabel="||Theta_n - K_inf||_F / ||K_inf||_F", title=f"{name}: NTK vs width (mean over seeds)")
+    ax.set(
+        xlabel="width n", ylabel="||Theta_n - K_inf||_F / ||K_inf||_F", title=f"{name}: NTK vs width (mean over seeds)"
+    )
     ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)

@@ -14,6 +14,7 @@ Writes tests/data/nt_golden.npz:
 With --timing: neural-tangents' empirical_ntk_fn (implementations 1, 2, 3) on a plain-JAX weight-tied
 ResNet (n = 1024, N = 64, L = 32; parameters from numpy's default_rng(0)) -> benchmarks/results/nt_timing.npz.
 """
+
 import argparse
 import os
 import time
@@ -22,8 +23,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import neural_tangents as nt  # noqa: E402
+import numpy as np  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -31,13 +32,17 @@ S1, S2, SW, T = 0.9, 1.1, 1.3, 1.0
 
 
 def one_hidden(act):
-    return stax.serial(stax.Dense(64, W_std=S1, parameterization="ntk"), act,
-                       stax.Dense(1, W_std=S2, parameterization="ntk"))
+    return stax.serial(
+        stax.Dense(64, W_std=S1, parameterization="ntk"), act, stax.Dense(1, W_std=S2, parameterization="ntk")
+    )
 
 
 def res_block(act, dt):
-    return stax.serial(stax.FanOut(2), stax.parallel(stax.serial(act, stax.Dense(64, W_std=dt * SW, parameterization="ntk")),
-                                                     stax.Identity()), stax.FanInSum())
+    return stax.serial(
+        stax.FanOut(2),
+        stax.parallel(stax.serial(act, stax.Dense(64, W_std=dt * SW, parameterization="ntk")), stax.Identity()),
+        stax.FanInSum(),
+    )
 
 
 def resnet(act, L):
@@ -50,8 +55,12 @@ def resnet(act, L):
 def golden():
     x = np.random.default_rng(0).standard_normal((5, 4))
     out = {"x": x, "s1": S1, "s2": S2, "sw": SW, "T": T}
-    acts = {"relu": stax.Relu(), "erf": stax.Erf(), "gelu": stax.Gelu(),
-            "softplus": stax.ElementwiseNumerical(jax.nn.softplus, deg=64)}
+    acts = {
+        "relu": stax.Relu(),
+        "erf": stax.Erf(),
+        "gelu": stax.Gelu(),
+        "softplus": stax.ElementwiseNumerical(jax.nn.softplus, deg=64),
+    }
     for name, act in acts.items():
         k = one_hidden(act)[2](x, None, ("nngp", "ntk"))
         out[f"onehidden_{name}_nngp"], out[f"onehidden_{name}_ntk"] = np.asarray(k.nngp), np.asarray(k.ntk)
@@ -67,8 +76,10 @@ def golden():
 
 def tied_resnet_params(n=1024, d=10, N=64):
     rng = np.random.default_rng(0)
-    return ({"U": rng.standard_normal((n, d)), "W": rng.standard_normal((n, n)), "v": rng.standard_normal(n)},
-            rng.standard_normal((N, d)))
+    return (
+        {"U": rng.standard_normal((n, d)), "W": rng.standard_normal((n, n)), "v": rng.standard_normal(n)},
+        rng.standard_normal((N, d)),
+    )
 
 
 def timing(L=32):

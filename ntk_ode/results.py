@@ -1,0 +1,319 @@
+"""Writing, provenance and resuming: the one module that owns results files.
+
+Every results file of the package (experiment results and cells, sweeps, training checkpoints,
+the CLI's outputs) goes through here:
+
+* **atomic writes** (:func:`atomic_write_json`, :func:`atomic_write_npz`): a unique temporary
+  file in the target folder, then ``os.replace``; parent folders are created; files get mode
+  0644 (readable by the group and others, as ``open`` would give under the usual umask).
+* **provenance** (:func:`provenance`): package versions, the full config, a fingerprint of the
+  data (:func:`fingerprint`), the time and the host's Python.
+* **one resume policy** (:func:`check_resume`): a saved run resumes only when its identity (the
+  config without its *extendable* fields) equals the new one; otherwise the resume is refused
+  with a :class:`ResumeError` naming every differing field. Extendable fields (steps, widths,
+  seeds) may grow: the finished part is reused and the rest computed.
+* **safe reading** (:func:`read_json`, :func:`read_npz`): a truncated, foreign or unreadable
+  file is refused with a message naming it, never used silently; pickles are never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FILE_MODE",
+    "ResumeError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_npz",
+    "check_resume",
+    "config_fingerprint",
+    "fingerprint",
+    "jsonable",
+    "provenance",
+    "read_json",
+    "read_npz",
+    "versions",
+]
+
+FILE_MODE = 0o644
+
+
+class ResumeError(ValueError):
+    """A saved run cannot be resumed with the given configuration (or the file is not ours)."""
+
+
+def versions() -> dict[str, str]:
+    """Versions of ntk_ode and of the numerical libraries it runs on.
+
+    Returns:
+        A dict ``{package: version}`` for ntk_ode, jax, jaxlib, diffrax, equinox, optax and numpy.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("ntk_ode", "jax", "jaxlib", "diffrax", "equinox", "optax", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def fingerprint(*arrays: Any) -> str:
+    """A short SHA-256 fingerprint of arrays (their dtype, shape and bytes), in order.
+
+    Args:
+        *arrays: array-likes (numpy or JAX) or None (hashed as a marker).
+
+    Returns:
+        The first 16 hex digits of the digest.
+    """
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none;")
+            continue
+        arr = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{arr.dtype.str}{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """A short fingerprint of a config (its JSON form with sorted keys).
+
+    Args:
+        config: a JSON-able mapping.
+
+    Returns:
+        16 hex digits.
+    """
+    text = json.dumps(jsonable(dict(config)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` with numpy arrays and scalars, tuples and dataclass-free containers made JSON-native.
+
+    Args:
+        v: nested dicts, lists, tuples, numpy/JAX arrays and scalars.
+
+    Returns:
+        The same structure with lists for arrays and tuples and Python numbers for scalars.
+    """
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return np.asarray(v).tolist()
+    return v
+
+
+def provenance(config: Mapping[str, Any], **timing: float) -> dict[str, Any]:
+    """The record that every results file carries.
+
+    Args:
+        config: the full configuration (with solver tolerances and data fingerprints).
+        **timing: named durations in seconds (e.g. ``time_s=...``).
+
+    Returns:
+        ``{"config", "versions", "python", "written_at", **timing}``, JSON-native.
+    """
+    return {
+        "config": jsonable(dict(config)),
+        "versions": versions(),
+        "python": platform.python_version(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **{k: float(v) for k, v in timing.items()},
+    }
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically (unique temp file + rename), mode 0644.
+
+    Args:
+        path: target file; its parent folders are created.
+        data: the bytes to write.
+
+    Returns:
+        The path written, as a string.
+
+    Raises:
+        OSError: the folder cannot be created or written (the message names the path).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the output folder {folder!r} for {path!r}: {e.strerror or e}") from e
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder; give a file path")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> str:
+    """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`atomic_write_bytes`).
+
+    Args:
+        path: target file.
+        obj: anything :func:`jsonable` turns into JSON.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    text = json.dumps(jsonable(obj), indent=1, allow_nan=True)
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> str:
+    """Write arrays (and a JSON ``meta`` record inside the same file) to ``path`` atomically.
+
+    Keeping the metadata in the archive makes a checkpoint one file: there is no moment at
+    which its arrays and its description disagree.
+
+    Args:
+        path: target ``.npz`` file.
+        arrays: name -> array.
+        meta: JSON-able record stored as the entry ``__meta__``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: an array is named ``__meta__``.
+        OSError: the file cannot be written.
+    """
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    if "__meta__" in arrays:
+        raise ValueError("'__meta__' is reserved for the metadata record")
+    if meta is not None:
+        arrays["__meta__"] = np.frombuffer(json.dumps(jsonable(meta)).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a JSON results file, refusing a truncated or foreign one.
+
+    Args:
+        path: the file.
+        required: top-level keys it must have.
+
+    Returns:
+        The parsed dict.
+
+    Raises:
+        ResumeError: the file is unreadable, not JSON, not an object or lacks a required key.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResumeError(f"{path} is not a readable results file ({e}); move it away or delete it") from e
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ResumeError(
+            f"{path} is not an ntk_ode results file of this kind (missing {missing}); move it away or delete it"
+        )
+    return data
+
+
+def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """Read an ``.npz`` written by :func:`atomic_write_npz` (never unpickling anything).
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``(arrays, meta)``; ``meta`` is None when the file has no ``__meta__`` record.
+
+    Raises:
+        ResumeError: the file is truncated, not an npz archive, or holds object arrays.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ResumeError(
+            f"{path} is not a readable .npz archive of ours ({type(e).__name__}: {e}); move it away or delete it"
+        ) from e
+    raw = arrays.pop("__meta__", None)
+    if raw is None:
+        return arrays, None
+    try:
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResumeError(f"{path}: its metadata record is corrupt ({e}); move it away or delete it") from e
+    return arrays, meta
+
+
+def _differences(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(new))
+    return [
+        f"{k}: saved {saved.get(k, '<absent>')!r}, now {new.get(k, '<absent>')!r}"
+        for k in keys
+        if saved.get(k, "<absent>") != new.get(k, "<absent>")
+    ]
+
+
+def check_resume(
+    path: str, saved: Mapping[str, Any], config: Mapping[str, Any], extendable: Iterable[str] = ()
+) -> None:
+    """The resume policy: refuse unless ``saved`` and ``config`` agree outside ``extendable``.
+
+    Both configs are compared as JSON sees them (tuples equal lists). Extendable fields are
+    those a run can grow (number of steps, list of widths, number of seeds); the caller then
+    reuses the finished part, which must not depend on them.
+
+    Args:
+        path: the saved file (named in the message).
+        saved: the config stored in it.
+        config: the config of the new run.
+        extendable: fields allowed to differ.
+
+    Raises:
+        ResumeError: naming every differing field with its saved and new value.
+    """
+    ext = set(extendable)
+    a = {k: v for k, v in jsonable(dict(saved)).items() if k not in ext}
+    b = {k: v for k, v in jsonable(dict(config)).items() if k not in ext}
+    diff = _differences(a, b)
+    if diff:
+        raise ResumeError(
+            f"{path} holds a run with another configuration, so it cannot be resumed "
+            f"({'; '.join(diff)}). Use another output path, or delete the file to start over."
+        )
