@@ -116,9 +116,7 @@ class Activation:
         """``E phi'(u) phi'(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise (see :meth:`dual`).
 
         Args:
-            a: variance of u.
-            b: variance of v.
-            c: covariance (broadcast with a and b).
+            a, b, c: the variances of u and v and their covariance, as in :meth:`dual`.
             method: as in :meth:`dual`.
 
         Returns:
@@ -132,9 +130,7 @@ class Activation:
         Rounding for closed forms, quadrature error otherwise; nan for "hermite"/"gh2d".
 
         Args:
-            a: variance of u.
-            b: variance of v.
-            c: covariance (broadcast with a and b).
+            a, b, c: the variances of u and v and their covariance, as in :meth:`dual`.
             method: as in :meth:`dual`.
 
         Returns:
@@ -146,9 +142,7 @@ class Activation:
         """``(E phi'(u) phi'(v), error estimate)`` (see :meth:`dual_and_error`).
 
         Args:
-            a: variance of u.
-            b: variance of v.
-            c: covariance (broadcast with a and b).
+            a, b, c: the variances of u and v and their covariance, as in :meth:`dual`.
             method: as in :meth:`dual`.
 
         Returns:

@@ -17,26 +17,17 @@ def _enable_x64():
     jax.config.update("jax_enable_x64", True)
 
 
-def _plot_loglog(path, x, ys, labels, xlabel, ylabel, title, slopes=None):
-    import matplotlib
+def _plot_loglog(path, x, ys, labels, xlabel, ylabel, title, theory_slope, errs=None):
+    from .experiments.common import figure, loglog, savefig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figure()
     fig, ax = plt.subplots(figsize=(5, 4))
     for i, (y, lab) in enumerate(zip(ys, labels)):
-        s = f" (slope {slopes[i]:.2f})" if slopes is not None else ""
-        ax.loglog(x, y, "o-", label=lab + s)
-    ref = np.asarray(ys[0])[0] * (np.asarray(x, float) / x[0]) ** (-1.0 if "L" in xlabel else -0.5)
-    ax.loglog(x, ref, "k--", lw=0.8, label="theory slope " + ("-1" if "L" in xlabel else "-1/2"))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+        loglog(ax, x, y, lab, theory_slope=theory_slope if i == 0 else None, err=None if errs is None else errs[i])
+    ax.plot([], [], "k--", lw=0.8, label=f"theory slope {theory_slope:g}")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path}.{ext}", dpi=120)
+    savefig(fig, os.path.dirname(path), os.path.basename(path))
     plt.close(fig)
 
 
@@ -48,6 +39,7 @@ def cmd_demo(args) -> int:
 
     import ntk_ode as no
     from ntk_ode.data import digits
+    from ntk_ode.experiments.common import seed_error
     from ntk_ode.results import atomic_write_json, versions
     from ntk_ode.sweep import fit_slope
 
@@ -93,11 +85,11 @@ def cmd_demo(args) -> int:
         os.path.join(out, "e1_gaps"),
         Ls,
         [out_gap, grad_gap],
-        ["max |f^L - f|", "||grad f^L - grad f||"],
-        "depth L",
+        [r"$\max_i |f^L(x_i) - f(x_i)|$", r"$\|\nabla_\theta f^L - \nabla_\theta f\|$"],
+        "depth $L$",
         "gap",
-        "E1: ResNet -> Neural ODE (softplus)",
-        s1,
+        "E1: ResNet $\\to$ Neural ODE (softplus)",
+        -1.0,
     )
 
     # E2: finite-width NTK -> K_inf
@@ -122,11 +114,12 @@ def cmd_demo(args) -> int:
         os.path.join(out, "e2_width"),
         sw["widths"],
         [sw["mean_dist"]],
-        ["||Theta_n - K_inf|| / ||K_inf||"],
-        "width n",
-        "relative distance",
-        "E2: NTK at width n vs K_inf",
-        [sw["slope"]],
+        [r"$\|\Theta_n - K_\infty\|_F / \|K_\infty\|_F$"],
+        "width $n$",
+        "relative distance (mean $\\pm$ s.e. over 6 seeds)",
+        r"E2: NTK at width $n$ vs $K_\infty$",
+        -0.5,
+        [seed_error(sw["dist"])],
     )
 
     # K_inf on the training set: lambda_0 of Theorem 2
@@ -155,31 +148,81 @@ def cmd_demo(args) -> int:
 
 
 def _plot_spectrum(path, ev):
-    import matplotlib
+    from .experiments.common import figure, savefig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figure()
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.semilogy(np.arange(1, ev.size + 1), ev[::-1], "o-", ms=3)
-    ax.set_xlabel("index")
-    ax.set_ylabel("eigenvalue of K_inf")
-    ax.set_title("Spectrum of the limiting NTK (lambda_0 = last)")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(f"{path}.{ext}", dpi=120)
+    ax.set(
+        xlabel="index $i$",
+        ylabel=r"eigenvalue $\lambda_i$ of $K_\infty$",
+        title=r"Spectrum of the limiting NTK ($\lambda_0$ = last)",
+    )
+    savefig(fig, os.path.dirname(path), os.path.basename(path))
     plt.close(fig)
 
 
-def _load_matrix(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
+def _load_matrix(path: str) -> np.ndarray:
+    """A data matrix from .npy (no pickles) or delimited text (header row and delimiter detected)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
     if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    if path.endswith(".csv"):
-        return np.loadtxt(path, delimiter=",", ndmin=2)
-    raise ValueError(f"{path}: expected a .npy or .csv file")
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(
+                f"{path} is not a numeric .npy array ({type(e).__name__}); save it with numpy.save from a float array"
+            ) from None
+    elif path.endswith((".csv", ".tsv", ".txt")):
+        x = _load_text(path)
+    else:
+        raise ValueError(f"{path}: expected a .npy, .csv, .tsv or .txt file")
+    if x.ndim != 2 or x.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{path}: expected a 2-d numeric array (one input per row), got shape {x.shape}, dtype {x.dtype}"
+        )
+    return x
+
+
+def _load_text(path: str) -> np.ndarray:
+    import csv
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ValueError(f"{path} holds no data rows")
+    try:
+        delim = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t ").delimiter
+    except csv.Error:
+        delim = ","
+    rows = [
+        [c.strip() for c in csv.reader([ln], delimiter=delim, skipinitialspace=True).__next__() if c.strip()]
+        for ln in lines
+    ]
+
+    def numeric(row):
+        try:
+            [float(c) for c in row]
+            return True
+        except ValueError:
+            return False
+
+    if not numeric(rows[0]) and len(rows) > 1 and numeric(rows[1]):
+        rows = rows[1:]  # a header row
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)} (delimiter {delim!r})")
+    bad = next((i for i, r in enumerate(rows) if not numeric(r)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: row {bad + 1} is not numeric: {rows[bad][:5]}")
+    return np.array([[float(c) for c in r] for r in rows])
+
+
+def _check_writable(path: str) -> None:
+    """Fail before any computation if ``path`` cannot be written."""
+    from .results import prepare_output
+
+    prepare_output(path)
 
 
 def cmd_kernel(args) -> int:
@@ -188,6 +231,7 @@ def cmd_kernel(args) -> int:
     import ntk_ode as no
     from ntk_ode.results import atomic_write_npz, fingerprint, provenance
 
+    _check_writable(args.out)
     x = _load_matrix(args.data)
     model = no.NeuralODE(
         args.activation,
@@ -243,6 +287,7 @@ def cmd_train(args) -> int:
     from ntk_ode.results import atomic_write_json
     from ntk_ode.train import train
 
+    _check_writable(args.out + ".json")
     x, y = digits((args.classes[0], args.classes[1]), n=args.n, seed=args.seed)
     model = no.NeuralODE(args.activation, T=args.T)
     p = model.init(jax.random.PRNGKey(args.seed), d=x.shape[1], width=args.width)
@@ -278,13 +323,15 @@ def cmd_sweep(args) -> int:
     import ntk_ode as no
     from ntk_ode.data import digits
 
+    _check_writable(args.out + ".json")
     x, _ = digits((0, 1), n=args.n, seed=args.seed)
-    r = no.width_sweep(
-        no.NeuralODE(args.activation), x, args.widths, args.seeds, depth=args.depth, seed=args.seed, out=args.out
-    )
+    model = no.NeuralODE(args.activation, T=args.T)
+    r = no.width_sweep(model, x, args.widths, args.seeds, depth=args.depth, seed=args.seed, out=args.out)
     for w, m in zip(r["widths"], r["mean_dist"]):
         print(f"width {w:6d}  mean ||Theta_n - K_inf|| / ||K_inf|| = {m:.4e}")
-    print(f"fitted slope {r['slope']:+.3f} (theory -1/2); results in {args.out}.json")
+    if len(set(args.widths)) > 1:
+        print(f"fitted slope {r['slope']:+.3f} (theory -1/2)")
+    print(f"results in {args.out}.json")
     return 0
 
 
@@ -304,83 +351,156 @@ def cmd_bench(args) -> int:
     return 0
 
 
+EXIT_CODES = """exit status:
+  0  success
+  2  a clear error: bad arguments or input files, an output path that cannot be written, a
+     results file or checkpoint that belongs to another configuration, a failed or non-finite
+     computation (the message says which)
+  1  an unexpected error (a bug: please report it with the traceback)"""
+
+
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, epilog=EXIT_CODES, formatter_class=_Formatter)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown in the help, and the epilog kept as written."""
+
+
+def _model_args(p: argparse.ArgumentParser, with_sigmas: bool = True) -> None:
+    from .activations import available_activations
+
+    acts = available_activations()
+    p.add_argument(
+        "--activation",
+        default="softplus",
+        choices=acts,
+        metavar="NAME",
+        help=f"activation phi, one of: {', '.join(acts)}",
+    )
+    p.add_argument("--T", type=float, default=1.0, help="time horizon T of the Neural ODE")
+    if with_sigmas:
+        p.add_argument("--sigma-w", dest="sigma_w", type=float, default=1.0, help="scale of the shared weight W")
+        p.add_argument("--sigma-u", dest="sigma_u", type=float, default=1.0, help="scale of the input weight U")
+        p.add_argument("--sigma-v", dest="sigma_v", type=float, default=1.0, help="scale of the readout v")
+        p.add_argument("--head", default="linear", choices=["linear", "phi"], help="readout of h_T or phi(h_T)")
+        p.add_argument(
+            "--input-scaling",
+            dest="input_scaling",
+            default="sqrt_d",
+            choices=["sqrt_d", "none"],
+            help="h_0 = sigma_u U x / sqrt(d), or without 1/sqrt(d)",
+        )
+    p.add_argument("--depth", type=int, default=None, help="ResNet depth L; none: the Neural ODE itself")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ntk-ode`` and its commands."""
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="ntk-ode", description="NTK and NNGP theory of wide weight-tied Neural ODEs.")
+    p = argparse.ArgumentParser(
+        prog="ntk-ode",
+        description="NTK and NNGP theory of wide weight-tied Neural ODEs.",
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
     p.add_argument("--version", action="version", version=f"ntk-ode {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="quick E1 + E2 + K_inf spectrum on the bundled digits (a few minutes on 2 cores)")
-    d.add_argument("--out", default="results/demo", help="output folder (default: results/demo)")
-    d.add_argument("--n", type=int, default=64, help="number of digits for the K_inf spectrum (default 64)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d = _sub(sub, "demo", "quick E1 + E2 + the K_inf spectrum on the bundled digits (about a minute on 2 cores)")
+    d.add_argument("--out", default="results/demo", help="output folder (created if missing)")
+    d.add_argument("--n", type=int, default=64, help="number of digits for the K_inf spectrum")
+    d.add_argument("--seed", type=int, default=0, help="random seed")
     d.add_argument(
-        "--max-width",
-        dest="max_width",
-        type=int,
-        default=2048,
-        help="largest width of the E2 sweep (default 2048; at least 256)",
+        "--max-width", dest="max_width", type=int, default=2048, help="largest width of the E2 sweep (at least 256)"
     )
     d.set_defaults(func=cmd_demo)
 
-    k = sub.add_parser("kernel", help="infinite-width NNGP/NTK of a .npy/.csv data set -> .npz")
-    k.add_argument("data", help="a .npy or .csv file, one input per row")
-    k.add_argument("--out", default="kernel.npz", help="output .npz (default kernel.npz)")
-    k.add_argument("--activation", default="softplus")
-    k.add_argument("--T", type=float, default=1.0)
-    k.add_argument("--sigma-w", dest="sigma_w", type=float, default=1.0)
-    k.add_argument("--sigma-u", dest="sigma_u", type=float, default=1.0)
-    k.add_argument("--sigma-v", dest="sigma_v", type=float, default=1.0)
-    k.add_argument("--head", default="linear", choices=["linear", "phi"])
-    k.add_argument("--input-scaling", dest="input_scaling", default="sqrt_d", choices=["sqrt_d", "none"])
-    k.add_argument("--depth", type=int, default=None, help="ResNet depth L (default: the ODE)")
-    k.add_argument("--rtol", type=float, default=None, help="target relative accuracy (default 1e-8)")
+    k = _sub(
+        sub,
+        "kernel",
+        "infinite-width NNGP and NTK of a data set (.npy, or .csv with or without a header "
+        "row, separated by commas, semicolons, tabs or spaces) -> .npz with provenance",
+    )
+    k.add_argument("data", help="the data file, one input per row")
+    k.add_argument("--out", default="kernel.npz", help="output .npz file (parent folders are created)")
+    _model_args(k)
+    k.add_argument("--rtol", type=float, default=None, help="target relative accuracy; none: 1e-8 in float64")
     k.set_defaults(func=cmd_kernel)
 
-    r = sub.add_parser("reproduce", help="run the paper's experiments E1..E9 (or 'all') with results and plots")
-    r.add_argument("names", nargs="+", help="experiment names E1..E9, or 'all'")
+    r = _sub(
+        sub,
+        "reproduce",
+        "run the paper's experiments E1..E9 (or 'all'): results files and plots; finished cells are reused when rerun",
+    )
+    r.add_argument("names", nargs="+", metavar="NAME", help="experiment names E1..E9, or 'all'")
     g = r.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="small sizes (default)")
+    g.add_argument("--quick", action="store_true", help="small sizes (the default)")
     g.add_argument("--full", action="store_true", help="the larger sizes")
-    r.add_argument("--out", default="results", help="output folder (default: results)")
+    r.add_argument("--out", default="results", help="output folder (created if missing)")
     r.add_argument("--data", default=None, help="folder with MNIST's IDX files (E4 and E8 then use MNIST)")
     r.set_defaults(func=cmd_reproduce)
 
-    t = sub.add_parser("train", help="gradient descent on the bundled digits, tracking the NTK and Theorem 2's bound")
-    t.add_argument("--activation", default="softplus")
-    t.add_argument("--T", type=float, default=1.0)
-    t.add_argument("--width", type=int, default=1024)
+    t = _sub(
+        sub,
+        "train",
+        "gradient descent on two classes of the bundled digits, tracking the NTK and "
+        "Theorem 2's bound; resumable, and more --steps extend a finished run",
+    )
+    _model_args(t, with_sigmas=False)
+    t.add_argument("--width", type=int, default=1024, help="hidden width n")
     t.add_argument("--n", type=int, default=128, help="number of training points")
-    t.add_argument("--classes", type=int, nargs=2, default=[0, 1])
-    t.add_argument("--steps", type=int, default=500)
-    t.add_argument("--record-every", dest="record_every", type=int, default=50)
-    t.add_argument("--depth", type=int, default=None, help="ResNet depth L (default: the ODE)")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default 1 / lambda_max(H_0))")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="results/train", help="output path prefix (default results/train)")
+    t.add_argument(
+        "--classes",
+        type=int,
+        nargs=2,
+        default=[0, 1],
+        metavar=("A", "B"),
+        help="two distinct digits 0..9; A gets target +1, B -1",
+    )
+    t.add_argument("--steps", type=int, default=500, help="gradient steps")
+    t.add_argument("--record-every", dest="record_every", type=int, default=50, help="steps between records")
+    t.add_argument("--lr", type=float, default=None, help="learning rate; none: 1 / lambda_max(H_0)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the data draw and of the initialization")
+    t.add_argument("--out", default="results/train", help="output path prefix: <out>.json and <out>.ckpt.npz")
     t.set_defaults(func=cmd_train)
 
-    w = sub.add_parser("sweep", help="width x seed sweep of the finite-width NTK against K_inf")
-    w.add_argument("--activation", default="softplus")
-    w.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
-    w.add_argument("--seeds", type=int, default=8)
-    w.add_argument("--n", type=int, default=8)
-    w.add_argument("--depth", type=int, default=None)
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--out", default="results/sweep", help="output path prefix (default results/sweep)")
+    w = _sub(
+        sub,
+        "sweep",
+        "width x seed sweep of the finite-width NTK against K_inf on the bundled digits; "
+        "resumable, and more widths or seeds extend a finished run",
+    )
+    _model_args(w, with_sigmas=False)
+    w.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024], help="widths")
+    w.add_argument("--seeds", type=int, default=8, help="initializations per width")
+    w.add_argument("--n", type=int, default=8, help="number of digits")
+    w.add_argument("--seed", type=int, default=0, help="base seed")
+    w.add_argument("--out", default="results/sweep", help="output path prefix: <out>.json")
     w.set_defaults(func=cmd_sweep)
 
-    b = sub.add_parser("bench", help="run the benchmark scripts (from a source checkout)")
-    b.add_argument("--quick", action="store_true")
+    b = _sub(sub, "bench", "run the benchmark scripts (from a source checkout)")
+    b.add_argument("--quick", action="store_true", help="small sizes")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _log_to_stderr() -> None:
+    """Progress lines of long jobs (finished cells, timings) go to stderr."""
+    import logging
+
+    lg = logging.getLogger("ntk_ode")
+    if not lg.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
 
 
 def main(argv=None) -> int:
     """Run ``ntk-ode`` with ``argv``; returns the exit status (0 ok, 2 a clear error)."""
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:

@@ -11,7 +11,8 @@ Methods of :func:`empirical_ntk` (docs/theory.md section 2):
   layer l with ``w = dt`` -- the exact NTK of the ResNet. For ``depth=None``: Gauss-Legendre
   nodes in time (``quad_nodes``), states and adjoints from diffrax solves; accurate to the
   solver tolerance and the quadrature (spectral for smooth activations).
-  Cost O(N1 N2 Q^2 + (N1 + N2) Q n) per call after the solves, memory O((N1 + N2) Q n).
+  Cost O(N1 N2 Q^2 n) per call after the solves; memory O((N1 + N2) Q n) for the features
+  plus Gram tiles of at most 2^24 entries (the W block is summed over rows in tiles).
 * ``"jacobian"``: ``jacrev`` of the outputs, contracted leaf by leaf (never one big Jacobian).
 * ``"ntvp"``: NTK-vector products ``J1 (J2^T e_j)`` one column at a time (memory O(params)).
 
@@ -91,10 +92,25 @@ def _structured_blocks(model, x1, x2, f1, f2):
     n = z1.shape[-1]
     kv = (model.sigma_v**2 / n) * z1 @ z2.T
     ku = model.input_scale(x1.shape[1]) ** 2 * (x1 @ x2.T) * (l1 @ l2.T)
-    gl = jnp.einsum("iqk,jrk->ijqr", mu1, mu2)
-    gp = jnp.einsum("iqk,jrk->ijqr", p1, p2)
-    kw = (model.sigma_w**2 / n) * jnp.sum(gl * gp, axis=(2, 3))
+    kw = (model.sigma_w**2 / n) * _w_block(mu1, p1, mu2, p2)
     return ku, kw, kv
+
+
+_TILE = 2**24  # entries of the (rows, N2, Q, R) Gram tiles held at once (128 MiB in float64)
+
+
+def _w_block(mu1, p1, mu2, p2):
+    """``sum_{q,r} (mu1_iq . mu2_jr)(p1_iq . p2_jr)`` in row tiles: memory O(tile), not O(N1 N2 Q R)."""
+    per_row = mu2.shape[0] * mu1.shape[1] * mu2.shape[1]
+    rows = max(1, min(mu1.shape[0], _TILE // max(per_row, 1)))
+
+    def row(args):
+        m, p = args  # (Q, n) each
+        gl = jnp.einsum("qk,jrk->jqr", m, mu2)
+        gp = jnp.einsum("qk,jrk->jqr", p, p2)
+        return jnp.sum(gl * gp, axis=(1, 2))
+
+    return jax.lax.map(row, (mu1, p1), batch_size=rows)
 
 
 @eqx.filter_jit
@@ -219,10 +235,7 @@ def empirical_ntk(
         solver: as in :meth:`NeuralODE.apply`.
         quad_nodes: Gauss-Legendre nodes in time (``depth=None``, ``method="structured"``).
         blocks: return ``(Theta_U, Theta_W, Theta_v)`` (structured only), summing to Theta.
-        steps: as in :meth:`NeuralODE.apply`.
-        rtol: as in :meth:`NeuralODE.apply`.
-        atol: as in :meth:`NeuralODE.apply`.
-        max_steps: as in :meth:`NeuralODE.apply`.
+        steps, rtol, atol, max_steps: override the solver\'s fields.
 
     Returns:
         Theta (N1, N2), or its three blocks.

@@ -161,11 +161,8 @@ def expect_2d(f, g, a, b, c, order: int = DEFAULT_ORDER):
     exact-in-structure at ``|c| = sqrt(ab)`` and at ``a = 0`` or ``b = 0``.
 
     Args:
-        f: elementwise function of u.
-        g: elementwise function of v.
-        a: variance of u.
-        b: variance of v.
-        c: covariance.
+        f, g: elementwise functions of u and of v.
+        a, b, c: the variances of u and v and their covariance (broadcast together).
         order: Gauss-Hermite nodes per axis.
 
     Returns:
@@ -216,11 +213,8 @@ def expect_2d_mehler(f, g, a, b, c, terms: int = DEFAULT_TERMS):
     """``E f(u) g(v)`` by the Mehler series of :func:`hermite_coefficients` (elementwise).
 
     Args:
-        f: elementwise function of u.
-        g: elementwise function of v.
-        a: variance of u.
-        b: variance of v.
-        c: covariance.
+        f, g: elementwise functions of u and of v.
+        a, b, c: the variances of u and v and their covariance (broadcast together).
         terms: series terms.
 
     Returns:
@@ -373,11 +367,8 @@ def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: 
     over variances 1e-8..1e4 and every correlation (``tests/test_activations.py``).
 
     Args:
-        f: elementwise function of u.
-        g: elementwise function of v.
-        a: variance of u.
-        b: variance of v.
-        c: covariance.
+        f, g: elementwise functions of u and of v.
+        a, b, c: the variances of u and v and their covariance (broadcast together).
         breaks_f: kinks of f.
         breaks_g: kinks of g.
         batch_size: elements per batch.

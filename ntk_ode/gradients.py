@@ -257,10 +257,7 @@ def grad(
         method: "adjoint" (continuous adjoint for ``depth=None``, hand-written discrete adjoint
             for ``depth=L``) or "backprop" (autodiff through the solver).
         solver: as in :meth:`NeuralODE.apply`.
-        steps: as in :meth:`NeuralODE.apply`.
-        rtol: as in :meth:`NeuralODE.apply`.
-        atol: as in :meth:`NeuralODE.apply`.
-        max_steps: as in :meth:`NeuralODE.apply`.
+        steps, rtol, atol, max_steps: override the solver\'s fields.
 
     Returns:
         The parameters' structure with a leading axis N: ``{"U": (N, n, d), "W": (N, n, n),
@@ -312,10 +309,7 @@ def adjoint_trajectory(
         depth: None (the ODE and its continuous adjoint, from one forward and one backward
             diffrax solve) or L (layers l = 0..L and the exact discrete adjoint).
         solver: as in :meth:`NeuralODE.apply`.
-        steps: as in :meth:`NeuralODE.apply`.
-        rtol: as in :meth:`NeuralODE.apply`.
-        atol: as in :meth:`NeuralODE.apply`.
-        max_steps: as in :meth:`NeuralODE.apply`.
+        steps, rtol, atol, max_steps: override the solver\'s fields.
 
     Returns:
         ``(h, lambda)``, each (N, M, n).

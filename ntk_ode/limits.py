@@ -333,10 +333,15 @@ def kernel_type(names: tuple):
 
 def _raise_on_failure(ok, nngp, ntk, model, what):
     if not np.all(np.isfinite(nngp)) or not np.all(np.isfinite(ntk)):
+        why = (
+            "the covariance recursion blew up (a polynomial activation explodes in finite time at large sigma_w T)"
+            if model.activation.polynomial
+            else "the kernels grow like exp(c sigma_w T) and the solve overflowed or lost all accuracy; "
+            "the exact ResNet kernel (depth=L) or a smaller sigma_w T may still be computable"
+        )
         raise FloatingPointError(
-            f"{what}: the infinite-width kernel is not finite - the covariance recursion blew up "
-            f"(activation {model.activation.name!r}, T={model.T}, sigma_w={model.sigma_w}); "
-            "polynomial activations such as 'quadratic' explode at large T * sigma_w"
+            f"{what}: the infinite-width kernel is not finite (activation {model.activation.name!r}, "
+            f"T={model.T}, sigma_w={model.sigma_w}): {why}"
         )
     if not np.all(ok):
         raise RuntimeError(

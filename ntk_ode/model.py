@@ -651,10 +651,8 @@ class NeuralODE(eqx.Module):
             depth: None (the Neural ODE) or L (the weight-tied Euler ResNet ``f^L``, exactly).
             solver: a :class:`Solver`, a solver name, or None (Dopri8, rtol = atol = 1e-10 in
                 float64, 1e-6 in float32).
-            steps: fixed steps (overrides the solver's).
-            rtol: relative tolerance (overrides the solver's).
-            atol: absolute tolerance (overrides the solver's).
-            max_steps: step budget (overrides the solver's).
+            steps, rtol, atol, max_steps: override the solver's fields (fixed steps, tolerances,
+                step budget).
 
         Returns:
             Outputs (N,).
@@ -692,10 +690,7 @@ class NeuralODE(eqx.Module):
             ts: save times (ascending, in [0, T]); must be None for depth=L.
             depth: None (the ODE) or L (all ResNet states ``h^0..h^L``, M = L + 1).
             solver: as in :meth:`apply`.
-            steps: as in :meth:`apply`.
-            rtol: as in :meth:`apply`.
-            atol: as in :meth:`apply`.
-            max_steps: as in :meth:`apply`.
+            steps, rtol, atol, max_steps: override the solver\'s fields.
 
         Returns:
             States (N, M, n).

@@ -18,21 +18,26 @@ the CLI's outputs) goes through here:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "FILE_MODE",
+    "LockedError",
+    "exclusive",
     "ResumeError",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -48,10 +53,48 @@ __all__ = [
 ]
 
 FILE_MODE = 0o644
+log = logging.getLogger("ntk_ode")
 
 
 class ResumeError(ValueError):
     """A saved run cannot be resumed with the given configuration (or the file is not ours)."""
+
+
+class LockedError(RuntimeError):
+    """Another process is writing the same results file."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while a run reads, computes and writes ``path``.
+
+    Two runs writing the same output would otherwise interleave their writes and lose one
+    run's results; the second one is refused at once. The lock is advisory (``fcntl.flock``)
+    and released when the process ends, even by ``kill -9``; the empty ``.lock`` file stays.
+
+    Args:
+        path: the results file (its folder is created).
+
+    Yields:
+        Nothing; the lock is held inside the ``with`` block.
+
+    Raises:
+        LockedError: another process holds the lock.
+    """
+    lock_path = os.fspath(path) + ".lock"
+    prepare_output(lock_path)
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(
+                f"{os.fspath(path)} is being written by another process (lock {lock_path}); "
+                "wait for it to finish or use another output path"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def versions() -> dict[str, str]:
@@ -143,6 +186,33 @@ def provenance(config: Mapping[str, Any], **timing: float) -> dict[str, Any]:
     }
 
 
+def prepare_output(path: str | os.PathLike) -> str:
+    """Make sure ``path`` can be written: create its folder, refuse a folder or a read-only place.
+
+    Commands call this before any computation, so that a bad output path fails at once.
+
+    Args:
+        path: the file to be written.
+
+    Returns:
+        Its folder (absolute).
+
+    Raises:
+        OSError: the folder cannot be created, is not writable, or ``path`` is a folder.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create the output folder {folder!r} for {path!r}: {e.strerror or e}") from e
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a folder; give a file path")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"the output folder {folder!r} is not writable")
+    return folder
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically (unique temp file + rename), mode 0644.
 
@@ -157,13 +227,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
         OSError: the folder cannot be created or written (the message names the path).
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot create the output folder {folder!r} for {path!r}: {e.strerror or e}") from e
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a folder; give a file path")
+    folder = prepare_output(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -11,6 +11,7 @@ config resumes, skipping the finished seeds of every width (the resume policy of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -25,7 +26,7 @@ from ._checks import ArrayOrNumpy
 from .empirical import structured_blocks
 from .limits import kernel_fn
 from .model import NeuralODE, Solver, check_depth, check_inputs
-from .results import atomic_write_json, check_resume, fingerprint, provenance, read_json
+from .results import atomic_write_json, check_resume, exclusive, fingerprint, provenance, read_json
 
 __all__ = ["width_sweep", "fit_slope", "seed_keys"]
 
@@ -147,6 +148,7 @@ def width_sweep(
     Raises:
         ValueError: bad arguments.
         ResumeError: ``out`` holds a sweep of another configuration or is not a sweep file.
+        LockedError: another process is writing ``out``.
         RuntimeError: an ODE solve failed.
     """
     x = check_inputs(x, None)
@@ -168,6 +170,13 @@ def width_sweep(
         "x_fingerprint": fingerprint(x),
         "x_dtype": str(x.dtype),
     }
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            stack.enter_context(exclusive(out + ".json"))
+        return _sweep(model, x, widths, n_seeds, depth, seed, solver, out, batch_size, shard, progress, config)
+
+
+def _sweep(model, x, widths, n_seeds, depth, seed, solver, out, batch_size, shard, progress, config) -> dict:
     state = _load(out, config)
     if "K_inf" not in state:
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ losses are stored, next to Theorem 2's bound ``(1 - eta lambda_0)^k L(theta_0)``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -27,7 +28,7 @@ from .empirical import empirical_ntk
 from .gradients import GradMethod, batch_vjp, check_grad_method, warn_backprop_through_kinks
 from .limits import kernel_fn
 from .model import NeuralODE, Params, Solver, SolverName, check_params
-from .results import ResumeError, atomic_write_npz, check_resume, fingerprint, provenance, read_npz
+from .results import ResumeError, atomic_write_npz, check_resume, exclusive, fingerprint, provenance, read_npz
 
 __all__ = ["train", "TrainResult", "mse_loss", "resolve_grad_method"]
 
@@ -230,6 +231,7 @@ def train(
     Raises:
         ValueError: bad arguments (named).
         ResumeError: the checkpoint belongs to another run or is not readable.
+        LockedError: another process is writing the checkpoint.
         RuntimeError: a solve failed.
         FloatingPointError: training diverged (non-finite parameters, or the loss grew
             1e8-fold); lower the learning rate.
@@ -289,30 +291,33 @@ def train(
         "track_ntk": bool(track_ntk),
     }
     record = _Recorder(model, x, y, x_test, y_test, depth, solver, params, H0, track_ntk)
-    state = _load_checkpoint(checkpoint, config, params, optimizer)
-    if state is None:
-        records: dict[str, list] = {}
-        opt_state, k = optimizer.init(params), 0
-        record(records, params, 0)
-    else:
-        params, opt_state, records, k = state
-    return _descend(
-        model,
-        params,
-        opt_state,
-        optimizer,
-        x,
-        y,
-        steps,
-        k,
-        records,
-        record,
-        config,
-        checkpoint,
-        progress,
-        plain_sgd,
-        lam0,
-    )
+    with contextlib.ExitStack() as stack:
+        if checkpoint is not None:
+            stack.enter_context(exclusive(checkpoint + ".npz"))
+        state = _load_checkpoint(checkpoint, config, params, optimizer)
+        if state is None:
+            records: dict[str, list] = {}
+            opt_state, k = optimizer.init(params), 0
+            record(records, params, 0)
+        else:
+            params, opt_state, records, k = state
+        return _descend(
+            model,
+            params,
+            opt_state,
+            optimizer,
+            x,
+            y,
+            steps,
+            k,
+            records,
+            record,
+            config,
+            checkpoint,
+            progress,
+            plain_sgd,
+            lam0,
+        )
 
 
 def _descend(

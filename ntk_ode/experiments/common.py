@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -15,7 +16,9 @@ from ..results import (
     atomic_write_npz,
     check_resume,
     config_fingerprint,
+    exclusive,
     jsonable,
+    log,
     provenance,
     read_json,
 )
@@ -73,10 +76,21 @@ class Cells:
         stem = path[:-5] if path.endswith(".json") else path
         self.path = f"{stem}.{config_fingerprint(self.config)}.json"
         self.data: dict = {}
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(exclusive(self.path))  # held until close() or garbage collection
         if os.path.exists(self.path):
             saved = read_json(self.path, required=("config", "cells"))
             check_resume(self.path, saved["config"], self.config)
             self.data = saved["cells"]
+
+    def close(self) -> None:
+        """Release the lock on the cells file (also done when the object is collected)."""
+        self._lock.close()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
 
     def get(self, key: str, fn: Callable[[], Any]) -> Any:
         """The value of cell ``key``: stored, or computed by ``fn()`` and stored at once.
@@ -89,9 +103,11 @@ class Cells:
             The value (as JSON stores it: lists for arrays).
         """
         if key not in self.data:
+            log.info("%s: computing cell %r", os.path.basename(self.path), key)
             t = time.perf_counter()
             val = fn()
             self.data[key] = {"value": jsonable(val), "time_s": time.perf_counter() - t}
+            log.info("%s: cell %r done in %.1f s", os.path.basename(self.path), key, time.perf_counter() - t)
             atomic_write_json(self.path, {**provenance(self.config), "cells": self.data})
         return self.data[key]["value"]
 
@@ -155,17 +171,62 @@ def load_results(path: str) -> dict:
     return read_json(path, required=("experiment", "results"))
 
 
-def figure():
+def figure() -> Any:
+    """pyplot with the package's style: constrained layout, grids, small fonts, mathtext labels.
+
+    Returns:
+        The ``matplotlib.pyplot`` module (Agg backend).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "axes.grid": True, "grid.alpha": 0.3})
+    plt.rcParams.update(
+        {
+            "font.size": 9,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "figure.constrained_layout.use": True,
+            "legend.fontsize": 7,
+            "mathtext.fontset": "dejavusans",
+        }
+    )
     return plt
 
 
-def loglog(ax, x, y, label, theory_slope=None, marker="o-"):
+def tidy_log_axes(ax: Any) -> None:
+    """Readable tick labels on log axes: decades only, or 1-2-5 when the range is under two decades.
+
+    Args:
+        ax: matplotlib axes.
+    """
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+
+    for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log":
+            continue
+        lo, hi = sorted(lim)
+        decades = np.log10(hi / lo) if lo > 0 else np.inf
+        axis.set_major_locator(LogLocator(base=10, numticks=8))
+        axis.set_major_formatter(LogFormatterSciNotation())
+        if decades < 2:
+            axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0), numticks=8))
+            axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(np.inf, np.inf)))
+        else:
+            axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(k) for k in range(2, 10)), numticks=12))
+            axis.set_minor_formatter(NullFormatter())
+
+
+def loglog(
+    ax: Any,
+    x: Any,
+    y: Any,
+    label: str,
+    theory_slope: float | None = None,
+    marker: str = "o-",
+    err: Any = None,
+) -> float:
     """Plot y(x) on log-log axes with its fitted slope in the label; optional dashed theory line.
 
     Args:
@@ -175,6 +236,7 @@ def loglog(ax, x, y, label, theory_slope=None, marker="o-"):
         label: legend label.
         theory_slope: slope of a dashed reference line through the first point.
         marker: line style.
+        err: standard errors of y (drawn as a band of +-1 standard error).
 
     Returns:
         The fitted slope (nan with fewer than two points).
@@ -183,11 +245,43 @@ def loglog(ax, x, y, label, theory_slope=None, marker="o-"):
     ok = (x > 0) & (y > 0) & np.isfinite(y)
     s = fit_slope(x[ok], y[ok]) if ok.sum() >= 2 else float("nan")
     (line,) = ax.loglog(x[ok], y[ok], marker, ms=4, label=f"{label} (slope {s:.2f})")
+    if err is not None:
+        e = np.asarray(err, float)[ok]
+        ax.fill_between(x[ok], np.maximum(y[ok] - e, y[ok] * 1e-3), y[ok] + e, color=line.get_color(), alpha=0.2, lw=0)
     if theory_slope is not None and ok.sum() >= 1:
-        ax.loglog(x[ok], y[ok][0] * (x[ok] / x[ok][0]) ** theory_slope, "--", color=line.get_color(), lw=0.8, alpha=0.7)
+        ax.loglog(
+            x[ok],
+            y[ok][0] * (x[ok] / x[ok][0]) ** theory_slope,
+            "--",
+            color=line.get_color(),
+            lw=0.8,
+            alpha=0.7,
+        )
     return s
 
 
-def savefig(fig, out, name):
+def seed_error(per_seed: Any) -> np.ndarray:
+    """Standard error of the mean over the last axis (seeds).
+
+    Args:
+        per_seed: values (..., seeds), at least two seeds.
+
+    Returns:
+        ``std(ddof=1) / sqrt(seeds)`` over the last axis.
+    """
+    a = np.asarray(per_seed, float)
+    return a.std(axis=-1, ddof=1) / np.sqrt(a.shape[-1]) if a.shape[-1] > 1 else np.zeros(a.shape[:-1])
+
+
+def savefig(fig: Any, out: str, name: str) -> None:
+    """Write ``<out>/<name>.png`` and ``.pdf`` after tidying every log axis.
+
+    Args:
+        fig: the figure.
+        out: the folder.
+        name: the file stem.
+    """
+    for ax in fig.axes:
+        tidy_log_axes(ax)
     for ext in ("png", "pdf"):
-        fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=130, bbox_inches="tight")
+        fig.savefig(os.path.join(out, f"{name}.{ext}"), dpi=130)

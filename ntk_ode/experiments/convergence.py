@@ -115,24 +115,24 @@ def plot(res: dict, out: str, name: str = "E4"):
         axes[0].semilogy(r["step"], r["test_loss"], "x:", ms=3, label=f"test n={w}")
         axes[1].plot(r["step"], np.asarray(r["lambda_min"]) / r["lambda_min"][0], "o-", ms=3, label=f"n={w}")
     r = res["runs"][str(res["widths"][-1])]["records"]
-    axes[0].semilogy(r["step"], r["bound"], "k--", lw=1, label="(1 - eta lambda_0)^k L_0")
-    axes[0].set(xlabel="step k", ylabel="loss", title=f"{name}: loss (lambda_0 = {res['lambda_0']:.2e})")
-    axes[1].set(xlabel="step k", ylabel="lambda_min(H_k) / lambda_min(H_0)", title="NTK during training")
+    axes[0].semilogy(r["step"], r["bound"], "k--", lw=1, label=r"$(1 - \eta\lambda_0)^k L_0$")
+    axes[0].set(xlabel="step $k$", ylabel="loss", title=f"{name}: loss ($\\lambda_0$ = {res['lambda_0']:.2e})")
+    axes[1].set(xlabel="step $k$", ylabel=r"$\lambda_{\min}(H_k) / \lambda_{\min}(H_0)$", title="NTK during training")
     loglog(
         axes[2],
         res["widths"],
         [res["runs"][str(w)]["records"]["rel_dist_U"][-1] for w in res["widths"]],
-        "||U_k - U_0|| / ||U_0||",
+        r"$\|U_k - U_0\| / \|U_0\|$",
         theory_slope=-0.5,
     )
     loglog(
         axes[2],
         res["widths"],
         [res["runs"][str(w)]["records"]["ntk_rel_change"][-1] for w in res["widths"]],
-        "||H_k - H_0|| / ||H_0||",
+        r"$\|H_k - H_0\| / \|H_0\|$",
         theory_slope=-0.5,
     )
-    axes[2].set(xlabel="width n", ylabel="relative change at the last step", title="lazy training")
+    axes[2].set(xlabel="width $n$", ylabel="relative change at the last step", title="lazy training")
     for ax in axes:
         ax.legend(fontsize=6)
     savefig(fig, out, name)

@@ -97,8 +97,12 @@ def plot(res: dict, out: str, name: str = "E1", title: str = "softplus"):
         for r, g in res["gradient_gap"][str(w)].items():
             lab = f"n={w}" if len(res["gradient_gap"][str(w)]) == 1 else f"n={w}, ref {r}"
             loglog(axes[1], res["depths"], g, lab, theory_slope=-1)
-    axes[0].set(xlabel="depth L", ylabel="max |f^L - f|", title=f"{name}: output gap ({title})")
-    axes[1].set(xlabel="depth L", ylabel="||grad f^L - grad f||", title=f"{name}: gradient gap ({title})")
+    axes[0].set(xlabel="depth $L$", ylabel=r"$\max_i |f^L(x_i) - f(x_i)|$", title=f"{name}: output gap ({title})")
+    axes[1].set(
+        xlabel="depth $L$",
+        ylabel=r"$\|\nabla_\theta f^L - \nabla_\theta f\|$",
+        title=f"{name}: gradient gap ({title})",
+    )
     for ax in axes:
         ax.legend(fontsize=6)
     savefig(fig, out, name)

@@ -66,6 +66,7 @@ def run(cfg: GaussianConfig, out: str, name: str = "E9") -> dict:
         "ks": [],
         "kurtosis_excess": [],
         "ks_noise_level": 1.36 / math.sqrt(cfg.n_seeds),
+        "n_seeds": cfg.n_seeds,
     }
     for w in cfg.widths:
 
@@ -91,12 +92,25 @@ def plot(res, out, name="E9"):
     """Plot E9 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    loglog(axes[0], res["widths"], res["cov_rel_error"], "||C_n - NNGP|| / ||NNGP||")
-    loglog(axes[0], res["widths"], np.abs(res["kurtosis_excess"]), "|excess kurtosis| of f(x_1)", theory_slope=-1)
-    axes[0].set(xlabel="width n", title=f"{name}: output covariance and kurtosis")
-    axes[1].semilogx(res["widths"], res["ks"], "o-", label="KS distance to N(0, NNGP)")
+    n = res.get("n_seeds") or round((1.36 / res["ks_noise_level"]) ** 2)
+    loglog(axes[0], res["widths"], res["cov_rel_error"], r"$\|C_n - K_{\mathrm{NNGP}}\| / \|K_{\mathrm{NNGP}}\|$")
+    loglog(
+        axes[0],
+        res["widths"],
+        np.abs(res["kurtosis_excess"]),
+        r"$|$excess kurtosis of $f(x_1)|$",
+        theory_slope=-1,
+        err=np.full(len(res["widths"]), np.sqrt(24.0 / n)),
+    )
+    axes[0].axhline(np.sqrt(24.0 / n), color="0.4", ls=":", lw=0.8, label="sampling s.e. of the kurtosis")
+    axes[0].set(
+        xlabel="width $n$",
+        ylabel="deviation from the Gaussian limit",
+        title=f"{name}: covariance and kurtosis ({n} networks)",
+    )
+    axes[1].semilogx(res["widths"], res["ks"], "o-", label=r"KS distance to $N(0, K_{\mathrm{NNGP}})$")
     axes[1].axhline(res["ks_noise_level"], color="k", ls="--", lw=0.8, label="95% level for the sample size")
-    axes[1].set(xlabel="width n", ylabel="KS distance", title="Gaussianity of f(x_1)")
+    axes[1].set(xlabel="width $n$", ylabel="KS distance", title="Gaussianity of $f(x_1)$")
     for ax in axes:
         ax.legend(fontsize=7)
     savefig(fig, out, name)

@@ -59,13 +59,17 @@ def plot_horizon(res, out, name="E5"):
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for label in ("fixed", "scaled"):
-        lab = "sigma_w = 1" if label == "fixed" else "sigma_w = 1/T"
+        lab = r"$\sigma_w = 1$" if label == "fixed" else r"$\sigma_w = 1/T$"
         axes[0].loglog(res["T"], res[f"lambda_0_{label}"], "o-", label=lab)
         axes[1].loglog(
             res["T"], np.asarray(res[f"lambda_max_{label}"]) / np.asarray(res[f"lambda_0_{label}"]), "o-", label=lab
         )
-    axes[0].set(xlabel="T", ylabel="lambda_0 = lambda_min(K_inf)", title=f"{name}: smallest eigenvalue vs horizon")
-    axes[1].set(xlabel="T", ylabel="condition number", title="conditioning of K_inf")
+    axes[0].set(
+        xlabel="horizon $T$",
+        ylabel=r"$\lambda_0 = \lambda_{\min}(K_\infty)$",
+        title=f"{name}: smallest eigenvalue vs horizon",
+    )
+    axes[1].set(xlabel="horizon $T$", ylabel=r"$\lambda_{\max} / \lambda_0$", title=r"conditioning of $K_\infty$")
     for ax in axes:
         ax.legend(fontsize=7)
     savefig(fig, out, name)
@@ -124,7 +128,7 @@ def plot_polynomial(res, out, name="E6"):
         for L in res["depths"]:
             ev = np.abs(np.asarray(res["spectra"][f"{act} L={L}"]))
             ax.semilogy(np.arange(1, ev.size + 1), ev / ev[0], ".-", label="ODE" if L == "None" else f"L={L}")
-        ax.set(title=f"{name}: {act}", xlabel="index", ylabel="|eigenvalue| / largest")
+        ax.set(title=f"{name}: {act}", xlabel="index $i$", ylabel=r"$|\lambda_i| / \lambda_{\max}$")
         ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)
@@ -183,7 +187,9 @@ def plot_activations(res, out, name="E8"):
         ax.bar(idx + i / (n + 1), res["rel_lambda_0"][ds], width=1 / (n + 1), label=ds)
     ax.set_yscale("log")
     ax.set_xticks(idx + (n - 1) / (2 * (n + 1)), res["activations"])
-    ax.set(ylabel="lambda_0 / lambda_max of K_inf", title=f"{name}: conditioning of K_inf by activation")
+    ax.set(
+        ylabel=r"$\lambda_0 / \lambda_{\max}$ of $K_\infty$", title=f"{name}: conditioning of $K_\\infty$ by activation"
+    )
     ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)

@@ -95,7 +95,7 @@ def plot(res, out, name="E7"):
         axes[1].loglog(
             [r["time_adjoint_s"] for r in rs], [max(r["gradient_rel_error"], 1e-17) for r in rs], style, label=s
         )
-    axes[0].set(xlabel="time [s]", ylabel="max output error", title=f"{name}: forward solve")
+    axes[0].set(xlabel="time [s]", ylabel=r"$\max_i |f(x_i) - f_{\mathrm{ref}}(x_i)|$", title=f"{name}: forward solve")
     axes[1].set(xlabel="time [s]", ylabel="relative gradient error", title="continuous adjoint")
     for ax in axes:
         ax.legend(fontsize=7)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from .. import NeuralODE, Solver, width_sweep
 from ..data import digits
-from .common import Preset, figure, loglog, save_results, savefig
+from .common import Preset, figure, loglog, save_results, savefig, seed_error
 
 
 @dataclasses.dataclass
@@ -42,7 +42,19 @@ def run(cfg: WidthConfig, out: str, name: str = "E2") -> dict:
         out=os.path.join(out, f".{name}_sweep"),
     )
     res: dict[str, Any] = {
-        k: r[k] for k in ("widths", "mean_dist", "mean_dist_U", "mean_dist_W", "mean_dist_v", "dist", "slope")
+        k: r[k]
+        for k in (
+            "widths",
+            "mean_dist",
+            "mean_dist_U",
+            "mean_dist_W",
+            "mean_dist_v",
+            "dist",
+            "dist_U",
+            "dist_W",
+            "dist_v",
+            "slope",
+        )
     }
     save_results(out, name, cfg, res, t0)
     return res
@@ -52,11 +64,21 @@ def plot(res: dict, out: str, name: str = "E2"):
     """Plot E2 into ``out``."""
     plt = figure()
     fig, ax = plt.subplots(figsize=(4.8, 3.8))
-    loglog(ax, res["widths"], res["mean_dist"], "total", theory_slope=-0.5)
+    loglog(ax, res["widths"], res["mean_dist"], "total", theory_slope=-0.5, err=seed_error(res["dist"]))
     for b in "UWv":
-        loglog(ax, res["widths"], res[f"mean_dist_{b}"], f"{b} block", marker="s:")
+        per_seed = res.get(f"dist_{b}")
+        loglog(
+            ax,
+            res["widths"],
+            res[f"mean_dist_{b}"],
+            f"${b}$ block",
+            marker="s:",
+            err=None if per_seed is None else seed_error(per_seed),
+        )
     ax.set(
-        xlabel="width n", ylabel="||Theta_n - K_inf||_F / ||K_inf||_F", title=f"{name}: NTK vs width (mean over seeds)"
+        xlabel="width $n$",
+        ylabel=r"$\|\Theta_n - K_\infty\|_F \,/\, \|K_\infty\|_F$",
+        title=f"{name}: NTK vs width (mean $\\pm$ s.e. over seeds)",
     )
     ax.legend(fontsize=7)
     savefig(fig, out, name)
