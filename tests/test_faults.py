@@ -78,9 +78,13 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", SWEEP, out], stderr=subprocess.PIPE, text=True)
     _kill_when(proc, lambda: _sweep_widths_done(out))
     _run(SWEEP, out)  # resume
-    clean = str(tmp_path / "clean")
-    _run(SWEEP, clean)
-    np.testing.assert_array_equal(np.load(out + ".dist.npy"), np.load(clean + ".dist.npy"))
+    scope = {"__name__": "clean", "sys": sys}
+    sys_argv, sys.argv = sys.argv, ["-c", str(tmp_path / "clean")]
+    try:
+        exec(SWEEP, scope)  # the uninterrupted run, in this process
+    finally:
+        sys.argv = sys_argv
+    np.testing.assert_array_equal(np.load(out + ".dist.npy"), np.load(str(tmp_path / "clean") + ".dist.npy"))
 
 
 def _ckpt_step(path):
@@ -98,7 +102,11 @@ def test_killed_training_resumes_bit_identically(tmp_path):
     _kill_when(proc, lambda: _ckpt_step(out))
     _run(TRAIN, out)
     clean = str(tmp_path / "clean")
-    _run(TRAIN, clean)
+    sys_argv, sys.argv = sys.argv, ["-c", clean]
+    try:
+        exec(TRAIN, {"__name__": "clean"})  # the uninterrupted run, in this process
+    finally:
+        sys.argv = sys_argv
     np.testing.assert_array_equal(np.load(out + ".loss.npy"), np.load(clean + ".loss.npy"))
     np.testing.assert_array_equal(np.load(out + ".W.npy"), np.load(clean + ".W.npy"))
 

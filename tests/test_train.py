@@ -16,10 +16,13 @@ DEPTH = 2  # the weight-tied ResNet (discretize-then-optimize), sized for 2 core
 def runs():
     x, y = digits((0, 1), n=128, seed=0)
     model = no.NeuralODE("softplus", T=1.0)
+    K = np.asarray(no.kernel_fn(model, depth=DEPTH)(x, get="ntk"))
+    lam0 = float(np.linalg.eigvalsh(K)[0])
     out = {}
     for width in (256, 2048):
         p = model.init(jax.random.PRNGKey(1), d=x.shape[1], width=width)
-        out[width] = train(model, p, x, y, 500, depth=DEPTH, record_every=100, progress=False)
+        out[width] = train(model, p, x, y, 300, depth=DEPTH, record_every=100, progress=False, lambda_0=lam0)
+    out["K"] = K
     return model, x, y, out
 
 
@@ -44,7 +47,7 @@ def test_ntk_stays_near_initialization(runs):
 
 def test_infinite_width_prediction_improves_with_width(runs):
     model, x, y, out = runs
-    K = np.asarray(no.kernel_fn(model, depth=DEPTH)(x, get="ntk"))
+    K = out["K"]
     errs = []
     for width in (256, 2048):
         r = out[width].records
