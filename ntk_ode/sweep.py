@@ -150,6 +150,7 @@ def width_sweep(
         ResumeError: ``out`` holds a sweep of another configuration or is not a sweep file.
         LockedError: another process is writing ``out``.
         RuntimeError: an ODE solve failed.
+        FloatingPointError: a finite-width NTK is not finite.
     """
     x = check_inputs(x, None)
     depth = check_depth(depth)
@@ -199,6 +200,8 @@ def _sweep(model, x, widths, n_seeds, depth, seed, solver, out, batch_size, shar
         if not bool(jnp.all(ok)):
             raise RuntimeError(f"width_sweep: an ODE solve failed at width {w}")
         bl = np.asarray(bl)  # (new seeds, 3, N, N)
+        if not np.all(np.isfinite(bl)):
+            raise FloatingPointError(f"width_sweep: a finite-width NTK at width {w} is not finite (blow-up)")
         tot = bl.sum(axis=1)
         row = {
             "dist": _rel(tot, K[0]),

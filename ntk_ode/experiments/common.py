@@ -196,18 +196,23 @@ def figure() -> Any:
 
 
 def tidy_log_axes(ax: Any) -> None:
-    """Readable tick labels on log axes: decades only, or 1-2-5 when the range is under two decades.
+    """Readable tick labels on log axes: decades only; 1-2-5 under two decades; 4 plain ticks under one.
 
     Args:
         ax: matplotlib axes.
     """
-    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
 
     for axis, lim in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
         if axis.get_scale() != "log":
             continue
         lo, hi = sorted(lim)
         decades = np.log10(hi / lo) if lo > 0 else np.inf
+        if decades < 1:  # LogLocator would fall back to crowded linear ticks: take 4 plain ones
+            axis.set_major_locator(MaxNLocator(nbins=4))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            axis.set_minor_formatter(NullFormatter())
+            continue
         axis.set_major_locator(LogLocator(base=10, numticks=8))
         axis.set_major_formatter(LogFormatterSciNotation())
         if decades < 2:
