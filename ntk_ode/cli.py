@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .results import prepare_output
+
 
 def _enable_x64():
     import jax
@@ -218,20 +220,13 @@ def _load_text(path: str) -> np.ndarray:
     return np.array([[float(c) for c in r] for r in rows])
 
 
-def _check_writable(path: str) -> None:
-    """Fail before any computation if ``path`` cannot be written."""
-    from .results import prepare_output
-
-    prepare_output(path)
-
-
 def cmd_kernel(args) -> int:
     """NNGP and NTK of a data set (rows = inputs) -> .npz."""
     _enable_x64()
     import ntk_ode as no
     from ntk_ode.results import atomic_write_npz, fingerprint, provenance
 
-    _check_writable(args.out)
+    prepare_output(args.out)
     x = _load_matrix(args.data)
     model = no.NeuralODE(
         args.activation,
@@ -287,7 +282,7 @@ def cmd_train(args) -> int:
     from ntk_ode.results import atomic_write_json
     from ntk_ode.train import train
 
-    _check_writable(args.out + ".json")
+    prepare_output(args.out + ".json")
     x, y = digits((args.classes[0], args.classes[1]), n=args.n, seed=args.seed)
     model = no.NeuralODE(args.activation, T=args.T)
     p = model.init(jax.random.PRNGKey(args.seed), d=x.shape[1], width=args.width)
@@ -323,7 +318,7 @@ def cmd_sweep(args) -> int:
     import ntk_ode as no
     from ntk_ode.data import digits
 
-    _check_writable(args.out + ".json")
+    prepare_output(args.out + ".json")
     x, _ = digits((0, 1), n=args.n, seed=args.seed)
     model = no.NeuralODE(args.activation, T=args.T)
     r = no.width_sweep(model, x, args.widths, args.seeds, depth=args.depth, seed=args.seed, out=args.out)

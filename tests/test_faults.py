@@ -66,6 +66,25 @@ def _run(code, arg):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def _run_in_process(code, arg):
+    """The uninterrupted reference run, in this process (same code, no start-up cost)."""
+    saved, sys.argv = sys.argv, ["-c", arg]
+    try:
+        exec(code, {"__name__": "clean"})
+    finally:
+        sys.argv = saved
+
+
+def _kill_resume_and_compare(tmp_path, code, ready, outputs):
+    out, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
+    proc = subprocess.Popen([sys.executable, "-c", code, out], stderr=subprocess.PIPE, text=True)
+    _kill_when(proc, lambda: ready(out))
+    _run(code, out)  # resume
+    _run_in_process(code, clean)
+    for suffix in outputs:
+        np.testing.assert_array_equal(np.load(out + suffix), np.load(clean + suffix))
+
+
 def _sweep_widths_done(path):
     try:
         return len(json.load(open(path + ".json"))["state"].get("done", {})) >= 2
@@ -74,17 +93,7 @@ def _sweep_widths_done(path):
 
 
 def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
-    out = str(tmp_path / "killed")
-    proc = subprocess.Popen([sys.executable, "-c", SWEEP, out], stderr=subprocess.PIPE, text=True)
-    _kill_when(proc, lambda: _sweep_widths_done(out))
-    _run(SWEEP, out)  # resume
-    scope = {"__name__": "clean", "sys": sys}
-    sys_argv, sys.argv = sys.argv, ["-c", str(tmp_path / "clean")]
-    try:
-        exec(SWEEP, scope)  # the uninterrupted run, in this process
-    finally:
-        sys.argv = sys_argv
-    np.testing.assert_array_equal(np.load(out + ".dist.npy"), np.load(str(tmp_path / "clean") + ".dist.npy"))
+    _kill_resume_and_compare(tmp_path, SWEEP, _sweep_widths_done, [".dist.npy"])
 
 
 def _ckpt_step(path):
@@ -97,18 +106,7 @@ def _ckpt_step(path):
 
 
 def test_killed_training_resumes_bit_identically(tmp_path):
-    out = str(tmp_path / "ck")
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN, out], stderr=subprocess.PIPE, text=True)
-    _kill_when(proc, lambda: _ckpt_step(out))
-    _run(TRAIN, out)
-    clean = str(tmp_path / "clean")
-    sys_argv, sys.argv = sys.argv, ["-c", clean]
-    try:
-        exec(TRAIN, {"__name__": "clean"})  # the uninterrupted run, in this process
-    finally:
-        sys.argv = sys_argv
-    np.testing.assert_array_equal(np.load(out + ".loss.npy"), np.load(clean + ".loss.npy"))
-    np.testing.assert_array_equal(np.load(out + ".W.npy"), np.load(clean + ".W.npy"))
+    _kill_resume_and_compare(tmp_path, TRAIN, _ckpt_step, [".loss.npy", ".W.npy"])
 
 
 def _tiny_training(tmp_path, **kw):
@@ -197,6 +195,8 @@ def _probe_rows():
 @pytest.mark.parametrize("probe,exc,fragment", _probe_rows(), ids=[r[0][:40] for r in _probe_rows()])
 def test_the_probe_table_in_the_docs_holds(probe, exc, fragment, tmp_path, monkeypatch):
     import ntk_ode
+    import ntk_ode.data
+    import ntk_ode.results  # the probes name these submodules
 
     monkeypatch.chdir(tmp_path)
     m = no.NeuralODE()
