@@ -197,19 +197,53 @@ def _as_float(*xs):
 # ----------------------------------------------------------------------------- closed forms
 
 
+@jax.custom_jvp
 def _relu_dual(a, b, c):
-    # arc-cosine kernel of order 1: (sqrt(ab - c^2) + (pi - theta) c) / (2 pi)
+    # arc-cosine kernel of order 1: J1 = (sqrt(ab - c^2) + (pi - theta) c) / (2 pi)
     rho = gaussian.correlation(a, b, c)
     theta = jnp.arccos(rho)
     s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0))
     return (s * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) + (jnp.pi - theta) * rho * s) / (2.0 * jnp.pi)
 
 
+@_relu_dual.defjvp
+def _relu_dual_jvp(primals, tangents):
+    # dJ1/dc = J0 = (pi - theta) / (2 pi), dJ1/da = sqrt(ab - c^2) / (4 pi a) (and b alike): finite
+    # at rho = +-1, where differentiating the formula above gives inf - inf
+    a, b, c = _as_float(*primals)
+    da, db, dc = (jnp.broadcast_to(jnp.asarray(t, a.dtype), a.shape) for t in tangents)
+    rho = gaussian.correlation(a, b, c)
+    s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0)) * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
+    pos = (a > 0) & (b > 0)
+    inv = lambda z: jnp.where(pos, 1.0 / jnp.where(pos, z, 1.0), 0.0)
+    j0 = jnp.where(pos, (jnp.pi - jnp.arccos(rho)) / (2.0 * jnp.pi), 0.0)
+    dj1 = s / (4.0 * jnp.pi) * (da * inv(a) + db * inv(b)) + j0 * dc
+    return _relu_dual(a, b, c), dj1
+
+
+@jax.custom_jvp
 def _relu_ddual(a, b, c):
     # arc-cosine kernel of order 0: (pi - theta) / (2 pi); relu'(0) = 0, so 0 at zero variance
     rho = gaussian.correlation(a, b, c)
     theta = jnp.arccos(rho)
     return jnp.where((a > 0) & (b > 0), (jnp.pi - theta) / (2.0 * jnp.pi), 0.0)
+
+
+@_relu_ddual.defjvp
+def _relu_ddual_jvp(primals, tangents):
+    # dJ0 = drho / (2 pi sqrt(1 - rho^2)), drho = dc / sqrt(ab) - rho (da / a + db / b) / 2. At
+    # rho = +-1 exactly (an input with itself at equal times) every perturbation of the kernel's
+    # hyperparameters keeps rho there, so the derivative is taken as 0 (the one-sided limit)
+    a, b, c = _as_float(*primals)
+    da, db, dc = (jnp.broadcast_to(jnp.asarray(t, a.dtype), a.shape) for t in tangents)
+    rho = gaussian.correlation(a, b, c)
+    pos = (a > 0) & (b > 0)
+    a1, b1 = jnp.where(pos, a, 1.0), jnp.where(pos, b, 1.0)
+    drho = dc / (jnp.sqrt(a1) * jnp.sqrt(b1)) - 0.5 * rho * (da / a1 + db / b1)
+    gap = 1.0 - rho * rho
+    inner = pos & (gap > 0)
+    dj0 = jnp.where(inner, drho / (2.0 * jnp.pi * jnp.sqrt(jnp.where(inner, gap, 1.0))), 0.0)
+    return _relu_ddual(a, b, c), dj0
 
 
 def _relu_family_duals(pos: float, neg: float):

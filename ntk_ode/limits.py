@@ -50,7 +50,18 @@ from . import gaussian
 from ._checks import check_depth, check_inputs
 from .activations import Activation
 
-__all__ = ["Kernel", "kernel_fn", "kernel_type", "Grid", "chebyshev_grid", "resnet_grid", "richardson"]
+__all__ = [
+    "Kernel",
+    "kernel_fn",
+    "kernel_type",
+    "Grid",
+    "chebyshev_grid",
+    "resnet_grid",
+    "richardson",
+    "Duals",
+    "single_variances",
+    "pair_kernels",
+]
 
 Kernel = collections.namedtuple("Kernel", ["nngp", "ntk", "ntk_U", "ntk_W", "ntk_v"], defaults=(None, None, None))
 Kernel.__doc__ = """Infinite-width kernels; ``ntk = ntk_U + ntk_W + ntk_v`` (the blocks of U, W and v)."""
@@ -113,9 +124,9 @@ def _shift(P):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Duals:
+class Duals:
     """Evaluates Phi and dPhi on a grid from variances and covariances (hashable by value, so
-    the compiled solvers are reused across calls). ``perturb`` adds ``perturb`` times the
+    the compiled solvers are reused across calls; docs/theory.md section 4). ``perturb`` adds ``perturb`` times the
     Cauchy-Schwarz scale ``sqrt(E f(u)^2 E f(v)^2)`` to every dual: used to measure how the
     kernels respond to dual errors."""
 
@@ -216,8 +227,19 @@ def _tol(dtype):
     return 8 * float(jnp.finfo(dtype).eps)
 
 
-def _single(duals: _Duals, grid: Grid, sigma_w: float, s00):
-    """Sigma(t, s) of one input with itself; returns the variances diag(Sigma) and convergence."""
+def single_variances(duals: Duals, grid: Grid, sigma_w, s00):
+    """Sigma(t, s) of one input with itself on ``grid`` (traceable, also in ``sigma_w``, ``s00``
+    and the grid's operators).
+
+    Args:
+        duals: how Phi is evaluated.
+        grid: the time grid.
+        sigma_w: hidden weight scale.
+        s00: ``Sigma^{0,0}(x, x)`` (scalar).
+
+    Returns:
+        The variances diag(Sigma) on the grid and the Picard convergence flag.
+    """
     A = jnp.asarray(grid.A, s00.dtype)
     c = sigma_w**2
 
@@ -230,18 +252,36 @@ def _single(duals: _Duals, grid: Grid, sigma_w: float, s00):
     return jnp.diagonal(S), ok
 
 
-def _pair(duals: _Duals, grid: Grid, model, s00, v1, v2, tab1, tab2):
-    """NNGP, NTK and convergence flag for one input pair, given both inputs' variances."""
+def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1, v2, tab1, tab2):
+    """NNGP, NTK, its (U, W, v) blocks and convergence flag for one input pair (docs/theory.md
+    section 3), given both inputs' variances on ``grid``. Traceable, also in ``sigma_w``,
+    ``sigma_v``, ``s00`` and the grid's operators.
+
+    Args:
+        duals: how Phi and dPhi are evaluated.
+        grid: the time grid.
+        sigma_w: hidden weight scale.
+        sigma_v: readout scale.
+        head: "linear" or "phi".
+        s00: ``Sigma^{0,0}(x, x')``.
+        v1: the first input's variances on the grid.
+        v2: the second input's variances.
+        tab1: the first input's coefficient tables (``duals.tables(v1)``).
+        tab2: the second input's tables.
+
+    Returns:
+        ``(nngp, ntk, blocks (3,), converged)``.
+    """
     dt = s00.dtype
     A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
-    c = model.sigma_w**2
+    c = sigma_w**2
     S, ok1 = _picard(
         lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
     )
     Phi = duals.phi(v1, v2, S, tab1, tab2)
     dPhi = duals.dphi(v1, v2, S, tab1, tab2)
-    sv2 = model.sigma_v**2
-    if model.head == "phi":
+    sv2 = sigma_v**2
+    if head == "phi":
         nngp = sv2 * Phi[-1, -1]
         KT = sv2 * dPhi[-1, -1]
     else:
@@ -263,13 +303,15 @@ def _s00(model, x1, x2):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _singles_jit(duals, grid, sigma_w, s00):
-    v, ok = jax.vmap(lambda s: _single(duals, grid, sigma_w, s))(s00)
+    v, ok = jax.vmap(lambda s: single_variances(duals, grid, sigma_w, s))(s00)
     return v, duals.tables(v), ok
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _pairs_jit(duals, grid, model, s00, v1, v2, tab1, tab2):
-    return jax.vmap(lambda *a: _pair(duals, grid, model, *a))(s00, v1, v2, tab1, tab2)
+    return jax.vmap(lambda *a: pair_kernels(duals, grid, model.sigma_w, model.sigma_v, model.head, *a))(
+        s00, v1, v2, tab1, tab2
+    )
 
 
 def _mesh_sharding():
@@ -417,7 +459,7 @@ class _Problem:
 _TERMS_LADDER = (192, 384, 640)
 
 
-def _trim_terms(duals: _Duals, problem: _Problem, grid: Grid):
+def _trim_terms(duals: Duals, problem: _Problem, grid: Grid):
     """Drop the Mehler terms whose coefficients stay below 1e-10 of the largest (over every input
     and node): the dropped tail contributes < ~1e-19 relative to the kernel, even at rho = 1."""
     if duals.closed:
@@ -426,10 +468,10 @@ def _trim_terms(duals: _Duals, problem: _Problem, grid: Grid):
     mags = np.max([np.max(np.abs(np.asarray(t)).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
     big = np.nonzero(mags > 1e-10 * mags.max())[0]
     keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
-    return _Duals(duals.act, keep)
+    return Duals(duals.act, keep)
 
 
-def _mehler_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
+def _mehler_certificate(duals: Duals, problem: _Problem, grid: Grid, inputs) -> float:
     """Bound on the relative error of the Mehler duals at every grid point of ``inputs``.
 
     Parseval: ``sum_k c_k(a)^2 = E f(sqrt(a) Z)^2``, so the truncated tail satisfies
@@ -455,14 +497,14 @@ def _mehler_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) ->
     return worst
 
 
-def _choose_terms(duals0: _Duals, problem: _Problem, grid: Grid, inputs, target: float):
+def _choose_terms(duals0: Duals, problem: _Problem, grid: Grid, inputs, target: float):
     """Fewest Mehler terms (trimmed) whose certified dual error is below ``target``; the most
     terms tried and their certificate otherwise. Returns (duals, relative dual error bound)."""
     if duals0.closed:
         return duals0, 0.0
     ladder = [duals0.terms] + [k for k in _TERMS_LADDER if k > duals0.terms]
     for terms in ladder:
-        duals = _Duals(duals0.act, terms)
+        duals = Duals(duals0.act, terms)
         problem.duals = duals
         delta = _mehler_certificate(duals, problem, grid, inputs)
         if delta <= target:
@@ -475,7 +517,7 @@ def _choose_terms(duals0: _Duals, problem: _Problem, grid: Grid, inputs, target:
                 problem.duals = duals
             return duals, delta
     # the series cannot be certified (large variance, kinks): robust quadrature at every point
-    quad = _Duals(duals0.act, duals0.terms, quad=True)
+    quad = Duals(duals0.act, duals0.terms, quad=True)
     problem.duals = quad
     delta_q = _quad_certificate(quad, problem, grid, inputs)
     if delta_q < delta:
@@ -490,14 +532,14 @@ def _first_grid(model, depth, nodes) -> Grid:
     return chebyshev_grid(int(nodes) if nodes is not None else _NODE_LADDER[0], model.T)
 
 
-def _certify(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
+def _certify(duals: Duals, problem: _Problem, grid: Grid, inputs) -> float:
     """Relative error bound of the duals on ``grid`` (0 for closed forms)."""
     if duals.quad:
         return _quad_certificate(duals, problem, grid, inputs)
     return _mehler_certificate(duals, problem, grid, inputs)
 
 
-def _quad_certificate(duals: _Duals, problem: _Problem, grid: Grid, inputs) -> float:
+def _quad_certificate(duals: Duals, problem: _Problem, grid: Grid, inputs) -> float:
     """Relative error bound of the quadrature duals (step ``_QUAD_STEP``): their difference to
     the rule at half the step (plus rounding), at the inputs' node variances, over correlations
     from -1 to 1 (at the near-kink correlations 0.999 and 1 the rules are hardest)."""
@@ -609,7 +651,7 @@ def kernel_fn(
         raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
     if isinstance(terms, bool) or int(terms) != terms or terms < 8:
         raise ValueError(f"terms must be an integer >= 8, got {terms!r}")
-    duals0 = _Duals(model.activation, int(terms))
+    duals0 = Duals(model.activation, int(terms))
 
     def kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False):
         names, single = _check_get(get)

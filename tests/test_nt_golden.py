@@ -7,6 +7,7 @@ import pytest
 
 import ntk_ode as no
 from ntk_ode.activations import get_activation
+from ntk_ode.untied import untied_kernel
 
 G = np.load(os.path.join(os.path.dirname(__file__), "data", "nt_golden.npz"))
 X = G["x"]
@@ -43,3 +44,18 @@ def test_tying_changes_the_two_block_kernel(name):
     k = np.asarray(no.kernel_fn(model, depth=2)(X, get="ntk"))
     rel = np.abs(k - G[f"resnet2_{name}_ntk"]).max() / np.abs(k).max()
     assert rel > 1e-4, rel
+
+
+@pytest.mark.parametrize("name,tol", [("relu", 1e-8), ("erf", 1e-12), ("gelu", 1e-9)])
+@pytest.mark.parametrize("step,tag", [("1/L", "L"), ("1/sqrt(L)", "sqrtL")])
+def test_untied_resnet_kernels_equal_neural_tangents(name, tol, step, tag):
+    """Depth 6, both residual steps; relu's tolerance as in the one-layer duals (rho = 1 rounding)."""
+    model = no.NeuralODE(name, T=T, sigma_w=SW, sigma_u=S1, sigma_v=S2)
+    k = untied_kernel(model, X, depth=6, step=step)
+    for g in ("nngp", "ntk"):
+        ref = G[f"untied6_{tag}_{name}_{g}"]
+        assert np.abs(np.asarray(getattr(k, g)) - ref).max() <= tol * np.abs(ref).max(), g
+    # and at depth 2 with the tied ResNet's step, the file's older untied two-block values
+    if step == "1/L" and name in ("relu", "erf"):
+        k2 = untied_kernel(model, X, depth=2, get="ntk")
+        np.testing.assert_allclose(k2, G[f"resnet2_{name}_ntk"], rtol=tol, atol=tol * np.abs(k2).max())

@@ -10,7 +10,8 @@ Writes tests/data/nt_golden.npz:
     of degree 64): NNGP = s2^2 E phi phi, NTK = s2^2 (E phi phi + c E phi' phi'), c = s1^2 x.x'/d;
   * one residual block h1 = h0 + dt s_w W phi(h0) / sqrt(n) (relu and erf): neural-tangents'
     analytic NNGP/NTK, equal to ntk_ode's weight-tied K^{L=1}_inf (tied = untied for one block);
-    and the untied two-block network, to show how tying changes the kernel.
+    and the untied two-block network, to show how tying changes the kernel;
+  * untied ResNets of depth 6 (relu, erf, gelu) with residual steps T / 6 and sqrt(T / 6).
 With --timing: neural-tangents' empirical_ntk_fn (implementations 1, 2, 3) on a plain-JAX weight-tied
 ResNet (n = 1024, N = 64, L = 32; parameters from numpy's default_rng(0)) -> benchmarks/results/nt_timing.npz.
 """
@@ -45,9 +46,10 @@ def res_block(act, dt):
     )
 
 
-def resnet(act, L):
+def resnet(act, L, step=None):
+    """Untied: every block has its own Dense layer; residual step T / L, or ``step``."""
     layers = [stax.Dense(64, W_std=S1, parameterization="ntk")]
-    layers += [res_block(act, T / L) for _ in range(L)]
+    layers += [res_block(act, T / L if step is None else step) for _ in range(L)]
     layers += [stax.Dense(1, W_std=S2, parameterization="ntk")]
     return stax.serial(*layers)
 
@@ -69,6 +71,11 @@ def golden():
             act = stax.Relu() if name == "relu" else stax.Erf()
             k = resnet(act, L)[2](x, None, ("nngp", "ntk"))
             out[f"resnet{L}_{name}_nngp"], out[f"resnet{L}_{name}_ntk"] = np.asarray(k.nngp), np.asarray(k.ntk)
+    # untied ResNets of depth 6 with the steps T / L and sqrt(T / L) (ntk_ode.untied)
+    for name, act in (("relu", stax.Relu()), ("erf", stax.Erf()), ("gelu", stax.Gelu())):
+        for tag, step in (("L", T / 6), ("sqrtL", np.sqrt(T / 6))):
+            k = resnet(act, 6, step)[2](x, None, ("nngp", "ntk"))
+            out[f"untied6_{tag}_{name}_nngp"], out[f"untied6_{tag}_{name}_ntk"] = np.asarray(k.nngp), np.asarray(k.ntk)
     path = os.path.join(ROOT, "tests", "data", "nt_golden.npz")
     np.savez(path, **out)
     print("wrote", path, "with neural-tangents", nt.__version__, "jax", jax.__version__)
