@@ -11,7 +11,7 @@ Public API (the mathematics is in docs/theory.md)::
     fn     = predict.gradient_descent_mse(k_train_train, y_train)   # neural-tangents conventions
 """
 
-from . import activations, gaussian, predict
+from . import activations, gaussian, harmonics, hyper, predict, untied
 from .activations import Activation, available_activations, get_activation, register_activation
 from .empirical import empirical_nngp, empirical_ntk, empirical_ntk_fn, monte_carlo_kernels
 from .gradients import adjoint_trajectory, grad
@@ -36,11 +36,14 @@ __all__ = [
     "gaussian",
     "get_activation",
     "grad",
+    "harmonics",
+    "hyper",
     "kernel_fn",
     "monte_carlo_kernels",
     "predict",
     "register_activation",
     "richardson",
+    "untied",
     "width_sweep",
     "__version__",
 ]

@@ -6,8 +6,8 @@
 of the grid equations in both modes. Forward mode (``jax.jvp``, ``jax.jacfwd``) differentiates
 through the Picard iterations; for reverse mode (``jax.grad``) a custom JVP returns the
 forward-mode Jacobian over the four hyperparameters times their tangents, which is linear and so
-transposable: a gradient costs about five kernel evaluations. Derivatives with respect to the *inputs* are not provided (they come back as
-NaN, so a mistaken use is loud).
+transposable: a gradient costs about five kernel evaluations. Derivatives with respect to the
+*inputs* are not provided (they come back as NaN, so a mistaken use is loud).
 
 :func:`fit_hyperparameters` fits them to data with optax: the NNGP's Gaussian-process marginal
 likelihood, or the validation error of NTK regression (the infinite-time predictor).
@@ -393,7 +393,8 @@ def fit_hyperparameters(
         updates, state = opt.update(g, state, theta)
         return optax.apply_updates(theta, updates), state, val, g
 
-    objs, trace = [], {k: [] for k in theta}
+    objs: list[float] = []
+    trace: dict[str, list[float]] = {k: [] for k in theta}
     for i in range(int(steps) + 1):
         if i < steps:
             new_theta, new_state, val, g = step(theta, state)
@@ -408,7 +409,8 @@ def fit_hyperparameters(
         for k, v in theta.items():
             trace[k].append(float(jnp.exp(v)))
         if log is not None and (i % max(1, steps // 10) == 0 or i == steps):
-            log(f"step {i}/{steps}: {objective} {float(val):.6g}  " + ", ".join(f"{k}={trace[k][-1]:.4g}" for k in trace))
+            now = ", ".join(f"{k}={trace[k][-1]:.4g}" for k in trace)
+            log(f"step {i}/{steps}: {objective} {float(val):.6g}  {now}")
         if i < steps:
             theta, state = new_theta, new_state
     hyper = {k: trace[k][-1] if k in fit else float(fixed[k]) for k in HYPERPARAMETERS}

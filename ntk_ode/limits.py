@@ -142,10 +142,18 @@ class Duals:
 
     @property
     def closed(self) -> bool:
+        """Whether the activation's duals are closed forms."""
         return self.act.has_closed_form
 
     def tables(self, v):
-        """Hermite coefficient tables (phi, phi') for variances v: (..., terms) each."""
+        """Hermite coefficient tables (phi, phi') for variances v (empty for closed forms).
+
+        Args:
+            v: variances (...,).
+
+        Returns:
+            ``()`` or two arrays (..., terms).
+        """
         if self.closed or self.quad:
             return ()
         return (
@@ -154,9 +162,33 @@ class Duals:
         )
 
     def phi(self, v1, v2, S, tab1, tab2):
+        """E phi(u) phi(u') on the grid v1 x v2 with covariances S.
+
+        Args:
+            v1: first inputs' variances (M1,).
+            v2: second inputs' variances (M2,).
+            S: covariances (M1, M2).
+            tab1: :meth:`tables` of v1.
+            tab2: :meth:`tables` of v2.
+
+        Returns:
+            (M1, M2) expectations.
+        """
         return self._grid_dual(0, v1, v2, S, tab1, tab2)
 
     def dphi(self, v1, v2, S, tab1, tab2):
+        """E phi'(u) phi'(u') on the grid v1 x v2 with covariances S.
+
+        Args:
+            v1: first inputs' variances (M1,).
+            v2: second inputs' variances (M2,).
+            S: covariances (M1, M2).
+            tab1: :meth:`tables` of v1.
+            tab2: :meth:`tables` of v2.
+
+        Returns:
+            (M1, M2) expectations.
+        """
         return self._grid_dual(1, v1, v2, S, tab1, tab2)
 
     def _grid_dual(self, which, v1, v2, S, tab1, tab2):

@@ -6,7 +6,8 @@ with the step ``s = T / L`` (the weight-tied ResNet's, ``step="1/L"``) or ``s = 
 (``step="1/sqrt(L)"``). Because every W_l is fresh, the infinite-width limit involves only
 equal-layer covariances (no two-time coupling): per layer,
 
-    Sigma^l = Sigma^{l-1} + s^2 sigma_w^2 Phi^{l-1},   Theta^l = Theta^{l-1} (1 + s^2 sigma_w^2 dPhi^{l-1}) + s^2 sigma_w^2 Phi^{l-1}
+    Sigma^l = Sigma^{l-1} + s^2 sigma_w^2 Phi^{l-1},
+    Theta^l = Theta^{l-1} (1 + s^2 sigma_w^2 dPhi^{l-1}) + s^2 sigma_w^2 Phi^{l-1}
 
 from Sigma^0 = Theta^0 = input_scale^2 x.x'; NNGP = sigma_v^2 Sigma^L and NTK = sigma_v^2
 (Sigma^L + Theta^L) for the linear head (sigma_v^2 Phi^L and sigma_v^2 (Phi^L + dPhi^L Theta^L)
@@ -87,6 +88,9 @@ class UntiedResNet(eqx.Module):
 
         Returns:
             (N,) outputs.
+
+        Raises:
+            ValueError: bad inputs or a W that is not (L, n, n).
         """
         x = check_inputs(x, params["U"].shape[1], "x", expected_by="params['U'] has")
         W = params["W"]

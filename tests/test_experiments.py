@@ -20,6 +20,8 @@ TINY = {
     "E7": dict(width=16, n_inputs=2, fixed=("rk4",), fixed_steps=(4, 16), adaptive=("dopri5",), tolerances=(1e-6,)),
     "E8": dict(activations=("softplus", "erf"), n_points=8),
     "E9": dict(widths=(4, 16), n_seeds=32, n_inputs=2),
+    "E10": dict(activations=("erf",), horizons=(0.5, 1.0), sigmas=(1.0,), depths=(2, 4), n_points=5),
+    "E11": dict(activations=("erf",), k_max=6, depth=4, point_counts=(4, 8)),
 }
 
 

@@ -14,8 +14,10 @@ X = np.random.default_rng(0).standard_normal((3, 5))
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])
 def test_kernels_match_monte_carlo_of_finite_networks(act):
-    # mean of f(x) f(x') and of the empirical NTK over independent networks of width 512; the
-    # tolerance is 5 standard errors plus the O(1/n) finite-width bias (bounded by 4/n of the scale)
+    # over independent networks of width 512: the NNGP as E_v f(x) f(x') = the v block of the
+    # empirical NTK (sigma_v^2 h_L . h_L' / n, the exact average over the readout), and the NTK as
+    # the mean empirical NTK. Tolerance: 5 standard errors plus the O(1/n) finite-width bias
+    # (bounded by 4/n of the scale). The same draws reject the weight-tied kernel of equal step.
     m = NeuralODE(act, T=1.0, sigma_w=1.5, sigma_u=1.2, sigma_v=1.0)
     net = UntiedResNet(m, depth=4, step="1/sqrt(L)")
     n, seeds = 512, 48
@@ -23,19 +25,21 @@ def test_kernels_match_monte_carlo_of_finite_networks(act):
     @jax.jit
     def draw(key):
         p = net.init(key, X.shape[1], n)
-        f = net.apply(p, X)
         J = jax.jacrev(net.apply)(p, X)
         flat = jnp.concatenate([j.reshape(X.shape[0], -1) for j in jax.tree_util.tree_leaves(J)], axis=1)
-        return jnp.outer(f, f), flat @ flat.T
+        return J["v"] @ J["v"].T, flat @ flat.T
 
     draws = [draw(jax.random.PRNGKey(s)) for s in range(seeds)]
     ref = untied_kernel(m, X, depth=4, step="1/sqrt(L)")
+    # the weight-tied ResNet with the same step sqrt(T / 4) = T' / 4, i.e. T' = 2
+    tied = kernel_fn(NeuralODE(act, T=2.0, sigma_w=1.5, sigma_u=1.2, sigma_v=1.0), depth=4)(X)
     for i, name in enumerate(("nngp", "ntk")):
         samples = np.stack([np.asarray(d[i]) for d in draws])
         mean, se = samples.mean(0), samples.std(0, ddof=1) / np.sqrt(seeds)
         k = np.asarray(getattr(ref, name))
         tol = 5 * se + 4.0 / n * np.abs(k).max()
         assert np.all(np.abs(mean - k) <= tol), (name, np.abs(mean - k) / tol)
+        assert np.any(np.abs(mean - np.asarray(getattr(tied, name))) > tol), name
 
 
 def test_depth_one_equals_the_tied_resnet():

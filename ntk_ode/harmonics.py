@@ -1,0 +1,253 @@
+"""Spherical-harmonic (Gegenbauer) spectra of the infinite-width kernels (docs/theory.md section 13).
+
+For inputs on the sphere of radius r in R^d the kernels are zonal, K(x, x') = k(cos angle), and
+the integral operator of k on the uniform sphere has the eigenvalues
+
+    mu_k = c_d int_0^pi k(cos theta) P_k(cos theta) sin^{d-2}(theta) dtheta,
+    c_d  = Gamma(d/2) / (sqrt(pi) Gamma((d-1)/2))
+
+with multiplicity N(d, k), P_k the Gegenbauer polynomial of the sphere normalised to P_k(1) = 1,
+and k(t) = sum_k N(d, k) mu_k P_k(t). The integral is a Gauss-Legendre rule in theta (in theta,
+not t: the kernels of kinked activations are smooth in theta). The bound on the error of mu_k is
+the kernel's estimated error (|P_k| <= 1 and c_d sin^{d-2} integrates to 1) plus the change of
+mu_k between Q and 2Q nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .limits import kernel_fn
+from .model import NeuralODE
+
+__all__ = [
+    "Spectrum",
+    "decay_fit",
+    "gegenbauer",
+    "gegenbauer_spectrum",
+    "harmonic_dimension",
+    "predicted_lambda_min",
+    "sphere_pair_inputs",
+]
+
+
+def gegenbauer(k_max: int, d: int, t) -> np.ndarray:
+    """The sphere's Gegenbauer polynomials P_0..P_{k_max} at ``t`` (normalised P_k(1) = 1).
+
+    Recurrence ``P_{k+1} = ((2k + d - 2) t P_k - k P_{k-1}) / (k + d - 2)`` (Legendre for d = 3,
+    Chebyshev for d = 2).
+
+    Args:
+        k_max: highest degree.
+        d: dimension of the ambient space (>= 2).
+        t: points in [-1, 1].
+
+    Returns:
+        (k_max + 1,) + t.shape values.
+    """
+    t = np.asarray(t, float)
+    out = np.empty((k_max + 1,) + t.shape)
+    out[0] = 1.0
+    if k_max >= 1:
+        out[1] = t
+    for k in range(1, k_max):
+        out[k + 1] = ((2 * k + d - 2) * t * out[k] - k * out[k - 1]) / (k + d - 2)
+    return out
+
+
+def harmonic_dimension(d: int, k: int) -> int:
+    """N(d, k): the number of linearly independent spherical harmonics of degree k on S^{d-1}.
+
+    Args:
+        d: ambient dimension (>= 2).
+        k: degree (>= 0).
+
+    Returns:
+        ``C(k + d - 1, d - 1) - C(k + d - 3, d - 1)``.
+    """
+    return math.comb(k + d - 1, d - 1) - (math.comb(k + d - 3, d - 1) if k >= 2 else 0)
+
+
+def sphere_pair_inputs(d: int, radius: float, theta) -> tuple[np.ndarray, np.ndarray]:
+    """A point x0 and points at the angles ``theta`` from it, all of norm ``radius``.
+
+    Args:
+        d: dimension (>= 2).
+        radius: the norm.
+        theta: angles in [0, pi].
+
+    Returns:
+        ``(x0 (1, d), xs (len(theta), d))``.
+    """
+    theta = np.asarray(theta, float)
+    x0 = np.zeros((1, d))
+    x0[0, 0] = radius
+    xs = np.zeros((theta.size, d))
+    xs[:, 0], xs[:, 1] = radius * np.cos(theta), radius * np.sin(theta)
+    return x0, xs
+
+
+def _c_d(d: int) -> float:
+    return math.exp(math.lgamma(d / 2) - math.lgamma((d - 1) / 2)) / math.sqrt(math.pi)
+
+
+def _gl_theta(Q: int):
+    z, w = np.polynomial.legendre.leggauss(Q)
+    return math.pi * (z + 1) / 2, math.pi * w / 2
+
+
+@dataclasses.dataclass
+class Spectrum:
+    """Gegenbauer eigenvalues of a zonal kernel on the sphere.
+
+    Attributes:
+        d: ambient dimension.
+        mu: eigenvalues mu_0..mu_kmax.
+        error: bound on |mu_k - true mu_k| (kernel error + quadrature change).
+        multiplicity: N(d, k).
+        kernel_error: the kernel's estimated max abs error that went into ``error``.
+    """
+
+    d: int
+    mu: np.ndarray
+    error: np.ndarray
+    multiplicity: np.ndarray
+    kernel_error: float
+
+    def kernel(self, t) -> np.ndarray:
+        """The truncated series ``sum_k N(d, k) mu_k P_k(t)``.
+
+        Args:
+            t: cosines.
+
+        Returns:
+            The values.
+        """
+        P = gegenbauer(self.mu.size - 1, self.d, t)
+        return np.tensordot(self.multiplicity * self.mu, P, axes=1)
+
+
+def gegenbauer_spectrum(
+    model: NeuralODE,
+    d: int,
+    k_max: int,
+    *,
+    depth: int | None = None,
+    get: str = "ntk",
+    radius: float | None = None,
+    nodes: int | None = None,
+    rtol: float = 1e-10,
+) -> Spectrum:
+    """Gegenbauer eigenvalues mu_0..mu_kmax of the NTK or NNGP on the sphere, with error bounds.
+
+    Args:
+        model: the Neural ODE.
+        d: input dimension (>= 2).
+        k_max: highest degree.
+        depth: None for the Neural ODE's K_inf, L for the ResNet's.
+        get: "ntk" or "nngp".
+        radius: the inputs' norm (default sqrt(d): unit variance with sqrt_d input scaling).
+        nodes: Gauss-Legendre nodes in theta (default 2 k_max + 48); the estimate also uses 2x.
+        rtol: passed to :func:`ntk_ode.kernel_fn`.
+
+    Returns:
+        A :class:`Spectrum`.
+
+    Raises:
+        ValueError: bad arguments.
+    """
+    if isinstance(d, bool) or int(d) != d or d < 2:
+        raise ValueError(f"d must be an integer >= 2, got {d!r}")
+    if isinstance(k_max, bool) or int(k_max) != k_max or k_max < 0:
+        raise ValueError(f"k_max must be an integer >= 0, got {k_max!r}")
+    if get not in ("ntk", "nngp"):
+        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    Q = int(nodes) if nodes is not None else 2 * int(k_max) + 48
+    if Q < k_max + 2:
+        raise ValueError(f"nodes must be at least k_max + 2 = {k_max + 2}, got {nodes!r}")
+    radius = math.sqrt(d) if radius is None else float(radius)
+    kfn = kernel_fn(model, depth, rtol=rtol)
+    mus, kerr = [], 0.0
+    for q in (Q, 2 * Q):
+        theta, w = _gl_theta(q)
+        x0, xs = sphere_pair_inputs(d, radius, theta)
+        k, e = kfn(x0, xs, get=get, with_error=True)
+        kerr = max(kerr, float(e))
+        P = gegenbauer(k_max, d, np.cos(theta))
+        mus.append(_c_d(d) * P @ (w * np.sin(theta) ** (d - 2) * np.asarray(k)[0]))
+    mult = np.array([harmonic_dimension(d, k) for k in range(k_max + 1)], float)
+    return Spectrum(d, mus[1], np.abs(mus[1] - mus[0]) + kerr, mult, kerr)
+
+
+def decay_fit(spectrum: Spectrum, resolved: float = 10.0) -> dict:
+    """Fit the decay of the resolved eigenvalues (``mu_k > resolved * error_k``, k >= 1).
+
+    Fits ``log mu_k = b - a log k`` (polynomial decay k^-a) and ``log mu_k = b' - r k``
+    (exponential e^-rk) by least squares over the upper half of the resolved degrees, and reports
+    both with their residual RMS (the smaller says which law fits).
+
+    Args:
+        spectrum: from :func:`gegenbauer_spectrum`.
+        resolved: how many error bounds an eigenvalue must exceed to be used.
+
+    Returns:
+        ``{"k": degrees used, "power": a, "power_rms", "rate": r, "exp_rms", "k_resolved": max k}``.
+    """
+    k = np.arange(spectrum.mu.size)
+    ok = (k >= 1) & (spectrum.mu > resolved * spectrum.error)
+    ks = k[ok]
+    if ks.size < 4:
+        return {
+            "k": ks.tolist(),
+            "power": float("nan"),
+            "power_rms": float("nan"),
+            "rate": float("nan"),
+            "exp_rms": float("nan"),
+            "k_resolved": int(ks.max()) if ks.size else 0,
+        }
+    use = ks[ks >= np.median(ks)]
+    y = np.log(spectrum.mu[use])
+    A = np.stack([np.ones(use.size), -np.log(use)], 1)
+    cp, rp = np.linalg.lstsq(A, y, rcond=None)[:2]
+    B = np.stack([np.ones(use.size), -use.astype(float)], 1)
+    ce, re = np.linalg.lstsq(B, y, rcond=None)[:2]
+    rms = lambda M, c: float(np.sqrt(np.mean((M @ c - y) ** 2)))
+    return {
+        "k": use.tolist(),
+        "power": float(cp[1]),
+        "power_rms": rms(A, cp),
+        "rate": float(ce[1]),
+        "exp_rms": rms(B, ce),
+        "k_resolved": int(ks.max()),
+    }
+
+
+def predicted_lambda_min(spectrum: Spectrum, N: int) -> dict:
+    """What the operator spectrum says about lambda_min of the Gram matrix of N points.
+
+    * ``rank_N``: N times the N-th largest operator eigenvalue counted with multiplicity (the
+      Gram matrix's eigenvalues approximate N mu);
+    * ``tail``: ``sum_{k > k*} N(d, k) mu_k`` with k* the first degree whose harmonics number at
+      least N: for well-separated points the high-degree part of the kernel is close to
+      ``tail * I`` and lower-bounds lambda_min (up to the separation), a floor the first misses.
+
+    Args:
+        spectrum: from :func:`gegenbauer_spectrum` (k_max large enough that the tail is small).
+        N: number of points.
+
+    Returns:
+        ``{"rank_N": ..., "tail": ..., "k_star": ...}`` (nan when k_max is too small).
+    """
+    ev = np.repeat(spectrum.mu, spectrum.multiplicity.astype(int))
+    ev = np.sort(ev)[::-1]
+    rank = float(N * ev[N - 1]) if ev.size >= N else float("nan")
+    cum = np.cumsum(spectrum.multiplicity)
+    ks = np.nonzero(cum >= N)[0]
+    if ks.size == 0:
+        return {"rank_N": rank, "tail": float("nan"), "k_star": -1}
+    k_star = int(ks[0])
+    tail = float(np.sum((spectrum.multiplicity * spectrum.mu)[k_star + 1 :]))
+    return {"rank_N": rank, "tail": tail, "k_star": k_star}

@@ -1,0 +1,71 @@
+"""Gegenbauer spectra: orthogonality of the basis, a closed form (identity activation), and the
+series rebuilt from the eigenvalues against direct kernel values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ntk_ode import NeuralODE, kernel_fn
+from ntk_ode.harmonics import (
+    decay_fit,
+    gegenbauer,
+    gegenbauer_spectrum,
+    harmonic_dimension,
+    predicted_lambda_min,
+    sphere_pair_inputs,
+)
+
+
+@pytest.mark.parametrize("d", [3, 5])
+def test_gegenbauer_basis_is_orthogonal_with_the_right_norms(d):
+    # c_d int P_j P_k (1 - t^2)^((d-3)/2) dt = delta_jk / N(d, k); N(3, k) = 2k + 1
+    theta, w = np.polynomial.legendre.leggauss(200)
+    theta, w = math.pi * (theta + 1) / 2, math.pi * w / 2
+    c = math.exp(math.lgamma(d / 2) - math.lgamma((d - 1) / 2)) / math.sqrt(math.pi)
+    P = gegenbauer(12, d, np.cos(theta))
+    G = c * (P * (w * np.sin(theta) ** (d - 2))) @ P.T
+    N = np.array([harmonic_dimension(d, k) for k in range(13)])
+    np.testing.assert_allclose(G, np.diag(1.0 / N), atol=1e-13)
+    assert harmonic_dimension(3, 4) == 9 and harmonic_dimension(5, 2) == 14
+
+
+def test_identity_activation_has_one_degree():
+    # phi = identity: the NTK is c x . x' = c d t (radius sqrt(d)), so mu_1 = c and mu_k = 0 otherwise
+    m = NeuralODE("identity", T=0.7, sigma_w=1.2)
+    d = 4
+    s = gegenbauer_spectrum(m, d, 8, depth=8, nodes=24)
+    x0, xs = sphere_pair_inputs(d, math.sqrt(d), [0.0])
+    c = float(np.asarray(kernel_fn(m, depth=8)(x0, xs, get="ntk"))[0, 0]) / d
+    assert abs(s.mu[1] - c) <= s.error[1] and s.error[1] < 1e-10 * c
+    others = np.delete(np.arange(9), 1)
+    assert np.all(np.abs(s.mu[others]) <= s.error[others])
+
+
+def test_series_rebuilds_the_kernel_and_the_bounds_hold():
+    m = NeuralODE("erf", T=1.0, sigma_w=1.3)
+    s = gegenbauer_spectrum(m, 3, 40, depth=8)
+    x0, xs = sphere_pair_inputs(3, math.sqrt(3), np.array([0.0, 0.4, 1.3, 2.2, math.pi]))
+    k = np.asarray(kernel_fn(m, depth=8)(x0, xs, get="ntk"))[0]
+    # the tail beyond k = 40 is below 1e-12 for erf (geometric decay); each term's error <= error_k
+    assert np.abs(s.kernel(np.cos([0.0, 0.4, 1.3, 2.2, math.pi])) - k).max() <= np.sum(s.multiplicity * s.error) + 1e-12
+    fit = decay_fit(s)
+    assert fit["exp_rms"] < fit["power_rms"]  # smooth activation: geometric decay fits better
+    pred = predicted_lambda_min(s, 10)
+    assert pred["k_star"] == 3 and pred["rank_N"] > 0 and pred["tail"] > 0
+
+
+def test_relu_decays_like_a_power():
+    s = gegenbauer_spectrum(NeuralODE("relu"), 3, 24, depth=8)
+    fit = decay_fit(s)
+    assert fit["power_rms"] < fit["exp_rms"] and 2.5 < fit["power"] < 5.0
+
+
+def test_bad_arguments():
+    m = NeuralODE("erf")
+    with pytest.raises(ValueError, match="d must be"):
+        gegenbauer_spectrum(m, 1, 4)
+    with pytest.raises(ValueError, match="get must be"):
+        gegenbauer_spectrum(m, 3, 4, get="ntk_W")
+    with pytest.raises(ValueError, match="nodes must be"):
+        gegenbauer_spectrum(m, 3, 10, nodes=5)
