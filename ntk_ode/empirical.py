@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if, is_traced
 from .gradients import ode_adjoint_states, resnet_adjoint_states
 from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve
 
@@ -47,6 +47,7 @@ __all__ = [
     "NTK_METHODS",
     "NtkMethod",
     "gauss_legendre",
+    "tiled",
 ]
 
 NtkMethod = Literal["structured", "jacobian", "ntvp"]
@@ -201,6 +202,64 @@ def _generic_jit(model, params, x1, x2, depth, solver, method):
     return impl(_out_fn(model, depth, solver), params, x1, x2)
 
 
+def tiled(fn: Callable, x1, x2, batch_size: int) -> tuple:
+    """Evaluate a kernel ``fn(a, b)`` (an array or a tuple of arrays, each (len(a), len(b))) tile
+    by tile over ``x1`` x ``x2`` (``x2=None``: x1 with itself, only tiles on and above the
+    diagonal, mirrored). Tiles are padded to ``batch_size`` rows, so one shape is compiled.
+
+    Args:
+        fn: the kernel of two input batches.
+        x1: inputs (N1, d).
+        x2: inputs (N2, d) or None.
+        batch_size: rows and columns per tile.
+
+    Returns:
+        A tuple of the assembled (N1, N2) arrays (numpy eagerly, JAX under tracing).
+    """
+    sym = x2 is None
+    xb = x1 if sym else x2
+    traced = is_traced(x1, xb)
+    b = batch_size
+    pad = lambda x: x if x.shape[0] == b else jnp.concatenate([x, jnp.repeat(x[-1:], b - x.shape[0], 0)])
+    starts1, starts2 = range(0, x1.shape[0], b), range(0, xb.shape[0], b)
+    out = None
+    rows: list = []
+    for i in starts1:
+        a = x1[i : i + b]
+        row = []
+        for j in starts2:
+            c = xb[j : j + b]
+            if sym and j < i:
+                row.append(None)
+                continue
+            vals = fn(pad(a), pad(c))
+            vals = vals if isinstance(vals, tuple) else (vals,)
+            vals = tuple(v[: a.shape[0], : c.shape[0]] for v in vals)
+            if traced:
+                row.append(vals)
+                continue
+            if out is None:
+                out = tuple(np.empty((x1.shape[0], xb.shape[0]), np.asarray(v).dtype) for v in vals)
+            for o, v in zip(out, vals):
+                v = np.asarray(v)
+                o[i : i + a.shape[0], j : j + c.shape[0]] = v
+                if sym and j > i:
+                    o[j : j + c.shape[0], i : i + a.shape[0]] = v.T
+        rows.append(row)
+    if not traced:
+        assert out is not None
+        return out
+    n_out = len(next(t for t in rows[0] if t is not None))
+    full = []
+    for k in range(n_out):
+        grid = [
+            [rows[r][c][k] if rows[r][c] is not None else rows[c][r][k].T for c in range(len(starts2))]
+            for r in range(len(starts1))
+        ]
+        full.append(jnp.block(grid))
+    return tuple(full)
+
+
 # ----------------------------------------------------------------------------- public
 
 
@@ -219,6 +278,7 @@ def empirical_ntk(
     rtol: float | None = None,
     atol: float | None = None,
     max_steps: int | None = None,
+    batch_size: int | None = None,
 ) -> Float[Array, "N1 N2"] | tuple[Array, Array, Array]:
     """The finite-width NTK ``Theta(x1, x2) = J(x1) J(x2)^T``.
 
@@ -236,6 +296,12 @@ def empirical_ntk(
         quad_nodes: Gauss-Legendre nodes in time (``depth=None``, ``method="structured"``).
         blocks: return ``(Theta_U, Theta_W, Theta_v)`` (structured only), summing to Theta.
         steps, rtol, atol, max_steps: override the solver\'s fields.
+        batch_size: compute Theta in tiles of ``batch_size`` x ``batch_size`` inputs (as
+            neural-tangents' ``batch``): memory per tile instead of for all pairs, one compiled
+            tile shape (the last tiles are padded), and for ``x2=None`` only the tiles on and
+            above the diagonal. Eagerly the tiles are assembled in host memory. With an
+            adaptive solver the steps are chosen per tile, so tiled and untiled results agree to
+            the solver's tolerance (exactly with fixed steps or ``depth=L``).
 
     Returns:
         Theta (N1, N2), or its three blocks.
@@ -254,6 +320,17 @@ def empirical_ntk(
     if isinstance(quad_nodes, bool) or int(quad_nodes) != quad_nodes or quad_nodes < 1:
         raise ValueError(f"quad_nodes must be a positive integer, got {quad_nodes!r}")
     solver = Solver.make(solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        kw = dict(depth=depth, method=method, solver=solver, quad_nodes=quad_nodes, blocks=True)
+        if method != "structured":
+            kw["blocks"] = False
+        tile = lambda a, b: empirical_ntk(model, params, a, b, **kw)  # type: ignore[arg-type]
+        out = tiled(tile, x1, x2, int(batch_size))
+        if method != "structured":
+            return out[0]
+        return out if blocks else out[0] + out[1] + out[2]
     if method == "structured":
         bl, ok = _structured_jit(model, params, x1, x2, depth, solver, int(quad_nodes))
         bl = check_solve(bl, ok, solver, "empirical_ntk")

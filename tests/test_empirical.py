@@ -143,3 +143,27 @@ def test_bad_input():
         empirical_ntk(model, {**params, "v": params["v"].at[0].set(jnp.nan)}, X)
     with pytest.raises(ValueError, match="blocks"):
         empirical_ntk(model, params, X, method="jacobian", blocks=True)
+
+
+def test_batched_empirical_ntk_equals_the_unbatched_call():
+    m = no.NeuralODE("tanh", T=1.0)
+    p = m.init(jax.random.PRNGKey(3), 4, 16)
+    x1 = np.random.default_rng(1).standard_normal((7, 4))
+    x2 = np.random.default_rng(2).standard_normal((5, 4))
+    # the ODE with fixed steps (an adaptive solver picks its steps per batch, so tiles then agree
+    # only to the solver's tolerance)
+    for depth, method, solver in ((None, "structured", no.Solver("rk4", steps=16)), (3, "jacobian", None)):
+        ref_sym = np.asarray(empirical_ntk(m, p, x1, None, depth, method, solver))
+        ref = np.asarray(empirical_ntk(m, p, x1, x2, depth, method, solver))
+        for b in (3, 50):
+            got = empirical_ntk(m, p, x1, None, depth, method, solver, batch_size=b)
+            np.testing.assert_allclose(got, ref_sym, rtol=1e-12, atol=1e-13)
+            got = empirical_ntk(m, p, x1, x2, depth, method, solver, batch_size=b)
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-13)
+    blocks = empirical_ntk(m, p, x1, x2, 3, blocks=True, batch_size=3)
+    for a, r in zip(blocks, empirical_ntk(m, p, x1, x2, 3, blocks=True)):
+        np.testing.assert_allclose(a, r, rtol=1e-12)
+    jitted = jax.jit(lambda q: empirical_ntk(m, q, x1, None, 3, batch_size=3))(p)
+    np.testing.assert_allclose(jitted, empirical_ntk(m, p, x1, None, 3), rtol=1e-12)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        empirical_ntk(m, p, x1, batch_size=0)
