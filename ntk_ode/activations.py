@@ -197,10 +197,19 @@ def _as_float(*xs):
 # ----------------------------------------------------------------------------- closed forms
 
 
+def _arccos_correlation(a, b, c):
+    """The correlation, snapped to +-1 within 8 ulps: an input with itself at equal times has
+    rho = 1 exactly, but rounding of c / sqrt(ab) leaves 1 - eps, which arccos turns into an
+    error of sqrt(2 eps) ~ 2e-8 in theta (and so in the order-0 kernel)."""
+    rho = gaussian.correlation(a, b, c)
+    tol = 8 * jnp.finfo(rho.dtype).eps
+    return jnp.where(jnp.abs(rho) >= 1 - tol, jnp.sign(rho), rho)
+
+
 @jax.custom_jvp
 def _relu_dual(a, b, c):
     # arc-cosine kernel of order 1: J1 = (sqrt(ab - c^2) + (pi - theta) c) / (2 pi)
-    rho = gaussian.correlation(a, b, c)
+    rho = _arccos_correlation(a, b, c)
     theta = jnp.arccos(rho)
     s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0))
     return (s * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) + (jnp.pi - theta) * rho * s) / (2.0 * jnp.pi)
@@ -212,7 +221,7 @@ def _relu_dual_jvp(primals, tangents):
     # at rho = +-1, where differentiating the formula above gives inf - inf
     a, b, c = _as_float(*primals)
     da, db, dc = (jnp.broadcast_to(jnp.asarray(t, a.dtype), a.shape) for t in tangents)
-    rho = gaussian.correlation(a, b, c)
+    rho = _arccos_correlation(a, b, c)
     s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0)) * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
     pos = (a > 0) & (b > 0)
     inv = lambda z: jnp.where(pos, 1.0 / jnp.where(pos, z, 1.0), 0.0)
@@ -224,7 +233,7 @@ def _relu_dual_jvp(primals, tangents):
 @jax.custom_jvp
 def _relu_ddual(a, b, c):
     # arc-cosine kernel of order 0: (pi - theta) / (2 pi); relu'(0) = 0, so 0 at zero variance
-    rho = gaussian.correlation(a, b, c)
+    rho = _arccos_correlation(a, b, c)
     theta = jnp.arccos(rho)
     return jnp.where((a > 0) & (b > 0), (jnp.pi - theta) / (2.0 * jnp.pi), 0.0)
 
@@ -236,7 +245,7 @@ def _relu_ddual_jvp(primals, tangents):
     # hyperparameters keeps rho there, so the derivative is taken as 0 (the one-sided limit)
     a, b, c = _as_float(*primals)
     da, db, dc = (jnp.broadcast_to(jnp.asarray(t, a.dtype), a.shape) for t in tangents)
-    rho = gaussian.correlation(a, b, c)
+    rho = _arccos_correlation(a, b, c)
     pos = (a > 0) & (b > 0)
     a1, b1 = jnp.where(pos, a, 1.0), jnp.where(pos, b, 1.0)
     drho = dc / (jnp.sqrt(a1) * jnp.sqrt(b1)) - 0.5 * rho * (da / a1 + db / b1)

@@ -226,7 +226,7 @@ def tiled(fn: Callable, x1, x2, batch_size: int) -> tuple:
     rows: list = []
     for i in starts1:
         a = x1[i : i + b]
-        row = []
+        row: list[tuple | None] = []
         for j in starts2:
             c = xb[j : j + b]
             if sym and j < i:

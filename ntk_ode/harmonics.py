@@ -1,4 +1,5 @@
-"""Spherical-harmonic (Gegenbauer) spectra of the infinite-width kernels (docs/theory.md section 13).
+"""Zonal kernels on the sphere: as functions of the cosine, and their Gegenbauer spectra
+(docs/theory.md sections 8 and 13).
 
 For inputs on the sphere of radius r in R^d the kernels are zonal, K(x, x') = k(cos angle), and
 the integral operator of k on the uniform sphere has the eigenvalues
@@ -18,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .limits import kernel_fn
@@ -25,6 +28,8 @@ from .model import NeuralODE
 
 __all__ = [
     "Spectrum",
+    "ZonalKernel",
+    "zonal_kernel",
     "decay_fit",
     "gegenbauer",
     "gegenbauer_spectrum",
@@ -251,3 +256,140 @@ def predicted_lambda_min(spectrum: Spectrum, N: int) -> dict:
     k_star = int(ks[0])
     tail = float(np.sum((spectrum.multiplicity * spectrum.mu)[k_star + 1 :]))
     return {"rank_N": rank, "tail": tail, "k_star": k_star}
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass
+class ZonalKernel:
+    """A zonal kernel ``k(cos)`` as a Chebyshev series in ``u = 1 - 2 theta / pi`` (theta the
+    angle), from :func:`zonal_kernel`. Calling it is pure JAX (jit, vmap, grad in the cosine away
+    from +-1), so it can be handed to other solvers.
+
+    Attributes:
+        coefficients: Chebyshev coefficients in u.
+        error: bound on |k(cos) - true kernel| for every cosine (interpolation + kernel error).
+        radius: the inputs' norm it was built for.
+        d: the input dimension it was built for.
+    """
+
+    coefficients: jax.Array
+    error: float
+    radius: float
+    d: int
+
+    def __call__(self, cos):
+        """The kernel at cosines ``cos`` (clipped to [-1, 1]).
+
+        Args:
+            cos: cosines of the angles between inputs (any shape).
+
+        Returns:
+            Kernel values, the shape of ``cos``.
+        """
+        c = jnp.clip(jnp.asarray(cos, self.coefficients.dtype), -1.0, 1.0)
+        tol = 4 * jnp.finfo(c.dtype).eps  # rounding of a cosine of +-1 (see :meth:`gram`)
+        c = jnp.where(jnp.abs(c) >= 1 - tol, jnp.sign(c), c)
+        u = 1.0 - 2.0 * jnp.arccos(c) / jnp.pi
+        return _clenshaw(self.coefficients, u)
+
+    def gram(self, x1, x2=None):
+        """The kernel matrix of inputs of norm ``radius``, from their cosines.
+
+        The cosines are ``x1 . x2 / (|x1| |x2|)`` (not divided by ``radius^2``): near
+        ``cos = 1`` kernels with a kink (relu's) vary like ``sqrt(1 - cos)``, so a norm off by
+        one rounding would move the diagonal by ~1e-9.
+
+        Args:
+            x1: inputs (N1, d).
+            x2: inputs (N2, d) or None.
+
+        Returns:
+            (N1, N2) kernel matrix.
+        """
+        x2 = x1 if x2 is None else x2
+        n1, n2 = jnp.linalg.norm(x1, axis=1), jnp.linalg.norm(x2, axis=1)
+        return self((x1 @ x2.T) / (n1[:, None] * n2[None, :]))
+
+    def tree_flatten(self):
+        """Pytree protocol: the coefficients are the leaf.
+
+        Returns:
+            ``((coefficients,), (error, radius, d))``.
+        """
+        return (self.coefficients,), (self.error, self.radius, self.d)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        """Pytree protocol.
+
+        Args:
+            aux: ``(error, radius, d)``.
+            children: ``(coefficients,)``.
+
+        Returns:
+            The kernel.
+        """
+        return cls(children[0], *aux)
+
+
+def _clenshaw(coef, u):
+    def body(carry, c):
+        b1, b2 = carry
+        return (2.0 * u * b1 - b2 + c, b1), None
+
+    (b1, b2), _ = jax.lax.scan(body, (jnp.zeros_like(u), jnp.zeros_like(u)), coef[:0:-1])
+    return u * b1 - b2 + coef[0]
+
+
+def zonal_kernel(
+    model: NeuralODE,
+    d: int,
+    *,
+    depth: int | None = None,
+    get: str = "ntk",
+    radius: float | None = None,
+    rtol: float = 1e-10,
+    max_nodes: int = 512,
+) -> ZonalKernel:
+    """The NTK or NNGP of inputs of one norm as a function of the cosine, with an error bound.
+
+    Tabulates the kernel (:func:`ntk_ode.kernel_fn`) at Chebyshev-Lobatto nodes in
+    ``u = 1 - 2 theta / pi`` (smooth even for kinked activations, docs/theory.md section 8),
+    doubling the nodes until the coarser interpolant matches the finer values to ``rtol``
+    of the kernel's scale. The bound is that difference times 4 plus the kernel's own estimate.
+
+    Args:
+        model: the Neural ODE.
+        d: input dimension.
+        depth: None for the ODE, L for the ResNet.
+        get: "ntk" or "nngp".
+        radius: the inputs' norm (default sqrt(d)).
+        rtol: target relative accuracy.
+        max_nodes: most table nodes tried.
+
+    Returns:
+        A :class:`ZonalKernel`.
+
+    Raises:
+        ValueError: bad arguments.
+        RuntimeError: the table does not reach ``rtol`` within ``max_nodes``.
+    """
+    if isinstance(d, bool) or int(d) != d or d < 2:
+        raise ValueError(f"d must be an integer >= 2, got {d!r}")
+    if get not in ("ntk", "nngp"):
+        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    radius = math.sqrt(d) if radius is None else float(radius)
+    kfn = kernel_fn(model, depth, rtol=min(rtol, 1e-8))
+    prev, Q = None, 16
+    while Q <= max_nodes:
+        u = np.cos(np.pi * np.arange(Q + 1) / Q)
+        x0, xs = sphere_pair_inputs(d, radius, np.pi * (1.0 - u) / 2.0)
+        vals, kerr = kfn(x0, xs, get=get, with_error=True)
+        vals = np.asarray(vals)[0]
+        coef = np.polynomial.chebyshev.chebfit(u, vals, Q)
+        if prev is not None:
+            diff = float(np.max(np.abs(np.polynomial.chebyshev.chebval(u, prev) - vals)))
+            if diff <= rtol * np.max(np.abs(vals)):
+                return ZonalKernel(jnp.asarray(coef), 4.0 * diff + float(kerr), radius, int(d))
+        prev, Q = coef, 2 * Q
+    raise RuntimeError(f"zonal_kernel: the table did not reach rtol={rtol:g} with {max_nodes + 1} nodes")

@@ -69,3 +69,25 @@ def test_bad_arguments():
         gegenbauer_spectrum(m, 3, 4, get="ntk_W")
     with pytest.raises(ValueError, match="nodes must be"):
         gegenbauer_spectrum(m, 3, 10, nodes=5)
+
+
+@pytest.mark.parametrize("act, depth", [("erf", None), ("relu", 6)])
+def test_zonal_kernel_function_matches_direct_values_within_its_bound(act, depth):
+    import jax
+
+    from ntk_ode.harmonics import zonal_kernel
+
+    m = NeuralODE(act, T=1.0, sigma_w=1.2)
+    zk = zonal_kernel(m, 4, depth=depth, rtol=1e-9)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4))
+    x = 2.0 * x / np.linalg.norm(x, axis=1, keepdims=True)  # radius sqrt(4)
+    x[1] = -x[0]  # antipodal
+    x[2] = x[0] + 1e-4 * x[3]
+    x[2] *= 2.0 / np.linalg.norm(x[2])  # near-duplicate
+    direct, derr = kernel_fn(m, depth, equal_norm=False)(x, get="ntk", with_error=True)
+    direct = np.asarray(direct)
+    ours = np.asarray(jax.jit(zk.gram)(x))
+    assert np.abs(ours - direct).max() <= zk.error + float(derr), (np.abs(ours - direct).max(), zk.error, derr)
+    assert zk.error <= 1e-7 * np.abs(direct).max()
+    assert float(zk(1.0)) == pytest.approx(direct[0, 0], rel=1e-8)
