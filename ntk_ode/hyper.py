@@ -313,7 +313,7 @@ def fit_hyperparameters(
     objective: Objective = "nngp_marginal_likelihood",
     optimizer=None,
     *,
-    steps: int = 30,
+    steps: int = 100,
     fit: Sequence[str] = HYPERPARAMETERS,
     x_val=None,
     y_val=None,
@@ -338,9 +338,7 @@ def fit_hyperparameters(
         x: training inputs (N, d).
         y: targets (N,) or (N, C).
         objective: one of the two above.
-        optimizer: an optax optimizer (default ``optax.lbfgs()``, whose line search needs the
-            objective: every optimizer gets ``value``, ``grad`` and ``value_fn`` as extra
-            arguments).
+        optimizer: an optax optimizer (default ``optax.adam(0.05)``).
         steps: optimizer steps (>= 1).
         fit: which of ``HYPERPARAMETERS`` to fit (others stay at the model's values).
         x_val: validation inputs (``ntk_validation_mse``).
@@ -386,13 +384,13 @@ def fit_hyperparameters(
     if objective == "nngp_marginal_likelihood":
         theta["noise"] = jnp.log(jnp.asarray(noise, x.dtype))
     value = _objective_fn(objective, kfn, fixed, x, y, x_val, y_val, ridge)
-    opt = optax.with_extra_args_support(optimizer if optimizer is not None else optax.lbfgs())
+    opt = optimizer if optimizer is not None else optax.adam(0.05)
     state = opt.init(theta)
 
     @jax.jit
     def step(theta, state):
         val, g = jax.value_and_grad(value)(theta)
-        updates, state = opt.update(g, state, theta, value=val, grad=g, value_fn=value)
+        updates, state = opt.update(g, state, theta)
         return optax.apply_updates(theta, updates), state, val, g
 
     objs: list[float] = []

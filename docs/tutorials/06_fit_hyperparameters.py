@@ -21,7 +21,7 @@ from ntk_ode.data import to_sphere  # noqa: E402
 from ntk_ode.hyper import fit_hyperparameters, hyperparameters, traceable_kernel_fn  # noqa: E402
 
 full = os.environ.get("NTK_ODE_TUTORIAL_FULL") == "1"
-n_train, n_test, steps = (120, 400, 15) if full else (40, 60, 3)
+n_train, n_test, steps = (120, 400, 30) if full else (40, 60, 6)
 activations = ("relu", "erf", "tanh") if full else ("erf",)
 
 ds = load_digits()
