@@ -19,7 +19,7 @@ import numpy as np
 from .. import NeuralODE, kernel_fn
 from ..data import digits
 from ..untied import untied_kernel
-from .common import Cells, Preset, figure, save_results, savefig
+from .common import Cells, Preset, figure, save_results, savefig, tidy_log_axes
 
 
 @dataclasses.dataclass
@@ -141,12 +141,13 @@ def plot(res, out, name="E10"):
     gap_label = r"$\|K_{tied} - K_{untied}\|_F / \|K_{tied}\|_F$"
     axes[0, 2].set(xlabel=r"$T$ or $\sigma_w$", ylabel=gap_label, title="NTK gap")
     axes[1, 0].set(xlabel="index", ylabel="eigenvalue", title="NTK spectra at $T = \\sigma_w = 1$")
-    lo = min(min(res["vs_T"][a][0]["entries_tied"]) for a in res["activations"])
-    hi = max(max(res["vs_T"][a][-1]["entries_tied"]) for a in res["activations"])
-    axes[1, 1].plot([lo, hi], [lo, hi], "k:", lw=0.8)
+    lim = axes[1, 1].get_xlim()
+    axes[1, 1].plot(lim, lim, "k:", lw=0.8)  # y = x over the plotted entries
     axes[1, 1].set(xlabel="tied NTK entry", ylabel="untied NTK entry", title="entries at $T = \\sigma_w = 1$")
     axes[1, 2].set(xlabel="depth $L$", ylabel="relative gap to own limit", title="depth-$L$ kernels to their limits")
     for ax in axes.ravel():
         ax.legend(fontsize=6)
+        if ax.get_xscale() == "log":
+            tidy_log_axes(ax)
     savefig(fig, out, name)
     plt.close(fig)
