@@ -158,7 +158,8 @@ def _kernels_jvp(static, primals, tangents):
     hyper, x1, x2 = primals
     dh, dx1, dx2 = tangents
     f = lambda h: _checked_kernels(static, h, x1, x2)
-    jac, out = jax.jacfwd(lambda h: (f(h), f(h)), has_aux=True)(hyper)
+    both = lambda h: (lambda o: (o, o))(f(h))  # one solve gives the Jacobian's primal and aux
+    jac, out = jax.jacfwd(both, has_aux=True)(hyper)
     zero = lambda t: isinstance(t, jax.custom_derivatives.SymbolicZero)
     dout = []
     for o, j in zip(out, jac):
