@@ -106,6 +106,7 @@ class _Static:
     head: str
     input_scaling: str
     row_batch: int
+    on_failure: str = "raise"
 
 
 def _kernels(static: _Static, hyper: dict, x1, x2):
@@ -136,6 +137,8 @@ def _kernels(static: _Static, hyper: dict, x1, x2):
 
 def _checked_kernels(static: _Static, hyper: dict, x1, x2):
     kernels, ok = _kernels(static, hyper, x1, x2)
+    if static.on_failure == "nan":  # for line searches: a failed solve is outside the domain
+        return tuple(jnp.where(ok, k, jnp.nan) for k in kernels)
     kernels = fail_if(
         kernels,
         ~ok,
@@ -184,6 +187,7 @@ def traceable_kernel_fn(
     nodes: int = 24,
     terms: int = 64,
     row_batch: int = 8,
+    on_failure: str = "raise",
 ) -> Callable:
     """Infinite-width kernels as a pure, differentiable JAX function of the hyperparameters.
 
@@ -207,6 +211,9 @@ def traceable_kernel_fn(
         nodes: Chebyshev intervals of the ODE's time grid (>= 2).
         terms: Mehler terms (>= 8; ignored for closed-form duals).
         row_batch: rows of the kernel solved at once (memory ~ row_batch * N2 * nodes^2).
+        on_failure: ``"raise"`` (a Picard iteration that does not converge, or a non-finite
+            value, raises) or ``"nan"`` (the kernels come back as NaN instead: for optimizers
+            whose line search treats NaN as outside the domain).
 
     Returns:
         ``kfn(hyper, x1, x2=None, get=("nngp", "ntk"))``.
@@ -218,7 +225,11 @@ def traceable_kernel_fn(
     for name, val, lo in (("nodes", nodes, 2), ("terms", terms, 8), ("row_batch", row_batch, 1)):
         if isinstance(val, bool) or int(val) != val or val < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
-    static = _Static(Duals(model.activation, int(terms)), depth, int(nodes), model.head, model.input_scaling, row_batch)
+    if on_failure not in ("raise", "nan"):
+        raise ValueError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
+    static = _Static(
+        Duals(model.activation, int(terms)), depth, int(nodes), model.head, model.input_scaling, row_batch, on_failure
+    )
 
     def kfn(hyper, x1, x2=None, get=("nngp", "ntk")):
         single = isinstance(get, str)
@@ -247,6 +258,8 @@ class Fit:
         noise: the fitted observation noise variance (marginal likelihood) or the fixed ridge.
         objective: the objective before each step and after the last one, (steps + 1,).
         trace: every fitted quantity before each step and after the last, ``{name: (steps + 1,)}``.
+        grad_norm: the largest absolute gradient component (in log space) at the end.
+        converged: whether ``grad_norm <= tol`` was reached within ``steps``.
     """
 
     model: NeuralODE
@@ -254,6 +267,8 @@ class Fit:
     noise: float
     objective: np.ndarray
     trace: dict
+    grad_norm: float
+    converged: bool
 
 
 def nngp_negative_log_likelihood(k_train, y, noise):
@@ -314,7 +329,8 @@ def fit_hyperparameters(
     objective: Objective = "nngp_marginal_likelihood",
     optimizer=None,
     *,
-    steps: int = 100,
+    steps: int = 50,
+    tol: float = 1e-5,
     fit: Sequence[str] = HYPERPARAMETERS,
     x_val=None,
     y_val=None,
@@ -325,7 +341,7 @@ def fit_hyperparameters(
     terms: int = 64,
     log: Callable[[str], Any] | None = None,
 ) -> Fit:
-    """Fit the kernel's hyperparameters to data by gradient descent with optax.
+    """Fit the kernel's hyperparameters to data with an optax optimizer (L-BFGS by default).
 
     The fitted quantities are optimised in log space (they stay positive). Objectives:
 
@@ -339,8 +355,12 @@ def fit_hyperparameters(
         x: training inputs (N, d).
         y: targets (N,) or (N, C).
         objective: one of the two above.
-        optimizer: an optax optimizer (default ``optax.adam(0.05)``).
-        steps: optimizer steps (>= 1).
+        optimizer: an optax optimizer (default ``optax.lbfgs()``; every optimizer also gets
+            ``value``, ``grad`` and ``value_fn``, which line searches need). A point where the
+            fixed-grid Picard iteration fails has a NaN objective, which line searches treat as
+            outside the domain and step back from.
+        steps: at most this many optimizer steps (>= 1).
+        tol: stop when every gradient component (in log space) is at most ``tol`` in size.
         fit: which of ``HYPERPARAMETERS`` to fit (others stay at the model's values).
         x_val: validation inputs (``ntk_validation_mse``).
         y_val: validation targets.
@@ -349,14 +369,14 @@ def fit_hyperparameters(
         depth: None for the ODE kernels, L for the ResNet's.
         nodes: Chebyshev intervals of the ODE's fixed time grid.
         terms: Mehler terms.
-        log: called with a progress line every tenth of the steps.
+        log: called with a progress line every tenth of the steps and at the end.
 
     Returns:
-        A :class:`Fit`.
+        A :class:`Fit` (check ``converged``: ``steps`` may end the fit first).
 
     Raises:
         ValueError: bad arguments.
-        FloatingPointError: the objective or its gradient became non-finite.
+        FloatingPointError: the objective or its gradient became non-finite at an accepted point.
     """
     import optax
 
@@ -367,7 +387,7 @@ def fit_hyperparameters(
     fit = tuple(fit)
     if not fit or any(k not in HYPERPARAMETERS for k in fit) or len(set(fit)) != len(fit):
         raise ValueError(f"fit must be distinct names from {HYPERPARAMETERS}, got {fit!r}")
-    for name, val in (("noise", noise), ("ridge", ridge)):
+    for name, val in (("noise", noise), ("ridge", ridge), ("tol", tol)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
     x = check_inputs(x, None, "x")
@@ -379,41 +399,49 @@ def fit_hyperparameters(
         y_val = _targets(y_val, x_val.shape[0], "y_val", y.shape[1])
     elif noise <= 0:
         raise ValueError(f"noise must be > 0 for the marginal likelihood, got {noise!r}")
-    kfn = traceable_kernel_fn(model, depth, nodes=nodes, terms=terms)
+    kfn = traceable_kernel_fn(model, depth, nodes=nodes, terms=terms, on_failure="nan")
     fixed = hyperparameters(model)
     theta = {k: jnp.log(fixed[k]) for k in fit}
     if objective == "nngp_marginal_likelihood":
         theta["noise"] = jnp.log(jnp.asarray(noise, x.dtype))
     value = _objective_fn(objective, kfn, fixed, x, y, x_val, y_val, ridge)
-    opt = optimizer if optimizer is not None else optax.adam(0.05)
+    opt = optax.with_extra_args_support(optimizer if optimizer is not None else optax.lbfgs())
     state = opt.init(theta)
+    value_and_grad = jax.value_and_grad(value)
+    if _stores_value(state):  # line-search optimizers keep the accepted point's value and grad
+        value_and_grad = optax.value_and_grad_from_state(value)
 
     @jax.jit
-    def step(theta, state):
-        val, g = jax.value_and_grad(value)(theta)
-        updates, state = opt.update(g, state, theta)
-        return optax.apply_updates(theta, updates), state, val, g
+    def evaluate(theta, state):
+        return value_and_grad(theta, state=state) if _stores_value(state) else value_and_grad(theta)
+
+    @jax.jit
+    def step(theta, state, val, g):
+        updates, state = opt.update(g, state, theta, value=val, grad=g, value_fn=value)
+        return optax.apply_updates(theta, updates), state
 
     objs: list[float] = []
     trace: dict[str, list[float]] = {k: [] for k in theta}
+    gnorm = math.inf
     for i in range(int(steps) + 1):
-        if i < steps:
-            new_theta, new_state, val, g = step(theta, state)
-            finite = np.isfinite(float(val)) and all(np.isfinite(np.asarray(v)).all() for v in g.values())
-        else:
-            val, finite = value(theta), True
-            finite = bool(np.isfinite(float(val)))
-        if not finite:
+        val, g = evaluate(theta, state)
+        gnorm = max(float(jnp.max(jnp.abs(v))) for v in g.values())
+        if not (np.isfinite(float(val)) and np.isfinite(gnorm)):
             where = {k: float(jnp.exp(v)) for k, v in theta.items()}
-            raise FloatingPointError(f"fit_hyperparameters: objective or gradient not finite at step {i}, at {where}")
+            raise FloatingPointError(
+                f"fit_hyperparameters: objective or gradient not finite at step {i}, at {where} "
+                "(a Picard iteration that did not converge gives NaN: sigma_w T too large for the grid?)"
+            )
         objs.append(float(val))
         for k, v in theta.items():
             trace[k].append(float(jnp.exp(v)))
-        if log is not None and (i % max(1, steps // 10) == 0 or i == steps):
+        done = gnorm <= tol
+        if log is not None and (i % max(1, steps // 10) == 0 or i == steps or done):
             now = ", ".join(f"{k}={trace[k][-1]:.4g}" for k in trace)
-            log(f"step {i}/{steps}: {objective} {float(val):.6g}  {now}")
-        if i < steps:
-            theta, state = new_theta, new_state
+            log(f"step {i}/{steps}: {objective} {float(val):.6g}, |grad|max {gnorm:.2g}  {now}")
+        if done or i == steps:
+            break
+        theta, state = step(theta, state, val, g)
     hyper = {k: trace[k][-1] if k in fit else float(fixed[k]) for k in HYPERPARAMETERS}
     fitted_noise = trace["noise"][-1] if "noise" in trace else float(ridge)
     return Fit(
@@ -422,7 +450,18 @@ def fit_hyperparameters(
         fitted_noise,
         np.asarray(objs),
         {k: np.asarray(v) for k, v in trace.items()},
+        gnorm,
+        gnorm <= tol,
     )
+
+
+def _stores_value(state) -> bool:
+    import optax
+
+    try:
+        return optax.tree.get(state, "value") is not None
+    except (KeyError, ValueError):
+        return False
 
 
 def _targets(y, n: int, name: str, columns: int | None = None):
