@@ -239,15 +239,10 @@ def _load_text(path: str) -> np.ndarray:
     return np.array([[float(c) for c in r] for r in rows])
 
 
-def cmd_kernel(args) -> int:
-    """NNGP and NTK of a data set (rows = inputs) -> .npz."""
-    _enable_x64()
+def _model_from(args):
     import ntk_ode as no
-    from ntk_ode.results import atomic_write_npz, fingerprint, provenance
 
-    prepare_output(args.out)
-    x = _load_matrix(args.data)
-    model = no.NeuralODE(
+    return no.NeuralODE(
         args.activation,
         T=args.T,
         sigma_w=args.sigma_w,
@@ -256,6 +251,23 @@ def cmd_kernel(args) -> int:
         head=args.head,
         input_scaling=args.input_scaling,
     )
+
+
+def cmd_kernel(args) -> int:
+    """NNGP and NTK of a data set (rows = inputs) -> .npz, or tile by tile to a folder of .npy."""
+    _enable_x64()
+    import ntk_ode as no
+    from ntk_ode.results import atomic_write_npz, fingerprint, provenance
+
+    if args.processes is not None:
+        if args.store is None:
+            raise ValueError("--processes needs --store (each process writes its tiles into the folder)")
+        return _launch(args)
+    if args.store is not None:
+        return _kernel_to_store(args)
+    prepare_output(args.out)
+    x = _load_matrix(args.data)
+    model = _model_from(args)
     t0 = time.perf_counter()
     k, err = no.kernel_fn(model, depth=args.depth, rtol=args.rtol, progress=True)(x, with_error=True)
     config = {
@@ -271,6 +283,53 @@ def cmd_kernel(args) -> int:
         meta=provenance(config, time_s=time.perf_counter() - t0),
     )
     print(f"wrote {args.out}: nngp and ntk of shape {np.asarray(k.ntk).shape}, estimated error {err.ntk:.1e}")
+    return 0
+
+
+def _launch(args) -> int:
+    """Rerun this command as ``--processes`` local processes under jax.distributed."""
+    from .distributed import launch_local
+
+    return launch_local(_without_processes(args.argv), args.processes)
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--processes":
+            skip = True
+        elif not a.startswith("--processes="):
+            out.append(a)
+    return out
+
+
+def _kernel_to_store(args) -> int:
+    import jax
+
+    from .tiles import kernel_to_disk
+
+    x = _load_matrix(args.data).astype(np.float64)
+    t0 = time.perf_counter()
+    store = kernel_to_disk(
+        _model_from(args),
+        x,
+        folder=args.store,
+        depth=args.depth,
+        tile=args.tile,
+        dtype=args.dtype,
+        rtol=args.rtol if args.rtol is not None else 1e-10,
+        method=args.method,
+        progress=jax.process_index() == 0,
+    )
+    if jax.process_index() == 0:
+        errs = ", ".join(f"{n} {e:.1e}" for n, e in store.error.items())
+        print(
+            f"wrote {store.folder}: {', '.join(n + '.npy' for n in store.names)} of shape {store.shape} "
+            f"({store.method}; {jax.process_count()} process(es), {time.perf_counter() - t0:.1f} s); "
+            f"estimated max abs errors {errs}"
+        )
     return 0
 
 
@@ -334,13 +393,22 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     """Width x seed sweep of the NTK vs K_inf on the bundled digits -> JSON."""
     _enable_x64()
+    import jax
+
     import ntk_ode as no
     from ntk_ode.data import digits
 
     prepare_output(args.out + ".json")
+    if args.processes is not None:
+        return _launch(args)
     x, _ = digits((0, 1), n=args.n, seed=args.seed)
     model = no.NeuralODE(args.activation, T=args.T)
-    r = no.width_sweep(model, x, args.widths, args.seeds, depth=args.depth, seed=args.seed, out=args.out)
+    first = jax.process_index() == 0
+    r = no.width_sweep(
+        model, x, args.widths, args.seeds, depth=args.depth, seed=args.seed, out=args.out, progress=first
+    )
+    if not first:
+        return 0
     for w, m in zip(r["widths"], r["mean_dist"]):
         print(f"width {w:6d}  mean ||Theta_n - K_inf|| / ||K_inf|| = {m:.4e}")
     if len(set(args.widths)) > 1:
@@ -440,6 +508,27 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default="kernel.npz", help="output .npz file (parent folders are created)")
     _model_args(k)
     k.add_argument("--rtol", type=float, default=None, help="target relative accuracy; none: 1e-8 in float64")
+    k.add_argument(
+        "--store",
+        default=None,
+        metavar="FOLDER",
+        help="write nngp.npy and ntk.npy tile by tile into FOLDER instead (out of core, resumable: "
+        "rerun the same command after an interruption; none: one .npz in memory)",
+    )
+    k.add_argument("--tile", type=int, default=1024, help="tile edge in inputs, with --store")
+    k.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="file dtype, with --store")
+    k.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", "zonal", "table", "direct"],
+        help="tile kernel with --store: zonal (one norm), table (norm, norm, angle), direct solves; auto picks",
+    )
+    k.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="with --store: run as this many local processes under jax.distributed, splitting the tiles",
+    )
     k.set_defaults(func=cmd_kernel)
 
     r = _sub(
@@ -491,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n", type=int, default=8, help="number of digits")
     w.add_argument("--seed", type=int, default=0, help="base seed")
     w.add_argument("--out", default="results/sweep", help="output path prefix: <out>.json")
+    w.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="run as this many local processes under jax.distributed, dealing the seeds over them",
+    )
     w.set_defaults(func=cmd_sweep)
 
     b = _sub(sub, "bench", "run the benchmark scripts (from a source checkout)")
@@ -514,9 +609,13 @@ def _log_to_stderr() -> None:
 def main(argv=None) -> int:
     """Run ``ntk-ode`` with ``argv``; returns the exit status (0 ok, 2 a clear error)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     _log_to_stderr()
     _compilation_cache()
     try:
+        from .distributed import initialize_from_env
+
+        initialize_from_env()  # a process started by --processes
         return args.func(args)
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         print(f"ntk-ode {args.command}: error: {e}", file=sys.stderr)

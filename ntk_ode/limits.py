@@ -49,11 +49,14 @@ import numpy as np
 from . import gaussian
 from ._checks import check_depth, check_inputs
 from .activations import Activation
+from .tables import NormAngleKernel, build_norm_angle
 
 __all__ = [
     "Kernel",
     "kernel_fn",
     "kernel_type",
+    "norm_angle_kernel",
+    "TABLE_MIN_PAIRS",
     "Grid",
     "chebyshev_grid",
     "resnet_grid",
@@ -636,6 +639,7 @@ def kernel_fn(
     block_size: int = 256,
     terms: int = gaussian.DEFAULT_TERMS,
     equal_norm: str | bool = "auto",
+    table: str | bool = "auto",
     shard: bool = True,
     progress: bool = False,
 ):
@@ -659,6 +663,10 @@ def kernel_fn(
         terms: Mehler terms for activations without closed-form duals.
         equal_norm: "auto" uses the zonal fast path when every input has the same norm; False
             never; True requires it.
+        table: for inputs of several norms, "auto" uses the certified (norm, norm, angle)
+            interpolant (:func:`norm_angle_kernel`, docs/theory.md section 14) above
+            ``TABLE_MIN_PAIRS`` pairs, falling back to direct solves if it cannot meet rtol;
+            True always uses it (and raises if it cannot); False never.
         shard: spread pair blocks over all local devices.
         progress: show a progress bar over pair blocks.
 
@@ -667,7 +675,7 @@ def kernel_fn(
 
     Raises:
         ValueError: bad options (here) or inputs (from ``kfn``).
-        RuntimeError: ``equal_norm=True`` and the table cannot meet rtol.
+        RuntimeError: ``equal_norm=True`` or ``table=True`` and the table cannot meet rtol.
 
     Warns:
         RuntimeWarning: the error estimate exceeds ``rtol``.
@@ -675,6 +683,8 @@ def kernel_fn(
     depth = check_depth(depth)
     if equal_norm not in ("auto", True, False):
         raise ValueError(f"equal_norm must be 'auto', True or False, got {equal_norm!r}")
+    if table not in ("auto", True, False):
+        raise ValueError(f"table must be 'auto', True or False, got {table!r}")
     if nodes is not None and (int(nodes) != nodes or nodes < 2):
         raise ValueError(f"nodes must be an integer >= 2, got {nodes!r}")
     if int(block_size) != block_size or block_size < 1:
@@ -698,6 +708,13 @@ def kernel_fn(
         same = bool(np.ptp(norms) <= 1e-12 * max(norms.max(), 1e-300))
         if equal_norm is True and not same:
             raise ValueError("equal_norm=True but the inputs do not all have the same norm")
+        pairs = problem.i1.size
+        if not same and (table is True or (table == "auto" and pairs > TABLE_MIN_PAIRS)) and norms.min() > 0:
+            try:
+                return _table_kernels(model, depth, tol, nodes, terms, x1, x2c, names, single, with_error)
+            except RuntimeError:
+                if table is True:
+                    raise
         # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
         # collocation resolves only algebraically; those pairs are extrapolated from the exact
         # depth-L recursions instead (Richardson), and the zonal table (whose angle-0 node is
@@ -769,6 +786,87 @@ def kernel_fn(
         return (select(k), select(e)) if with_error else select(k)
 
     return kfn
+
+
+# Pairs of inputs of several norms above which kernel_fn(table="auto") interpolates in
+# (norm, norm, angle) instead of solving every pair (the table costs ~10^4 solves).
+TABLE_MIN_PAIRS = 200_000
+
+
+def norm_angle_kernel(
+    model,
+    d: int,
+    rmin: float,
+    rmax: float,
+    *,
+    depth: int | None = None,
+    get=("nngp", "ntk"),
+    rtol: float = 1e-10,
+    nodes: int | None = None,
+    terms: int = gaussian.DEFAULT_TERMS,
+) -> NormAngleKernel | list[NormAngleKernel]:
+    """The kernels of inputs with norms in [rmin, rmax] as certified functions of
+    (|x|, |x'|, cos) (docs/theory.md section 14): :func:`ntk_ode.tables.build_norm_angle` over
+    direct solves of :func:`kernel_fn` (no table inside), one :class:`NormAngleKernel` per name.
+
+    Args:
+        model: the Neural ODE.
+        d: input dimension.
+        rmin: smallest input norm (> 0).
+        rmax: largest input norm.
+        depth: None for the ODE, L for the ResNet.
+        get: a kernel name or a tuple of names (from ``GETS``).
+        rtol: target accuracy relative to each kernel's largest value.
+        nodes: fixed Chebyshev intervals of the direct solves (None: adaptive).
+        terms: Mehler terms of the direct solves.
+
+    Returns:
+        A :class:`NormAngleKernel` (``get`` a string) or a list of them.
+
+    Raises:
+        ValueError: bad arguments.
+        RuntimeError: the table cannot meet rtol.
+    """
+    names, single = _check_get(get)
+    if isinstance(d, bool) or int(d) != d or d < 2:
+        raise ValueError(f"d must be an integer >= 2, got {d!r}")
+    direct = kernel_fn(model, depth, rtol=min(rtol, 1e-8), nodes=nodes, terms=terms, equal_norm=False, table=False)
+
+    def evaluate(x1, x2):
+        k, e = direct(x1, x2, get=names, with_error=True)
+        return np.stack([np.asarray(getattr(k, n)) for n in names]), np.array([getattr(e, n) for n in names])
+
+    out = build_norm_angle(evaluate, int(d), float(rmin), float(rmax), rtol=rtol)
+    return out[0] if single else out
+
+
+_gram_jit = jax.jit(lambda k, a, b: k.gram(a, b))
+
+
+def _table_kernels(model, depth, tol, nodes, terms, x1, x2, names, single, with_error):
+    """kernel_fn's answer from the (norm, norm, angle) table, in row blocks of bounded memory."""
+    norms = np.concatenate([np.linalg.norm(np.asarray(x1), axis=1), np.linalg.norm(np.asarray(x2), axis=1)])
+    rmin, rmax = float(norms.min()), float(norms.max())
+    kernels = norm_angle_kernel(
+        model, x1.shape[1], rmin, rmax, depth=depth, get=names, rtol=tol, nodes=nodes, terms=terms
+    )
+    assert isinstance(kernels, list)
+    rows = max(1, 2**22 // max(1, x2.shape[0]))
+    vals, errs = [], []
+    for k in kernels:
+        parts = [_gram_jit(k, x1[i : i + rows], x2) for i in range(0, x1.shape[0], rows)]
+        vals.append(jnp.concatenate(parts))
+        errs.append(float(k.error) + 64 * float(jnp.finfo(x1.dtype).eps) * float(jnp.max(jnp.abs(vals[-1]))))
+    if max(e / max(float(jnp.max(jnp.abs(v))), 1e-300) for e, v in zip(errs, vals)) > tol:
+        warnings.warn(
+            f"kernel_fn: rtol={tol:g} not met by the (norm, norm, angle) table: errors {errs}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    k = kernel_type(names)(*vals)
+    e = kernel_type(names)(*errs)
+    select = lambda kk: kk[0] if single else kk
+    return (select(k), select(e)) if with_error else select(k)
 
 
 def _check_duals(act: Activation):

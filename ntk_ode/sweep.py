@@ -101,6 +101,25 @@ def _seed_blocks(model, keys, x, width, depth, solver, batch_size, shard):
     return bl[:S], ok[:S]
 
 
+def _seeds_over_processes(model, keys, x, width, depth, solver, batch_size, shard):
+    """All seeds at one width, dealt round-robin over the processes of ``jax.distributed``
+    (:func:`ntk_ode.distributed.split`) and gathered back in seed order on every process."""
+    P, p = jax.process_count(), jax.process_index()
+    if P == 1:
+        return _seed_blocks(model, keys, x, width, depth, solver, batch_size, shard)
+    from jax.experimental import multihost_utils
+
+    S = keys.shape[0]
+    per = -(-S // P)
+    mine = np.arange(p, S, P)
+    idx = np.concatenate([mine, np.full(per - mine.size, mine[-1] if mine.size else 0)]).astype(int)
+    bl, ok = _seed_blocks(model, keys[idx], x, width, depth, solver, batch_size, shard)
+    bl_all = np.asarray(multihost_utils.process_allgather(np.asarray(bl)))  # (P, per, 3, N, N)
+    ok_all = np.asarray(multihost_utils.process_allgather(np.asarray(ok)))
+    order = [(k % P, k // P) for k in range(S)]
+    return np.stack([bl_all[q, j] for q, j in order]), np.array([ok_all[q, j] for q, j in order])
+
+
 def _rel(A, B):
     return np.linalg.norm(A - B, axis=(-2, -1)) / np.linalg.norm(B)
 
@@ -136,7 +155,9 @@ def width_sweep(
             config resumes; more widths or more seeds extend the finished run; any other change
             is refused (:class:`~ntk_ode.results.ResumeError`).
         batch_size: seeds per ``lax.map`` batch on one device.
-        shard: split seeds over the local devices when there are several.
+        shard: split seeds over the local devices when there are several. Under
+            ``jax.distributed`` the seeds are also dealt over the processes (round-robin) and
+            gathered back; every process returns the same result and process 0 writes ``out``.
         progress: show a progress bar.
 
     Returns:
@@ -172,7 +193,7 @@ def width_sweep(
         "x_dtype": str(x.dtype),
     }
     with contextlib.ExitStack() as stack:
-        if out is not None:
+        if out is not None and jax.process_index() == 0:  # process 0 writes for all
             stack.enter_context(exclusive(out + ".json"))
         return _sweep(model, x, widths, n_seeds, depth, seed, solver, out, batch_size, shard, progress, config)
 
@@ -196,7 +217,8 @@ def _sweep(model, x, widths, n_seeds, depth, seed, solver, out, batch_size, shar
         t0 = time.perf_counter()
         prev = state["done"].get(str(w), {})
         have = len(prev.get("dist", []))
-        bl, ok = _seed_blocks(model, seed_keys(seed, w, have, n_seeds - have), x, w, depth, solver, batch_size, shard)
+        keys = seed_keys(seed, w, have, n_seeds - have)
+        bl, ok = _seeds_over_processes(model, keys, x, w, depth, solver, batch_size, shard)
         if not bool(jnp.all(ok)):
             raise RuntimeError(f"width_sweep: an ODE solve failed at width {w}")
         bl = np.asarray(bl)  # (new seeds, 3, N, N)
@@ -243,6 +265,6 @@ def _load(out: str | None, config: dict) -> dict:
 
 
 def _save(out: str | None, config: dict, state: dict) -> None:
-    if out is None:
+    if out is None or jax.process_index() != 0:
         return
     atomic_write_json(out + ".json", {**provenance(config), "state": state})

@@ -126,7 +126,9 @@ def test_marginal_likelihood_recovers_a_known_scale():
         d = np.exp(p[0]) * lam + np.exp(p[1])
         return 0.5 * np.sum(r2 / d + y.shape[1] * np.log(d))
 
-    best = scipy.optimize.minimize(nll, [0.0, np.log(0.2)], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14})
+    best = scipy.optimize.minimize(
+        nll, [0.0, np.log(0.2)], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-14}
+    )
     assert fit.hyper["sigma_v"] ** 2 == pytest.approx(np.exp(best.x[0]), rel=1e-4)
     assert fit.noise == pytest.approx(np.exp(best.x[1]), rel=1e-4)
     # the reported objective is the objective at the fitted values

@@ -1,0 +1,181 @@
+"""Several processes on the engine JAX ships: ``jax.distributed`` with a coordinator.
+
+* :func:`initialize` checks its arguments and starts ``jax.distributed`` (every process of a
+  run calls it with the same coordinator and process count and its own id). Without arguments
+  it lets JAX detect a cluster (SLURM, Open MPI, Kubernetes, TPU pods).
+* :func:`initialize_from_env` does the same from the variables that :func:`launch_local` sets.
+* :func:`launch_local` runs one command as P local processes (``ntk-ode ... --processes P``):
+  it picks a free port on 127.0.0.1, starts them, and stops them all when one fails.
+* :func:`split` gives a process its share of a list of work items (tiles, seeds).
+
+After initialization, ``jax.process_index()`` and ``jax.process_count()`` say who is who, and
+``jax.experimental.multihost_utils`` synchronises; :func:`ntk_ode.tiles.kernel_to_disk` and
+:func:`ntk_ode.sweep.width_sweep` use them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import TypeVar
+
+import jax
+
+ENV_COORDINATOR = "NTK_ODE_COORDINATOR"
+ENV_NUM_PROCESSES = "NTK_ODE_NUM_PROCESSES"
+ENV_PROCESS_ID = "NTK_ODE_PROCESS_ID"
+ENV_TIMEOUT = "NTK_ODE_COORDINATOR_TIMEOUT"
+
+T = TypeVar("T")
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: int = 60,
+) -> None:
+    """Start ``jax.distributed`` for this process (call before any other JAX work).
+
+    With no arguments JAX detects the cluster (for example under ``srun`` on SLURM).
+
+    Args:
+        coordinator: ``host:port`` of process 0's coordinator.
+        num_processes: the number of processes (>= 1).
+        process_id: this process's id, in ``[0, num_processes)``.
+        timeout_s: how long to wait for all processes to join; after that JAX stops the process
+            with a "Deadline Exceeded" message (it cannot be caught in Python).
+
+    Raises:
+        ValueError: inconsistent or out-of-range arguments.
+    """
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError("coordinator, num_processes and process_id must be given together (or none of them)")
+    if isinstance(timeout_s, bool) or int(timeout_s) != timeout_s or timeout_s < 1:
+        raise ValueError(f"timeout_s must be a positive integer, got {timeout_s!r}")
+    if all(given):
+        assert num_processes is not None and process_id is not None and coordinator is not None
+        if isinstance(num_processes, bool) or int(num_processes) != num_processes or num_processes < 1:
+            raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
+        if isinstance(process_id, bool) or int(process_id) != process_id or not 0 <= process_id < num_processes:
+            raise ValueError(f"process_id must be an integer in [0, {num_processes}), got {process_id!r}")
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"coordinator must be 'host:port', got {coordinator!r}")
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=int(num_processes),
+            process_id=int(process_id),
+            initialization_timeout=int(timeout_s),
+        )
+    else:
+        jax.distributed.initialize(initialization_timeout=int(timeout_s))
+
+
+def initialize_from_env() -> bool:
+    """Start ``jax.distributed`` if :func:`launch_local` started this process.
+
+    Returns:
+        Whether it was started.
+
+    Raises:
+        ValueError: the variables are incomplete or malformed.
+    """
+    coordinator = os.environ.get(ENV_COORDINATOR)
+    if not coordinator:
+        return False
+    try:
+        n, i = int(os.environ[ENV_NUM_PROCESSES]), int(os.environ[ENV_PROCESS_ID])
+        timeout = int(os.environ.get(ENV_TIMEOUT, "60"))
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers: {e}"
+        ) from e
+    initialize(coordinator, n, i, timeout_s=timeout)
+    return True
+
+
+def split(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
+    """Process ``index``'s share of ``items``: every ``count``-th item from position ``index``.
+
+    Args:
+        items: the work items, in the same order on every process.
+        index: the process (default ``jax.process_index()``).
+        count: the number of processes (default ``jax.process_count()``).
+
+    Returns:
+        The items ``items[k]`` with ``k % count == index``.
+    """
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ValueError(f"index must be in [0, count={count}), got {index!r}")
+    return [v for k, v in enumerate(items) if k % count == index]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now.
+
+    Returns:
+        The port number.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_local(argv: Sequence[str], processes: int, *, timeout_s: int = 60, python: str | None = None) -> int:
+    """Run ``python -m ntk_ode.cli *argv`` as ``processes`` local processes under jax.distributed.
+
+    Each process gets the coordinator address, the process count and its id in the environment
+    (:func:`initialize_from_env`). Output goes to this terminal; process 0 shows the progress.
+    When one process fails the others are stopped.
+
+    Args:
+        argv: the command line after ``ntk-ode`` (without ``--processes``).
+        processes: how many processes (>= 1).
+        timeout_s: the coordinator's wait for all processes to join.
+        python: the interpreter (default this one).
+
+    Returns:
+        0 if all succeeded, else the first failing exit status (a process JAX stopped because
+        the others never joined exits with a "Deadline Exceeded" message).
+    """
+    if isinstance(processes, bool) or int(processes) != processes or processes < 1:
+        raise ValueError(f"processes must be a positive integer, got {processes!r}")
+    env = dict(os.environ)
+    env[ENV_COORDINATOR] = f"127.0.0.1:{free_port()}"
+    env[ENV_NUM_PROCESSES] = str(processes)
+    env[ENV_TIMEOUT] = str(int(timeout_s))
+    procs = []
+    for i in range(int(processes)):
+        env_i = dict(env, **{ENV_PROCESS_ID: str(i)})
+        procs.append(subprocess.Popen([python or sys.executable, "-m", "ntk_ode.cli", *argv], env=env_i))
+    status = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed:
+                status = failed[0]
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+    if status == 0:
+        status = next((p.returncode for p in procs if p.returncode != 0), 0)
+    if status != 0:
+        print(
+            f"ntk-ode: a process of {processes} failed (exit status {status}); the others were stopped",
+            file=sys.stderr,
+        )
+    return int(status)

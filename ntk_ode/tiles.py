@@ -1,0 +1,406 @@
+"""Kernels larger than memory: written tile by tile to ``.npy`` files, resumable, split over processes.
+
+:func:`kernel_to_disk` evaluates the infinite-width kernels of a data set in square tiles of
+``tile x tile`` inputs and writes each tile into one ``.npy`` file per kernel (``nngp.npy``,
+``ntk.npy``, ...) in a folder, which ``numpy.load(..., mmap_mode="r")`` then reads without loading
+it. Each finished tile leaves a small marker file with its error estimate, written after its data
+reached the disk, so a killed run resumes without recomputing finished tiles; a run with another
+configuration is refused, naming what differs. Under ``jax.distributed`` (see
+:mod:`ntk_ode.distributed`) every process takes its share of the tiles and writes them itself.
+
+Tile kernels (``method``):
+
+* ``"zonal"`` (inputs of one norm): :func:`ntk_ode.harmonics.zonal_kernel`, a certified function
+  of the cosine, built once; tiles cost a matrix product and a series evaluation, one compiled
+  tile shape (docs/theory.md section 8);
+* ``"table"`` (inputs of several norms): :func:`ntk_ode.limits.norm_angle_kernel`, the 3-D
+  (norm, norm, angle) interpolant, certified against direct solves (section 14);
+* ``"direct"``: :func:`ntk_ode.kernel_fn` on each tile (any inputs; slow);
+* ``"auto"``: zonal for inputs of one norm, else the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .distributed import split
+from .harmonics import zonal_kernel
+from .limits import GETS, kernel_fn, norm_angle_kernel
+from .model import NeuralODE
+from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
+
+METHODS = ("auto", "zonal", "table", "direct")
+DTYPES = ("float64", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelStore:
+    """Kernels on disk, written by :func:`kernel_to_disk`.
+
+    Attributes:
+        folder: the folder holding ``{name}.npy``, ``manifest.json`` and ``tiles/``.
+        names: the kernels stored (a subset of ``ntk_ode.limits.GETS``).
+        shape: (N1, N2).
+        error: estimated maximum absolute error per kernel (over all tiles).
+        method: the tile kernel used ("zonal", "table" or "direct").
+    """
+
+    folder: str
+    names: tuple
+    shape: tuple
+    error: dict
+    method: str
+
+    def path(self, name: str) -> str:
+        """The ``.npy`` file of kernel ``name``.
+
+        Args:
+            name: one of ``names``.
+
+        Returns:
+            Its path.
+        """
+        if name not in self.names:
+            raise ValueError(f"name must be one of the stored kernels {self.names}, got {name!r}")
+        return os.path.join(self.folder, f"{name}.npy")
+
+    def load(self, name: str, mmap: bool = True) -> np.ndarray:
+        """Kernel ``name``: memory-mapped read-only (default) or loaded into memory.
+
+        Args:
+            name: one of ``names``.
+            mmap: map the file instead of reading it.
+
+        Returns:
+            The (N1, N2) array.
+        """
+        return np.load(self.path(name), mmap_mode="r" if mmap else None)
+
+
+def tile_starts(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int, int]]:
+    """The tiles' top-left corners in the order they are computed (row-major; for a symmetric
+    kernel only the tiles on and above the diagonal).
+
+    Args:
+        n1: rows.
+        n2: columns.
+        tile: tile edge.
+        symmetric: only tiles with ``column >= row``.
+
+    Returns:
+        ``[(row, column), ...]``.
+    """
+    return [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile) if not symmetric or j >= i]
+
+
+def _same_norm(x) -> bool:
+    norms = np.linalg.norm(np.asarray(x), axis=1)
+    return bool(norms.min() > 0 and np.ptp(norms) <= 1e-12 * norms.max())
+
+
+def _padded(a: np.ndarray, tile: int) -> np.ndarray:
+    """Rows padded to ``tile`` with copies of the first row (one compiled shape; no zero norms)."""
+    if a.shape[0] == tile:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], tile - a.shape[0], axis=0)])
+
+
+def tile_kernel(
+    model: NeuralODE,
+    x1,
+    x2,
+    names: Sequence[str],
+    *,
+    depth: int | None = None,
+    rtol: float = 1e-10,
+    method: str = "auto",
+    tile: int = 1024,
+) -> tuple[str, Callable]:
+    """The function that computes one tile, chosen and prepared for the inputs ``x1``, ``x2``.
+
+    Args:
+        model: the Neural ODE.
+        x1: all row inputs (N1, d) (host array).
+        x2: all column inputs (N2, d).
+        names: kernels to compute.
+        depth: None for the ODE, L for the ResNet.
+        rtol: target relative accuracy.
+        method: one of ``METHODS``.
+        tile: tile edge (the compiled shape of the fast paths).
+
+    Returns:
+        ``(method, f)`` with the resolved method and ``f(a, b) -> ({name: (na, nb) array},
+        {name: error})``, ``a`` and ``b`` row blocks of ``x1`` and ``x2`` of at most ``tile`` rows.
+
+    Raises:
+        ValueError: an unknown method, or "zonal" for inputs of several norms.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    both = np.concatenate([x1, x2])
+    same = _same_norm(both)
+    if method == "zonal" and not same:
+        raise ValueError("method='zonal' needs inputs of one (nonzero) norm; use 'table' or 'direct'")
+    if method == "auto":
+        nonzero = np.linalg.norm(both, axis=1).min() > 0
+        method = "zonal" if same else ("table" if nonzero else "direct")
+    names = tuple(names)
+    if method == "direct":
+        kfn = kernel_fn(model, depth, rtol=rtol)
+
+        def direct(a, b):
+            k, e = kfn(a, b, get=names, with_error=True)
+            return {n: np.asarray(getattr(k, n)) for n in names}, {n: float(getattr(e, n)) for n in names}
+
+        return method, direct
+    d = both.shape[1]
+    fns: list[Any]
+    if method == "zonal":
+        radius = float(np.linalg.norm(both[0]))
+        fns = [zonal_kernel(model, d, depth=depth, get=n, radius=radius, rtol=rtol) for n in names]
+    else:
+        norms = np.linalg.norm(both, axis=1)
+        if norms.min() <= 0:
+            raise ValueError("method='table' needs nonzero inputs; use 'direct'")
+        fns = list(
+            norm_angle_kernel(model, d, float(norms.min()), float(norms.max()), depth=depth, get=names, rtol=rtol)
+        )
+    gram = jax.jit(lambda a, b: jnp.stack([f.gram(a, b) for f in fns]))
+    errors = {n: float(f.error) for n, f in zip(names, fns)}
+
+    def fast(a, b):
+        na, nb = a.shape[0], b.shape[0]
+        out = np.asarray(gram(_padded(a, tile), _padded(b, tile)))[:, :na, :nb]
+        return dict(zip(names, out)), errors
+
+    return method, fast
+
+
+def _open_store(folder, names, shape, dtype):
+    """Create the ``.npy`` files at full size, reserving their disk space (a full disk fails here)."""
+    for n in names:
+        path = os.path.join(folder, f"{n}.npy")
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+        offset = arr.offset
+        del arr
+        size = offset + math.prod(shape) * np.dtype(dtype).itemsize
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            for m in names:
+                p = os.path.join(folder, f"{m}.npy")
+                if os.path.exists(p):
+                    os.unlink(p)
+            raise OSError(
+                e.errno, f"cannot reserve {size / 1e9:.2f} GB for {path!r} ({e.strerror}); nothing was computed"
+            ) from e
+        finally:
+            os.close(fd)
+
+
+def _write_block(fd: int, offset: int, n2: int, row: int, col: int, block: np.ndarray) -> None:
+    item = block.dtype.itemsize
+    for r in range(block.shape[0]):
+        data = np.ascontiguousarray(block[r]).tobytes()
+        pos = offset + ((row + r) * n2 + col) * item
+        while data:
+            written = os.pwrite(fd, data, pos)
+            data, pos = data[written:], pos + written
+
+
+def _marker(folder: str, i: int, j: int) -> str:
+    return os.path.join(folder, "tiles", f"{i}_{j}.json")
+
+
+def _finished(folder: str) -> dict:
+    done = {}
+    for path in glob.glob(os.path.join(folder, "tiles", "*.json")):
+        i, j = (int(v) for v in os.path.basename(path)[:-5].split("_"))
+        with open(path) as f:
+            done[(i, j)] = json.load(f)
+    return done
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def kernel_to_disk(
+    model: NeuralODE,
+    x1,
+    x2=None,
+    *,
+    folder: str | os.PathLike,
+    depth: int | None = None,
+    get: Sequence[str] = ("nngp", "ntk"),
+    tile: int = 1024,
+    dtype: str = "float64",
+    rtol: float = 1e-10,
+    method: str = "auto",
+    progress: bool = False,
+) -> KernelStore:
+    """Write the infinite-width kernels of ``x1`` (and ``x2``) to ``folder``, tile by tile.
+
+    Memory use is a few tiles (plus the inputs), whatever N. After an interruption the same call
+    resumes: finished tiles (those with a marker in ``folder/tiles``) are kept. Under
+    ``jax.distributed`` with P processes, process p computes the tiles ``k`` with ``k % P == p``
+    and writes them into the shared files (the folder must be on a file system all processes
+    see); all processes return the same store. For ``x2=None`` only the tiles on and above the
+    diagonal are computed, each written twice.
+
+    Args:
+        model: the Neural ODE.
+        x1: inputs (N1, d).
+        x2: inputs (N2, d), or None for the symmetric kernel of ``x1``.
+        folder: output folder (created); holds ``{name}.npy`` for each kernel in ``get``.
+        depth: None for the ODE, L for the ResNet.
+        get: kernels to write (from ``ntk_ode.limits.GETS``).
+        tile: tile edge in inputs (memory ~ 8 tile^2 per kernel, times a few).
+        dtype: "float64" or "float32" (the files; tiles are computed in float64).
+        rtol: target relative accuracy of the tile kernel.
+        method: one of ``METHODS`` (see the module's docstring).
+        progress: a progress bar over this process's tiles.
+
+    Returns:
+        A :class:`KernelStore`.
+
+    Raises:
+        ValueError: bad arguments.
+        ResumeError: ``folder`` holds a run with another configuration (the message names the
+            differing fields).
+        OSError: the folder is not writable, the disk is too small (checked before computing),
+            or a write failed (finished tiles are kept).
+    """
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names or any(n not in GETS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"get must be one of {GETS} or a tuple of distinct ones, got {get!r}")
+    if isinstance(tile, bool) or int(tile) != tile or tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    x1 = np.asarray(x1, np.float64)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else np.asarray(x2, np.float64)
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x.ndim != 2 or x.shape[0] < 1 or not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} must be a finite (N, d) array with N >= 1, got shape {x.shape}")
+    if x2.shape[1] != x1.shape[1]:
+        raise ValueError(f"x2 has {x2.shape[1]} features, x1 has {x1.shape[1]}")
+    folder = os.path.abspath(os.fspath(folder))
+    shape = (x1.shape[0], x2.shape[0])
+    config = {
+        "model": model.config(),
+        "depth": depth,
+        "get": names,
+        "tile": int(tile),
+        "dtype": dtype,
+        "rtol": float(rtol),
+        "method": method,
+        "shape": shape,
+        "inputs": fingerprint(x1, None if symmetric else x2),
+    }
+    manifest = os.path.join(folder, "manifest.json")
+    if jax.process_index() == 0:
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                saved = json.load(f)
+            check_resume(manifest, saved["config"], config)
+        else:
+            if os.path.isdir(folder) and os.listdir(folder):
+                raise ResumeError(f"{folder} is not empty and holds no manifest.json: give a new or empty folder")
+            os.makedirs(os.path.join(folder, "tiles"), exist_ok=True)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(f"the output folder {folder!r} is not writable")
+            _open_store(folder, names, shape, dtype)
+            atomic_write_json(manifest, {"config": config, "versions": versions()})
+    _barrier("ntk_ode.tiles.created")
+    starts = tile_starts(*shape, int(tile), symmetric)
+    done = _finished(folder)
+    mine = [s for s in split(starts) if s not in done]
+    if mine:
+        resolved, tile_fn = tile_kernel(model, x1, x2, names, depth=depth, rtol=rtol, method=method, tile=int(tile))
+        job = _Job(folder, names, shape, dtype, int(tile), symmetric, resolved)
+        _compute(job, x1, x2, mine, tile_fn, progress, len(starts) - len(mine))
+    _barrier("ntk_ode.tiles.finished")
+    done = _finished(folder)
+    missing = [s for s in starts if s not in done]
+    if missing:
+        raise RuntimeError(f"kernel_to_disk: {len(missing)} tiles of {folder} are not finished (first {missing[0]})")
+    error = {n: max(done[s]["error"][n] for s in starts) for n in names}
+    methods = {done[s]["method"] for s in starts}
+    return KernelStore(folder, names, shape, error, "+".join(sorted(methods)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    folder: str
+    names: tuple
+    shape: tuple
+    dtype: str
+    tile: int
+    symmetric: bool
+    method: str
+
+
+def _compute(job: _Job, x1, x2, mine, f, progress, already) -> None:
+    folder, names, shape, dtype, tile, symmetric = job.folder, job.names, job.shape, job.dtype, job.tile, job.symmetric
+    fds = {n: os.open(os.path.join(folder, f"{n}.npy"), os.O_RDWR) for n in names}
+    offsets = {n: np.load(os.path.join(folder, f"{n}.npy"), mmap_mode="r").offset for n in names}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine) + already, initial=already, desc="kernel tiles", unit="tile")
+    try:
+        for i, j in mine:
+            blocks, errors = f(x1[i : i + tile], x2[j : j + tile])
+            try:
+                for n in names:
+                    block = blocks[n].astype(dtype)
+                    _write_block(fds[n], offsets[n], shape[1], i, j, block)
+                    if symmetric and i != j:
+                        _write_block(fds[n], offsets[n], shape[1], j, i, block.T)
+                    os.fdatasync(fds[n])
+                atomic_write_json(_marker(folder, i, j), {"error": errors, "method": job.method})
+            except OSError as e:
+                raise OSError(
+                    e.errno,
+                    f"writing tile ({i}, {j}) to {folder} failed ({e.strerror}); the finished tiles are kept "
+                    "and the same call resumes after the cause is fixed",
+                ) from e
+            if bar is not None:
+                bar.update(1)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        if bar is not None:
+            bar.close()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a kernel folder: its config and the library versions that wrote it.
+
+    Args:
+        folder: a folder written by :func:`kernel_to_disk`.
+
+    Returns:
+        ``{"config": {...}, "versions": {...}}``.
+    """
+    with open(os.path.join(os.fspath(folder), "manifest.json")) as f:
+        return jsonable(json.load(f))

@@ -1,0 +1,165 @@
+"""Kernels on disk: tiled against dense, resumed against uninterrupted, mismatched resumes
+refused, bad folders named, and 2 processes under jax.distributed against 1."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ntk_ode import NeuralODE, kernel_fn
+from ntk_ode.distributed import split
+from ntk_ode.results import ResumeError
+from ntk_ode.tiles import kernel_to_disk, read_manifest, tile_starts
+
+MODEL = NeuralODE("erf", T=1.0)
+
+
+def _sphere(n, d, seed, radius=None):
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True) * (np.sqrt(d) if radius is None else radius)
+
+
+def test_zonal_tiles_match_the_dense_kernel(tmp_path):
+    x = _sphere(23, 4, 0)
+    x[5] = -x[3]  # antipodal
+    x[7] = x[2]  # duplicate
+    store = kernel_to_disk(MODEL, x, folder=tmp_path / "k", depth=3, tile=8, get=("nngp", "ntk"))
+    assert store.method == "zonal" and store.shape == (23, 23)
+    dense, err = kernel_fn(MODEL, 3)(x, with_error=True)
+    for name in ("nngp", "ntk"):
+        disk = store.load(name)
+        assert isinstance(disk, np.memmap)
+        diff = np.max(np.abs(disk - np.asarray(getattr(dense, name))))
+        assert diff <= store.error[name] + getattr(err, name)
+        np.testing.assert_array_equal(disk, disk.T)  # the lower tiles are the upper ones transposed
+
+
+def test_direct_tiles_of_two_sets_equal_the_dense_call_and_float32(tmp_path):
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.standard_normal((7, 3)), rng.standard_normal((5, 3))
+    store = kernel_to_disk(MODEL, x1, x2, folder=tmp_path / "k", depth=2, tile=3, method="direct", get="ntk")
+    dense = np.asarray(kernel_fn(MODEL, 2)(x1, x2, get="ntk"))
+    np.testing.assert_allclose(store.load("ntk"), dense, rtol=1e-12, atol=1e-12)
+    s32 = kernel_to_disk(
+        MODEL, x1, x2, folder=tmp_path / "k32", depth=2, tile=3, method="direct", get="ntk", dtype="float32"
+    )
+    assert s32.load("ntk").dtype == np.float32
+    np.testing.assert_allclose(s32.load("ntk"), dense, rtol=1e-6)
+
+
+def test_resume_skips_finished_tiles_and_refuses_another_config(tmp_path, monkeypatch):
+    from ntk_ode import tiles
+
+    x = _sphere(12, 3, 2)
+    ref = kernel_to_disk(MODEL, x, folder=tmp_path / "ref", depth=2, tile=4, method="direct")
+    calls = []
+    real = tiles.tile_kernel
+
+    def interrupted(*args, **kw):
+        method, f = real(*args, **kw)
+
+        def g(a, b):
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # killed after three tiles
+            calls.append(1)
+            return f(a, b)
+
+        return method, g
+
+    monkeypatch.setattr(tiles, "tile_kernel", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kernel_to_disk(MODEL, x, folder=tmp_path / "k", depth=2, tile=4, method="direct")
+    assert len(os.listdir(tmp_path / "k" / "tiles")) == 3
+    calls.clear()
+    monkeypatch.setattr(tiles, "tile_kernel", real)
+    counted = []
+
+    def counting(*args, **kw):
+        method, f = real(*args, **kw)
+        return method, lambda a, b: (counted.append(1), f(a, b))[1]
+
+    monkeypatch.setattr(tiles, "tile_kernel", counting)
+    store = kernel_to_disk(MODEL, x, folder=tmp_path / "k", depth=2, tile=4, method="direct")
+    assert len(counted) == len(tile_starts(12, 12, 4, True)) - 3
+    for name in ("nngp", "ntk"):
+        np.testing.assert_array_equal(store.load(name), ref.load(name))
+    with pytest.raises(ResumeError, match="depth"):
+        kernel_to_disk(MODEL, x, folder=tmp_path / "k", depth=3, tile=4, method="direct")
+    with pytest.raises(ResumeError, match="inputs"):
+        kernel_to_disk(MODEL, x[::-1], folder=tmp_path / "k", depth=2, tile=4, method="direct")
+    assert read_manifest(tmp_path / "k")["config"]["tile"] == 4
+
+
+def test_bad_arguments_and_folders(tmp_path):
+    x = _sphere(4, 3, 3)
+    with pytest.raises(ValueError, match="get"):
+        kernel_to_disk(MODEL, x, folder=tmp_path / "a", get="nngps")
+    with pytest.raises(ValueError, match="tile"):
+        kernel_to_disk(MODEL, x, folder=tmp_path / "a", tile=0)
+    with pytest.raises(ValueError, match="dtype"):
+        kernel_to_disk(MODEL, x, folder=tmp_path / "a", dtype="float16")
+    with pytest.raises(ValueError, match="zonal"):
+        kernel_to_disk(MODEL, x * np.arange(1, 5)[:, None], folder=tmp_path / "a", method="zonal")
+    with pytest.raises(ValueError, match="x2 has"):
+        kernel_to_disk(MODEL, x, x[:, :2], folder=tmp_path / "a")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "other.txt").write_text("x")
+    with pytest.raises(ResumeError, match="not empty"):
+        kernel_to_disk(MODEL, x, folder=tmp_path / "full")
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        with pytest.raises(OSError):
+            kernel_to_disk(MODEL, x, folder=ro / "k")
+
+
+def test_split_deals_items_round_robin():
+    items = list(range(7))
+    parts = [split(items, i, 3) for i in range(3)]
+    assert parts == [[0, 3, 6], [1, 4], [2, 5]]
+    with pytest.raises(ValueError, match="index"):
+        split(items, 3, 3)
+
+
+def test_two_processes_write_the_same_kernel_as_one(tmp_path):
+    x = _sphere(10, 3, 4) * np.linspace(0.8, 1.2, 10)[:, None]
+    np.save(tmp_path / "x.npy", x)
+    common = [
+        "kernel",
+        str(tmp_path / "x.npy"),
+        "--activation",
+        "erf",
+        "--depth",
+        "2",
+        "--tile",
+        "4",
+        "--method",
+        "direct",
+    ]
+    env = dict(os.environ, NTK_ODE_CACHE_DIR="")
+    one = subprocess.run(
+        [sys.executable, "-m", "ntk_ode.cli", *common, "--store", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "ntk_ode.cli", *common, "--store", str(tmp_path / "two"), "--processes", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stdout
+    for name in ("nngp", "ntk"):
+        a, b = np.load(tmp_path / "one" / f"{name}.npy"), np.load(tmp_path / "two" / f"{name}.npy")
+        assert np.max(np.abs(a - b)) <= 1e-13 * np.max(np.abs(a))
+    markers = os.listdir(tmp_path / "two" / "tiles")
+    assert len(markers) == len(tile_starts(10, 10, 4, True))
+    assert all(json.loads((tmp_path / "two" / "tiles" / m).read_text())["method"] == "direct" for m in markers)
