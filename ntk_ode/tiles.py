@@ -27,7 +27,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -172,9 +172,8 @@ def tile_kernel(
         norms = np.linalg.norm(both, axis=1)
         if norms.min() <= 0:
             raise ValueError("method='table' needs nonzero inputs; use 'direct'")
-        fns = list(
-            norm_angle_kernel(model, d, float(norms.min()), float(norms.max()), depth=depth, get=names, rtol=rtol)
-        )
+        lo, hi = float(norms.min()), float(norms.max())
+        fns = cast(list, norm_angle_kernel(model, d, lo, hi, depth=depth, get=names, rtol=rtol))
     gram = jax.jit(lambda a, b: jnp.stack([f.gram(a, b) for f in fns]))
     errors = {n: float(f.error) for n, f in zip(names, fns)}
 
