@@ -40,7 +40,15 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import is_traced
 
-__all__ = ["gradient_descent_mse", "gp_inference", "Gaussian", "max_learning_rate"]
+__all__ = [
+    "gradient_descent_mse",
+    "gp_inference",
+    "Gaussian",
+    "max_learning_rate",
+    "kernel_solve",
+    "kernel_matvec",
+    "KernelSolve",
+]
 
 
 class Gaussian(NamedTuple):
@@ -265,3 +273,135 @@ def gp_inference(
         return Gaussian(mean, jnp.asarray(k_test_test) - B.T @ B)
 
     return predict_fn
+
+
+class KernelSolve(NamedTuple):
+    """The solution of ``(K + ridge I) alpha = y`` from :func:`kernel_solve`.
+
+    Attributes:
+        alpha: (N,) or (N, k) coefficients.
+        residual: relative residual ``|(K + ridge I) alpha - y| / |y|`` per column (k,).
+        iterations: conjugate-gradient iterations (0 for Cholesky).
+        method: "cholesky" or "cg".
+    """
+
+    alpha: np.ndarray
+    residual: np.ndarray
+    iterations: int
+    method: str
+
+
+def kernel_matvec(k: Any, v: Any, block: int = 4096) -> np.ndarray:
+    """``k @ v`` for a kernel matrix held in memory or memory-mapped on disk, ``block`` rows at a
+    time (a memory-mapped kernel is read once per call and never copied whole).
+
+    Args:
+        k: (M, N) array or ``numpy.memmap``.
+        v: (N,) or (N, c).
+        block: rows read at once.
+
+    Returns:
+        (M,) or (M, c) float64.
+    """
+    v = np.asarray(v, np.float64)
+    if k.ndim != 2 or k.shape[1] != v.shape[0]:
+        raise ValueError(f"k must have shape (M, {v.shape[0]}), got {k.shape}")
+    out = np.empty((k.shape[0],) + v.shape[1:])
+    for i in range(0, k.shape[0], block):
+        out[i : i + block] = np.asarray(k[i : i + block], np.float64) @ v
+    return out
+
+
+def kernel_solve(
+    k: Any,
+    y: Any,
+    ridge: float = 0.0,
+    *,
+    method: Literal["auto", "cholesky", "cg"] = "auto",
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    block: int = 4096,
+    memory_limit: float = 4 * 2**30,
+) -> KernelSolve:
+    """Solve ``(K + ridge I) alpha = y`` for kernel regression at scale (docs/theory.md section 14).
+
+    ``method="auto"`` uses a Cholesky factorization when K fits in ``memory_limit`` bytes, else
+    conjugate gradients with a Jacobi (diagonal) preconditioner, one product with K per
+    iteration through :func:`kernel_matvec`, so a memory-mapped K (:mod:`ntk_ode.tiles`) is never
+    copied whole. The relative residuals are reported; CG that stops at ``maxiter`` short of
+    ``tol`` warns.
+
+    Args:
+        k: (N, N) symmetric positive (semi)definite kernel, array or ``numpy.memmap``.
+        y: targets (N,) or (N, c).
+        ridge: added to the diagonal (>= 0).
+        method: "auto", "cholesky" or "cg".
+        tol: CG's target relative residual per column.
+        maxiter: CG's most iterations (default 10 N).
+        block: rows read at once by CG.
+        memory_limit: bytes up to which "auto" chooses Cholesky.
+
+    Returns:
+        A :class:`KernelSolve`.
+
+    Raises:
+        ValueError: bad shapes or options, or a Cholesky factorization that fails (not positive
+            definite: add ``ridge``).
+
+    Warns:
+        RuntimeWarning: CG did not reach ``tol``.
+    """
+    if method not in ("auto", "cholesky", "cg"):
+        raise ValueError(f"method must be 'auto', 'cholesky' or 'cg', got {method!r}")
+    if not (np.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"k must be a square (N, N) matrix, got shape {k.shape}")
+    N = k.shape[0]
+    y = np.asarray(y, np.float64)
+    if y.shape[0] != N or y.ndim not in (1, 2):
+        raise ValueError(f"y must have shape ({N},) or ({N}, c), got {y.shape}")
+    Y = y.reshape(N, -1)
+    if method == "auto":
+        method = "cholesky" if 8.0 * N * N <= memory_limit else "cg"
+    if method == "cholesky":
+        K = np.array(k, np.float64) + ridge * np.eye(N)
+        try:
+            C = np.linalg.cholesky(K)
+        except np.linalg.LinAlgError:
+            raise ValueError(
+                "k (plus ridge) is not positive definite: its Cholesky factorization failed; pass ridge > 0"
+            ) from None
+        A = np.linalg.solve(C.T, np.linalg.solve(C, Y))
+        res = np.linalg.norm(K @ A - Y, axis=0) / np.maximum(np.linalg.norm(Y, axis=0), 1e-300)
+        return KernelSolve(A.reshape(y.shape), res, 0, "cholesky")
+    maxiter = 10 * N if maxiter is None else int(maxiter)
+    diag = np.array([float(k[i, i]) for i in range(N)]) + ridge
+    if np.any(diag <= 0):
+        raise ValueError("k has a non-positive diagonal entry (plus ridge): not positive definite")
+    op = lambda v: kernel_matvec(k, v, block) + ridge * v
+    X = np.zeros_like(Y)
+    R = Y.copy()
+    Z = R / diag[:, None]
+    P = Z.copy()
+    rz = np.sum(R * Z, axis=0)
+    ynorm = np.maximum(np.linalg.norm(Y, axis=0), 1e-300)
+    it = 0
+    while it < maxiter and np.any(np.linalg.norm(R, axis=0) > tol * ynorm):
+        KP = op(P)
+        alpha = rz / np.maximum(np.sum(P * KP, axis=0), 1e-300)
+        X += alpha * P
+        R -= alpha * KP
+        Z = R / diag[:, None]
+        rz_new = np.sum(R * Z, axis=0)
+        P = Z + (rz_new / np.maximum(rz, 1e-300)) * P
+        rz = rz_new
+        it += 1
+    res = np.linalg.norm(Y - op(X), axis=0) / ynorm
+    if np.any(res > tol):
+        warnings.warn(
+            f"kernel_solve: CG stopped after {it} iterations at relative residual {res.max():.1e} > tol={tol:g}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return KernelSolve(X.reshape(y.shape), res, it, "cg")

@@ -253,12 +253,12 @@ def build_norm_angle(
 ) -> list[NormAngleKernel]:
     """Certified interpolants of G kernels over norms in [rmin, rmax] and all angles.
 
-    1. Tables of (Qa + 1)^2 (Qu + 1) solves, from Qa = 8 (0 for one norm) and Qu = 32: along
+    1. Tables of (Qa + 1)^2 (Qu + 1) solves, from Qa = 16 (0 for one norm) and Qu = 32: along
        each axis the truncation error is estimated from the last quarter of the Chebyshev
        coefficients, and the degree of an axis whose estimate exceeds half of ``rtol`` of the
-       kernel's scale doubles. 2. At ``checks`` random (a, b, cos) points (one in eight with a = b, cos = 1)
-       the degree-(Qa, Qu) interpolant is compared with direct solves; if it misses ``rtol``
-       both degrees double once more.
+       kernel's scale doubles. 2. On all pairs of 8 random first inputs with ``checks`` random
+       second ones and the 8 first ones again (identical and parallel pairs), the interpolant
+       is compared with direct solves; if it misses ``rtol`` both degrees double once more.
 
     The error bound is the larger of 4 times the largest check miss and the sum of the two
     axes' truncation estimates, plus the solves' own estimates.
@@ -269,7 +269,7 @@ def build_norm_angle(
         rmin: smallest norm (> 0).
         rmax: largest norm (>= rmin).
         rtol: target accuracy relative to each kernel's largest value.
-        checks: random check points.
+        checks: random second inputs of the check pairs.
         max_pairs: most solves in one table.
         seed: seed of the check points.
 
@@ -285,7 +285,7 @@ def build_norm_angle(
     if isinstance(d, bool) or int(d) != d or d < 2:
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
     span = rmax - rmin
-    qa, qu = (0 if span <= 1e-12 * rmax else 8), 32
+    qa, qu = (0 if span <= 1e-12 * rmax else 16), 32
     nodes_r = lambda q: (rmin + rmax) / 2 + span / 2 * lobatto(q) if q else np.array([rmin])
     size = lambda qa, qu: (qa + 1) ** 2 * (qu + 1)
 
@@ -312,21 +312,18 @@ def build_norm_angle(
         qa, qu = qa2, qu2
         coefs, err, scale, gap_a, gap_u = table(qa, qu)
 
+    # check pairs: every pair of 8 random first inputs with 8 + checks second ones (random norms
+    # and angles, and the first inputs themselves: identical and parallel pairs)
     rng = np.random.default_rng(seed)
-    same = np.arange(checks) < max(1, checks // 8)
-    a_chk = rng.uniform(rmin, rmax, checks)
-    b_chk = np.where(same, a_chk, rng.uniform(rmin, rmax, checks))
-    th = _theta(np.where(same, 1.0, rng.uniform(-1.0, 1.0, checks)))
     e1, e2 = np.eye(d)[0], np.eye(d)[1]
-    direct, check_err = evaluate(
-        a_chk[:, None] * e1, b_chk[:, None] * (np.cos(th)[:, None] * e1 + np.sin(th)[:, None] * e2)
-    )
-    direct = np.asarray(direct)[:, np.arange(checks), np.arange(checks)]
+    x1c = rng.uniform(rmin, rmax, (8, 1)) * e1
+    th = _theta(rng.uniform(-1.0, 1.0, (checks, 1)))
+    x2c = np.concatenate([x1c, rng.uniform(rmin, rmax, (checks, 1)) * (np.cos(th) * e1 + np.sin(th) * e2)])
+    direct, check_err = evaluate(x1c, x2c)
+    direct = np.asarray(direct)
     for attempt in range(2):
         kernels = [NormAngleKernel(jnp.asarray(c), float(rmin), float(rmax), 0.0) for c in coefs]
-        miss = np.stack([np.abs(np.asarray(k(a_chk, b_chk, np.cos(th))) - t) for k, t in zip(kernels, direct)]).max(
-            axis=1
-        )
+        miss = np.array([np.max(np.abs(np.asarray(k.gram(x1c, x2c)) - t)) for k, t in zip(kernels, direct)])
         if np.all(miss <= rtol * scale):
             bound = np.maximum(4.0 * miss, gap_a + gap_u) + np.asarray(err) + np.asarray(check_err)
             return [NormAngleKernel(k.coefficients, k.rmin, k.rmax, float(e)) for k, e in zip(kernels, bound)]

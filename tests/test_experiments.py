@@ -22,6 +22,7 @@ TINY = {
     "E9": dict(widths=(4, 16), n_seeds=32, n_inputs=2),
     "E10": dict(activations=("erf",), horizons=(0.5, 1.0), sigmas=(1.0,), depths=(2, 4), n_points=5),
     "E11": dict(activations=("erf",), k_max=6, depth=4, point_counts=(4, 8)),
+    "E12": dict(activations=("erf",), depth=2, n_train=40, n_test=30, width=16, train_steps=5),
 }
 
 

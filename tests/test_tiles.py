@@ -163,3 +163,30 @@ def test_two_processes_write_the_same_kernel_as_one(tmp_path):
     markers = os.listdir(tmp_path / "two" / "tiles")
     assert len(markers) == len(tile_starts(10, 10, 4, True))
     assert all(json.loads((tmp_path / "two" / "tiles" / m).read_text())["method"] == "direct" for m in markers)
+
+
+def test_kernel_solve_cg_on_a_memory_mapped_kernel_matches_cholesky(tmp_path):
+    import warnings
+
+    from ntk_ode.predict import kernel_matvec, kernel_solve
+
+    x = _sphere(60, 3, 5)
+    store = kernel_to_disk(NeuralODE("relu"), x, folder=tmp_path / "k", depth=4, tile=16, get="ntk")
+    k = store.load("ntk")
+    y = np.stack([np.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
+    chol = kernel_solve(k, y, 1e-3, method="cholesky")
+    cg = kernel_solve(k, y, 1e-3, method="cg", tol=1e-12, block=7)
+    assert cg.method == "cg" and cg.iterations > 0 and np.all(cg.residual <= 1e-12)
+    np.testing.assert_allclose(cg.alpha, chol.alpha, rtol=1e-8, atol=1e-8 * np.abs(chol.alpha).max())
+    # the residual is the true one (recomputed here independently)
+    true = np.linalg.norm(np.asarray(k) @ cg.alpha + 1e-3 * cg.alpha - y, axis=0) / np.linalg.norm(y, axis=0)
+    np.testing.assert_allclose(cg.residual, true, rtol=1e-3, atol=1e-15)
+    np.testing.assert_allclose(kernel_matvec(k, y, block=11), np.asarray(k) @ y, rtol=1e-13)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        short = kernel_solve(k, y, 1e-3, method="cg", maxiter=2)
+    assert short.iterations == 2 and any("CG stopped" in str(m.message) for m in w)
+    with pytest.raises(ValueError, match="ridge"):
+        kernel_solve(k, y, -1.0)
+    with pytest.raises(ValueError, match="y must"):
+        kernel_solve(k, y[:5])
