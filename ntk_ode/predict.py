@@ -302,6 +302,9 @@ def kernel_matvec(k: Any, v: Any, block: int = 4096) -> np.ndarray:
 
     Returns:
         (M,) or (M, c) float64.
+
+    Raises:
+        ValueError: the shapes do not match.
     """
     v = np.asarray(v, np.float64)
     if k.ndim != 2 or k.shape[1] != v.shape[0]:
