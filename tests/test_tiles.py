@@ -190,3 +190,37 @@ def test_kernel_solve_cg_on_a_memory_mapped_kernel_matches_cholesky(tmp_path):
         kernel_solve(k, y, -1.0)
     with pytest.raises(ValueError, match="y must"):
         kernel_solve(k, y[:5])
+
+
+def test_full_disk_fails_before_work_and_a_failed_write_keeps_finished_tiles(tmp_path, monkeypatch):
+    import errno
+
+    from ntk_ode import tiles
+
+    x = _sphere(8, 3, 6)
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(tiles.os, "posix_fallocate", no_space)
+        with pytest.raises(OSError, match="cannot reserve .* nothing was computed"):
+            kernel_to_disk(MODEL, x, folder=tmp_path / "k", depth=2, tile=4, method="direct")
+    assert not any(p.suffix == ".npy" for p in (tmp_path / "k").iterdir())
+
+    writes = []
+    real = os.pwrite
+
+    def failing(fd, data, pos):
+        writes.append(1)
+        if len(writes) > 8:  # the first tile (4 rows, two kernels) goes through
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, pos)
+
+    with monkeypatch.context() as m:
+        m.setattr(tiles.os, "pwrite", failing)
+        with pytest.raises(OSError, match=r"tile \(0, 4\).*finished tiles are kept"):
+            kernel_to_disk(MODEL, x, folder=tmp_path / "k2", depth=2, tile=4, method="direct")
+    assert os.listdir(tmp_path / "k2" / "tiles") == ["0_0.json"]
+    store = kernel_to_disk(MODEL, x, folder=tmp_path / "k2", depth=2, tile=4, method="direct")  # resumes
+    np.testing.assert_allclose(store.load("ntk"), np.asarray(kernel_fn(MODEL, 2)(x, get="ntk")), rtol=1e-12)

@@ -49,7 +49,7 @@ for act in activations:
     h = ", ".join(f"{k} {v:.3f}" for k, v in fit.hyper.items())
     print(
         f"{act:9s} -log p/obs {fit.objective[0]:.4f} -> {fit.objective[-1]:.4f} in {len(fit.objective) - 1} L-BFGS "
-        f"steps (converged {fit.converged}, |grad| {fit.grad_norm:.1e}); fitted {h}, noise {fit.noise:.4f}; "
+        f"steps (converged {fit.converged}, |grad| {fit.grad_norm:.1e}); fitted {h}, noise {fit.noise:.2e}; "
         f"test accuracy default {accuracy(start, 0.1):.3f} -> fitted {accuracy(fit.model, fit.noise):.3f}"
     )
 
