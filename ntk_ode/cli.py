@@ -319,7 +319,7 @@ def _kernel_to_store(args) -> int:
         depth=args.depth,
         tile=args.tile,
         dtype=args.dtype,
-        rtol=args.rtol if args.rtol is not None else 1e-10,
+        rtol=args.rtol if args.rtol is not None else 1e-8,
         method=args.method,
         progress=jax.process_index() == 0,
     )
