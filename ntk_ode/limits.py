@@ -494,14 +494,15 @@ class _Problem:
 _TERMS_LADDER = (192, 384, 640)
 
 
-def _trim_terms(duals: Duals, problem: _Problem, grid: Grid):
-    """Drop the Mehler terms whose coefficients stay below 1e-10 of the largest (over every input
-    and node): the dropped tail contributes < ~1e-19 relative to the kernel, even at rho = 1."""
+def _trim_terms(duals: Duals, problem: _Problem, grid: Grid, threshold: float = 1e-10):
+    """Drop the Mehler terms whose coefficients stay below ``threshold`` of the largest (over every
+    input and node): the dropped tail contributes < ~terms * threshold^2 relative to the kernel,
+    even at rho = 1 (1e-10: < ~1e-17). The caller certifies the result."""
     if duals.closed:
         return duals
     _, tabs = problem.singles(grid)
     mags = np.max([np.max(np.abs(np.asarray(t)).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
-    big = np.nonzero(mags > 1e-10 * mags.max())[0]
+    big = np.nonzero(mags > threshold * mags.max())[0]
     keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
     return Duals(duals.act, keep)
 
@@ -543,13 +544,15 @@ def _choose_terms(duals0: Duals, problem: _Problem, grid: Grid, inputs, target: 
         problem.duals = duals
         delta = _mehler_certificate(duals, problem, grid, inputs)
         if delta <= target:
-            trimmed = _trim_terms(duals, problem, grid)
-            if trimmed.terms < duals.terms:
-                problem.duals = trimmed
-                delta_t = _mehler_certificate(trimmed, problem, grid, inputs)
-                if delta_t <= target:
-                    return trimmed, delta_t
-                problem.duals = duals
+            # trim as far as the target allows (tail ~ terms * threshold^2), else to 1e-10
+            for threshold in (max(1e-10, 0.5 * math.sqrt(target / terms)), 1e-10):
+                trimmed = _trim_terms(duals, problem, grid, threshold)
+                if trimmed.terms < duals.terms:
+                    problem.duals = trimmed
+                    delta_t = _mehler_certificate(trimmed, problem, grid, inputs)
+                    if delta_t <= target:
+                        return trimmed, delta_t
+                    problem.duals = duals
             return duals, delta
     # the series cannot be certified (large variance, kinks): robust quadrature at every point
     quad = Duals(duals0.act, duals0.terms, quad=True)
