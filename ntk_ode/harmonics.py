@@ -25,6 +25,7 @@ import numpy as np
 
 from .limits import kernel_fn
 from .model import NeuralODE
+from .tables import clenshaw, cosine_to_u
 
 __all__ = [
     "Spectrum",
@@ -286,11 +287,7 @@ class ZonalKernel:
         Returns:
             Kernel values, the shape of ``cos``.
         """
-        c = jnp.clip(jnp.asarray(cos, self.coefficients.dtype), -1.0, 1.0)
-        tol = 4 * jnp.finfo(c.dtype).eps  # rounding of a cosine of +-1 (see :meth:`gram`)
-        c = jnp.where(jnp.abs(c) >= 1 - tol, jnp.sign(c), c)
-        u = 1.0 - 2.0 * jnp.arccos(c) / jnp.pi
-        return _clenshaw(self.coefficients, u)
+        return clenshaw(self.coefficients, cosine_to_u(jnp.asarray(cos, self.coefficients.dtype)))
 
     def gram(self, x1, x2=None):
         """The kernel matrix of inputs of norm ``radius``, from their cosines.
@@ -330,15 +327,6 @@ class ZonalKernel:
             The kernel.
         """
         return cls(children[0], *aux)
-
-
-def _clenshaw(coef, u):
-    def body(carry, c):
-        b1, b2 = carry
-        return (2.0 * u * b1 - b2 + c, b1), None
-
-    (b1, b2), _ = jax.lax.scan(body, (jnp.zeros_like(u), jnp.zeros_like(u)), coef[:0:-1])
-    return u * b1 - b2 + coef[0]
 
 
 def zonal_kernel(

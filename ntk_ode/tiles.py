@@ -38,6 +38,7 @@ from .harmonics import zonal_kernel
 from .limits import GETS, kernel_fn, norm_angle_kernel
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
+from .tables import clenshaw, cosine_to_u
 
 METHODS = ("auto", "zonal", "table", "direct")
 DTYPES = ("float64", "float32")
@@ -174,7 +175,18 @@ def tile_kernel(
             raise ValueError("method='table' needs nonzero inputs; use 'direct'")
         lo, hi = float(norms.min()), float(norms.max())
         fns = cast(list, norm_angle_kernel(model, d, lo, hi, depth=depth, get=names, rtol=rtol))
-    gram = jax.jit(lambda a, b: jnp.stack([f.gram(a, b) for f in fns]))
+    if method == "zonal":  # one product, one u and one fused recurrence for all kernels
+        Q = max(f.coefficients.shape[0] for f in fns)
+        coef = jnp.stack([jnp.pad(f.coefficients, (0, Q - f.coefficients.shape[0])) for f in fns], axis=1)
+
+        def zonal_gram(a, b):
+            n1, n2 = jnp.linalg.norm(a, axis=1), jnp.linalg.norm(b, axis=1)
+            u = cosine_to_u((a @ b.T) / (n1[:, None] * n2[None, :]))
+            return clenshaw(coef[:, :, None, None], u)
+
+        gram = jax.jit(zonal_gram)
+    else:
+        gram = jax.jit(lambda a, b: jnp.stack([f.gram(a, b) for f in fns]))
     errors = {n: float(f.error) for n, f in zip(names, fns)}
 
     def fast(a, b):
