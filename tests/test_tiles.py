@@ -224,3 +224,22 @@ def test_full_disk_fails_before_work_and_a_failed_write_keeps_finished_tiles(tmp
     assert os.listdir(tmp_path / "k2" / "tiles") == ["0_0.json"]
     store = kernel_to_disk(MODEL, x, folder=tmp_path / "k2", depth=2, tile=4, method="direct")  # resumes
     np.testing.assert_allclose(store.load("ntk"), np.asarray(kernel_fn(MODEL, 2)(x, get="ntk")), rtol=1e-12)
+
+
+def test_two_processes_deal_the_seeds_of_a_width_sweep(tmp_path):
+    common = ["sweep", "--widths", "8", "16", "--seeds", "3", "--n", "4", "--depth", "2", "--activation", "erf"]
+    env = dict(os.environ, NTK_ODE_CACHE_DIR="")
+    for name, extra in (("one", []), ("two", ["--processes", "2"])):
+        run = subprocess.run(
+            [sys.executable, "-m", "ntk_ode.cli", *common, "--out", str(tmp_path / name), *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())["state"]["done"]
+    two = json.loads((tmp_path / "two.json").read_text())["state"]["done"]
+    for w in ("8", "16"):
+        np.testing.assert_allclose(two[w]["dist"], one[w]["dist"], rtol=1e-13)
+        np.testing.assert_allclose(two[w]["mean_ntk"], one[w]["mean_ntk"], rtol=1e-13)
