@@ -41,7 +41,8 @@ def general_inputs(n, d=10, seed=0):
 def sphere_inputs(n, d, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(d)
+    x *= np.sqrt(d) / np.linalg.norm(x, axis=1, keepdims=True)  # in place: one copy of the inputs
+    return x
 
 
 def peak_mib():

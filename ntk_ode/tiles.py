@@ -104,8 +104,7 @@ def tile_starts(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int,
     return [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile) if not symmetric or j >= i]
 
 
-def _same_norm(x) -> bool:
-    norms = np.linalg.norm(np.asarray(x), axis=1)
+def _same_norm(norms: np.ndarray) -> bool:
     return bool(norms.min() > 0 and np.ptp(norms) <= 1e-12 * norms.max())
 
 
@@ -148,12 +147,12 @@ def tile_kernel(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    both = np.concatenate([x1, x2])
-    same = _same_norm(both)
+    norms = np.concatenate([np.linalg.norm(x1, axis=1), np.linalg.norm(x2, axis=1)])  # no copy of the inputs
+    same = _same_norm(norms)
     if method == "zonal" and not same:
         raise ValueError("method='zonal' needs inputs of one (nonzero) norm; use 'table' or 'direct'")
     if method == "auto":
-        nonzero = np.linalg.norm(both, axis=1).min() > 0
+        nonzero = norms.min() > 0
         method = "zonal" if same else ("table" if nonzero else "direct")
     names = tuple(names)
     if method == "direct":
@@ -164,13 +163,12 @@ def tile_kernel(
             return {n: np.asarray(getattr(k, n)) for n in names}, {n: float(getattr(e, n)) for n in names}
 
         return method, direct
-    d = both.shape[1]
+    d = x1.shape[1]
     fns: list[Any]
     if method == "zonal":
-        radius = float(np.linalg.norm(both[0]))
+        radius = float(norms[0])
         fns = [zonal_kernel(model, d, depth=depth, get=n, radius=radius, rtol=rtol) for n in names]
     else:
-        norms = np.linalg.norm(both, axis=1)
         if norms.min() <= 0:
             raise ValueError("method='table' needs nonzero inputs; use 'direct'")
         lo, hi = float(norms.min()), float(norms.max())
