@@ -130,7 +130,7 @@ def fingerprint(*arrays: Any) -> str:
             continue
         arr = np.ascontiguousarray(np.asarray(a))
         h.update(f"{arr.dtype.str}{arr.shape};".encode())
-        h.update(memoryview(arr.reshape(-1).view(np.uint8)))  # no copy of large inputs
+        h.update(arr.reshape(-1).view(np.uint8).data)  # no copy of large inputs
     return h.hexdigest()[:16]
 
 
