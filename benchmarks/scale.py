@@ -131,7 +131,7 @@ def main():
         return
     rows = []
     direct_ns = (50, 100) if a.quick else (100, 200, 400)
-    table_ns = (100, 1000) if a.quick else ((100, 1000, 8000, 20000) if a.big else (100, 1000, 4000, 8000))
+    table_ns = (100, 1000) if a.quick else ((100, 1000, 8000, 20000) if a.big else (100, 1000, 8000))
     for n in direct_ns:
         rows.append(run_child("direct", n))
         print(rows[-1], flush=True)
