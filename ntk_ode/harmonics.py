@@ -25,7 +25,7 @@ import numpy as np
 
 from .limits import kernel_fn
 from .model import NeuralODE
-from .tables import clenshaw, cosine_to_u
+from .tables import CoefficientKernel, clenshaw, cosine_to_u, cosines
 
 __all__ = [
     "Spectrum",
@@ -261,7 +261,7 @@ def predicted_lambda_min(spectrum: Spectrum, N: int) -> dict:
 
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass
-class ZonalKernel:
+class ZonalKernel(CoefficientKernel):
     """A zonal kernel ``k(cos)`` as a Chebyshev series in ``u = 1 - 2 theta / pi`` (theta the
     angle), from :func:`zonal_kernel`. Calling it is pure JAX (jit, vmap, grad in the cosine away
     from +-1), so it can be handed to other solvers.
@@ -277,6 +277,8 @@ class ZonalKernel:
     error: float
     radius: float
     d: int
+
+    STATIC = ("error", "radius", "d")
 
     def __call__(self, cos):
         """The kernel at cosines ``cos`` (clipped to [-1, 1]).
@@ -303,30 +305,7 @@ class ZonalKernel:
         Returns:
             (N1, N2) kernel matrix.
         """
-        x2 = x1 if x2 is None else x2
-        n1, n2 = jnp.linalg.norm(x1, axis=1), jnp.linalg.norm(x2, axis=1)
-        return self((x1 @ x2.T) / (n1[:, None] * n2[None, :]))
-
-    def tree_flatten(self):
-        """Pytree protocol: the coefficients are the leaf.
-
-        Returns:
-            ``((coefficients,), (error, radius, d))``.
-        """
-        return (self.coefficients,), (self.error, self.radius, self.d)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        """Pytree protocol.
-
-        Args:
-            aux: ``(error, radius, d)``.
-            children: ``(coefficients,)``.
-
-        Returns:
-            The kernel.
-        """
-        return cls(children[0], *aux)
+        return self(cosines(x1, x1 if x2 is None else x2))
 
 
 def zonal_kernel(

@@ -76,6 +76,51 @@ def _unroll(terms: int) -> int | bool:
     return True if terms <= 130 else 16
 
 
+def cosines(x1, x2):
+    """The cosines ``x1_i . x2_j / (|x1_i| |x2_j|)`` of two input sets, from one matrix product
+    (divided by the true norms, not by a nominal radius: kernels that vary like
+    ``sqrt(1 - cos)`` near ``cos = 1`` would feel a norm off by one rounding).
+
+    Args:
+        x1: inputs (N1, d).
+        x2: inputs (N2, d).
+
+    Returns:
+        (N1, N2) cosines.
+    """
+    n1, n2 = jnp.linalg.norm(x1, axis=1), jnp.linalg.norm(x2, axis=1)
+    return (x1 @ x2.T) / (n1[:, None] * n2[None, :])
+
+
+class CoefficientKernel:
+    """Pytree protocol for kernels given by a coefficient array (the leaf) and static fields
+    named in ``STATIC`` (subclasses take ``(coefficients, *static)`` in their constructor)."""
+
+    STATIC: tuple = ()
+    coefficients: jax.Array
+
+    def tree_flatten(self):
+        """Pytree protocol: the coefficients are the leaf.
+
+        Returns:
+            ``((coefficients,), static fields)``.
+        """
+        return (self.coefficients,), tuple(getattr(self, f) for f in self.STATIC)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        """Pytree protocol.
+
+        Args:
+            aux: the static fields.
+            children: ``(coefficients,)``.
+
+        Returns:
+            The kernel.
+        """
+        return cls(children[0], *aux)  # type: ignore[call-arg]  # subclasses take (coefficients, *static)
+
+
 def _vander(y, Q: int):
     cols = [jnp.ones_like(y)]
     if Q >= 1:
@@ -86,7 +131,7 @@ def _vander(y, Q: int):
 
 
 @jax.tree_util.register_pytree_node_class
-class NormAngleKernel:
+class NormAngleKernel(CoefficientKernel):
     """A kernel ``k(|x|, |x'|, cos)`` as a tensor Chebyshev series, from :func:`build_norm_angle`.
 
     Calling it and :meth:`gram` are pure JAX (jit, vmap).
@@ -98,6 +143,8 @@ class NormAngleKernel:
         rmax: the largest norm covered.
         error: estimated bound on |k - true kernel| over the covered norms and all angles.
     """
+
+    STATIC = ("rmin", "rmax", "error")
 
     def __init__(self, coefficients, rmin: float, rmax: float, error: float):
         self.coefficients = coefficients
@@ -143,7 +190,7 @@ class NormAngleKernel:
         x2 = x1 if x2 is None else x2
         c = self.coefficients
         n1, n2 = jnp.linalg.norm(x1, axis=1), jnp.linalg.norm(x2, axis=1)
-        u = cosine_to_u((x1 @ x2.T) / (n1[:, None] * n2[None, :]))
+        u = cosine_to_u(cosines(x1, x2))
         qa = c.shape[0] - 1
         a = _vander(self._y(n1), qa) @ c.reshape(qa + 1, -1)  # (N1, (Qa+1)(Qu+1))
         a = a.reshape(n1.shape[0], qa + 1, c.shape[2])
@@ -158,27 +205,6 @@ class NormAngleKernel:
         steps = jnp.arange(c.shape[2] - 1, 0, -1)
         (b1, b2), _ = jax.lax.scan(body, (zero, zero), steps, unroll=_unroll(c.shape[2]))
         return u * b1 - b2 + a[:, :, 0] @ b.T
-
-    def tree_flatten(self):
-        """Pytree protocol: the coefficients are the leaf.
-
-        Returns:
-            ``((coefficients,), (rmin, rmax, error))``.
-        """
-        return (self.coefficients,), (self.rmin, self.rmax, self.error)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        """Pytree protocol.
-
-        Args:
-            aux: ``(rmin, rmax, error)``.
-            children: ``(coefficients,)``.
-
-        Returns:
-            The kernel.
-        """
-        return cls(children[0], *aux)
 
 
 def chebyshev_coefficients(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:

@@ -38,7 +38,7 @@ from .harmonics import zonal_kernel
 from .limits import GETS, kernel_fn, norm_angle_kernel
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
-from .tables import clenshaw, cosine_to_u
+from .tables import clenshaw, cosine_to_u, cosines
 
 METHODS = ("auto", "zonal", "table", "direct")
 DTYPES = ("float64", "float32")
@@ -178,9 +178,7 @@ def tile_kernel(
         coef = jnp.stack([jnp.pad(f.coefficients, (0, Q - f.coefficients.shape[0])) for f in fns], axis=1)
 
         def zonal_gram(a, b):
-            n1, n2 = jnp.linalg.norm(a, axis=1), jnp.linalg.norm(b, axis=1)
-            u = cosine_to_u((a @ b.T) / (n1[:, None] * n2[None, :]))
-            return clenshaw(coef[:, :, None, None], u)
+            return clenshaw(coef[:, :, None, None], cosine_to_u(cosines(a, b)))
 
         gram = jax.jit(zonal_gram)
     else:
