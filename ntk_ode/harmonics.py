@@ -313,11 +313,11 @@ def zonal_kernel(
     d: int,
     *,
     depth: int | None = None,
-    get: str = "ntk",
+    get: str | tuple = "ntk",
     radius: float | None = None,
     rtol: float = 1e-10,
     max_nodes: int = 512,
-) -> ZonalKernel:
+) -> ZonalKernel | list[ZonalKernel]:
     """The NTK or NNGP of inputs of one norm as a function of the cosine, with an error bound.
 
     Tabulates the kernel (:func:`ntk_ode.kernel_fn`) at Chebyshev-Lobatto nodes in
@@ -329,13 +329,13 @@ def zonal_kernel(
         model: the Neural ODE.
         d: input dimension.
         depth: None for the ODE, L for the ResNet.
-        get: "ntk" or "nngp".
+        get: "ntk", "nngp", or a tuple of them (one set of solves for all).
         radius: the inputs' norm (default sqrt(d)).
         rtol: target relative accuracy.
         max_nodes: most table nodes tried.
 
     Returns:
-        A :class:`ZonalKernel`.
+        A :class:`ZonalKernel` (``get`` a string) or a list of them.
 
     Raises:
         ValueError: bad arguments.
@@ -343,20 +343,25 @@ def zonal_kernel(
     """
     if isinstance(d, bool) or int(d) != d or d < 2:
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
-    if get not in ("ntk", "nngp"):
-        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names or any(g not in ("ntk", "nngp") for g in names) or len(set(names)) != len(names):
+        raise ValueError(f"get must be 'ntk', 'nngp' or a tuple of both, got {get!r}")
     radius = math.sqrt(d) if radius is None else float(radius)
     kfn = kernel_fn(model, depth, rtol=min(rtol, 1e-8))
     prev, Q = None, 16
     while Q <= max_nodes:
         u = np.cos(np.pi * np.arange(Q + 1) / Q)
         x0, xs = sphere_pair_inputs(d, radius, np.pi * (1.0 - u) / 2.0)
-        vals, kerr = kfn(x0, xs, get=get, with_error=True)
-        vals = np.asarray(vals)[0]
-        coef = np.polynomial.chebyshev.chebfit(u, vals, Q)
+        vals, kerr = kfn(x0, xs, get=names, with_error=True)  # one solve for every kernel
+        vals = np.stack([np.asarray(v)[0] for v in vals])
+        coef = np.polynomial.chebyshev.chebfit(u, vals.T, Q).T
         if prev is not None:
-            diff = float(np.max(np.abs(np.polynomial.chebyshev.chebval(u, prev) - vals)))
-            if diff <= rtol * np.max(np.abs(vals)):
-                return ZonalKernel(jnp.asarray(coef), 4.0 * diff + float(kerr), radius, int(d))
+            diff = np.max(np.abs(np.polynomial.chebyshev.chebval(u, prev.T) - vals), axis=1)
+            if np.all(diff <= rtol * np.max(np.abs(vals), axis=1)):
+                out = [
+                    ZonalKernel(jnp.asarray(c), 4.0 * float(e) + float(k), radius, int(d))
+                    for c, e, k in zip(coef, diff, kerr)
+                ]
+                return out[0] if isinstance(get, str) else out
         prev, Q = coef, 2 * Q
     raise RuntimeError(f"zonal_kernel: the table did not reach rtol={rtol:g} with {max_nodes + 1} nodes")

@@ -165,15 +165,8 @@ def tile_kernel(
         return method, direct
     d = x1.shape[1]
     fns: list[Any]
-    if method == "zonal":
-        radius = float(norms[0])
-        fns = [zonal_kernel(model, d, depth=depth, get=n, radius=radius, rtol=rtol) for n in names]
-    else:
-        if norms.min() <= 0:
-            raise ValueError("method='table' needs nonzero inputs; use 'direct'")
-        lo, hi = float(norms.min()), float(norms.max())
-        fns = cast(list, norm_angle_kernel(model, d, lo, hi, depth=depth, get=names, rtol=rtol))
-    if method == "zonal":  # one product, one u and one fused recurrence for all kernels
+    if method == "zonal":  # one table of solves; one product, one u and one fused recurrence
+        fns = cast(list, zonal_kernel(model, d, depth=depth, get=names, radius=float(norms[0]), rtol=rtol))
         Q = max(f.coefficients.shape[0] for f in fns)
         coef = jnp.stack([jnp.pad(f.coefficients, (0, Q - f.coefficients.shape[0])) for f in fns], axis=1)
 
@@ -182,6 +175,10 @@ def tile_kernel(
 
         gram = jax.jit(zonal_gram)
     else:
+        if norms.min() <= 0:
+            raise ValueError("method='table' needs nonzero inputs; use 'direct'")
+        lo, hi = float(norms.min()), float(norms.max())
+        fns = cast(list, norm_angle_kernel(model, d, lo, hi, depth=depth, get=names, rtol=rtol))
         gram = jax.jit(lambda a, b: jnp.stack([f.gram(a, b) for f in fns]))
     errors = {n: float(f.error) for n, f in zip(names, fns)}
 
