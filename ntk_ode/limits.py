@@ -833,7 +833,9 @@ def norm_angle_kernel(
     names, single = _check_get(get)
     if isinstance(d, bool) or int(d) != d or d < 2:
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
-    direct = kernel_fn(model, depth, rtol=min(rtol, 1e-8), nodes=nodes, terms=terms, equal_norm=False, table=False)
+    # the node solves aim at 1e-8 in float64; in float32 (x64 off) at rtol itself, as kernel_fn does
+    inner = min(rtol, 1e-8) if jnp.result_type(float) == jnp.float64 else rtol
+    direct = kernel_fn(model, depth, rtol=inner, nodes=nodes, terms=terms, equal_norm=False, table=False)
 
     def evaluate(x1, x2):
         k, e = direct(x1, x2, get=names, with_error=True)
