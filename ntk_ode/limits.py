@@ -287,7 +287,7 @@ def single_variances(duals: Duals, grid: Grid, sigma_w, s00):
     return jnp.diagonal(S), ok
 
 
-def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1, v2, tab1, tab2):
+def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1, v2, tab1, tab2, ntk: bool = True):
     """NNGP, NTK, its (U, W, v) blocks and convergence flag for one input pair (docs/theory.md
     section 3), given both inputs' variances on ``grid``. Traceable, also in ``sigma_w``,
     ``sigma_v``, ``s00`` and the grid's operators.
@@ -303,6 +303,7 @@ def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1,
         v2: the second input's variances.
         tab1: the first input's coefficient tables (``duals.tables(v1)``).
         tab2: the second input's tables.
+        ntk: False skips the NTK's equation (its value and the U, W blocks are then nan).
 
     Returns:
         ``(nngp, ntk, blocks (3,), converged)``.
@@ -314,14 +315,13 @@ def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1,
         lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
     )
     Phi = duals.phi(v1, v2, S, tab1, tab2)
-    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
     sv2 = sigma_v**2
-    if head == "phi":
-        nngp = sv2 * Phi[-1, -1]
-        KT = sv2 * dPhi[-1, -1]
-    else:
-        nngp = sv2 * S[-1, -1]
-        KT = jnp.asarray(sv2, dt)
+    nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
+    if not ntk:
+        nan = jnp.asarray(jnp.nan, dt)
+        return nngp, nan, jnp.stack([nan, nan, nngp]), ok1
+    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
+    KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
     P = _shift(dPhi) if grid.shift else dPhi
     K, ok2 = _picard(lambda K: KT + c * B @ (P * K) @ B.T, jnp.full((grid.size,) * 2, KT), _tol(dt))
     Pw = _shift(Phi) if grid.shift else Phi
@@ -342,11 +342,12 @@ def _singles_jit(duals, grid, sigma_w, s00):
     return v, duals.tables(v), ok
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _pairs_jit(duals, grid, model, s00, v1, v2, tab1, tab2):
-    return jax.vmap(lambda *a: pair_kernels(duals, grid, model.sigma_w, model.sigma_v, model.head, *a))(
-        s00, v1, v2, tab1, tab2
-    )
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _pairs_jit(duals, grid, model, want_ntk, s00, v1, v2, tab1, tab2):
+    def one(s, a, b, ta, tb):
+        return pair_kernels(duals, grid, model.sigma_w, model.sigma_v, model.head, s, a, b, ta, tb, ntk=want_ntk)
+
+    return jax.vmap(one)(s00, v1, v2, tab1, tab2)
 
 
 def _mesh_sharding():
@@ -357,8 +358,9 @@ def _mesh_sharding():
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pairs")), len(devs)
 
 
-def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress, shard):
-    """Solve the pairs (i1[p], i2[p]) with pair covariances s00[p], in padded blocks."""
+def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress, shard, want_ntk=True):
+    """Solve the pairs of rows (i1[p], i2[p]) of ``v``, ``tabs`` with pair covariances s00[p],
+    in padded blocks."""
     P = s00.shape[0]
     sharding, ndev = _mesh_sharding() if shard else (None, 1)
     bs = max(1, min(1 if duals.per_input_batch else block_size, P))
@@ -375,7 +377,7 @@ def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress,
         args = (s00[idx], v[i1[idx]], v[i2[idx]], tuple(t[i1[idx]] for t in tabs), tuple(t[i2[idx]] for t in tabs))
         if sharding is not None:
             args = jax.device_put(args, sharding)
-        nngp, ntk, blocks, ok = _pairs_jit(duals, grid, model, *args)
+        nngp, ntk, blocks, ok = _pairs_jit(duals, grid, model, bool(want_ntk), *args)
         n_real = min(bs, P - s)
         outs.append(tuple(np.asarray(a)[:n_real] for a in (nngp, ntk, blocks, ok)))
     return tuple(np.concatenate(o) for o in zip(*outs))
@@ -428,10 +430,16 @@ def _raise_on_failure(ok, nngp, ntk, model, what):
 
 
 class _Problem:
-    """All inputs of one kfn call: per-input variances on a grid and the pairs to solve."""
+    """All inputs of one kfn call: per-input variances on a grid and the pairs to solve.
 
-    def __init__(self, model, duals, x1, x2, symmetric):
+    The single-input problems depend on an input only through its self-covariance
+    ``Sigma^{0,0}(x, x)``: they are solved once per distinct value (``rows``), and only for the
+    inputs asked for (the grid and dual probes touch a few inputs, not all of them).
+    """
+
+    def __init__(self, model, duals, x1, x2, symmetric, want_ntk=True):
         self.model, self.duals = model, duals
+        self.x1, self.x2 = x1, x1 if symmetric else x2
         self.X = x1 if symmetric else jnp.concatenate([x1, x2])
         self.N1 = x1.shape[0]
         self.N2 = x1.shape[0] if symmetric else x2.shape[0]
@@ -442,44 +450,95 @@ class _Problem:
             i1, i2 = (a.ravel() for a in np.meshgrid(np.arange(self.N1), np.arange(self.N2), indexing="ij"))
         self.i1, self.i2_local, self.i2 = i1, i2, i2 + off
         self.symmetric = symmetric
-        self.self_s00 = _s00(model, self.X, self.X)
-        self._singles = {}
+        # the kernels checked and reported: the NNGP, and the NTK unless only the NNGP is asked
+        self.want_ntk = want_ntk
+        self.main = [0, 1] if want_ntk else [0]
+        self.input_s00 = np.asarray(_s00(model, self.X, self.X))
+        values, self.slot = np.unique(self.input_s00, return_inverse=True)
+        self.s00_values = jnp.asarray(values, self.X.dtype)
+        self._singles: dict = {}
+        self._cos = None
 
-    def singles(self, grid):
-        """Per-input variances and coefficient tables on ``grid`` (solved once per grid and duals)."""
+    def rows(self, inputs):
+        """The rows of :meth:`singles` holding ``inputs`` (indices into X)."""
+        return np.unique(self.slot[np.asarray(inputs, int)])
+
+    def extreme_inputs(self):
+        """The inputs of largest and smallest self-covariance."""
+        return [int(np.argmax(self.input_s00)), int(np.argmin(self.input_s00))]
+
+    def singles(self, grid, inputs=None):
+        """Variances and coefficient tables on ``grid``, one row per distinct self-covariance
+        (``rows(inputs)``). The rows of ``inputs`` (None: all) are solved, once per grid and
+        duals; rows not asked for yet hold zeros."""
         key = (grid, self.duals)
-        if key not in self._singles:
-            self._singles[key] = self._solve_singles(grid)
-        return self._singles[key]
+        rows = np.arange(self.s00_values.shape[0]) if inputs is None else self.rows(inputs)
+        entry = self._singles.get(key)
+        todo = rows if entry is None else rows[~entry[2][rows]]
+        if todo.size:
+            v, tabs = self._solve_singles(grid, todo)
+            if entry is None:
+                U = self.s00_values.shape[0]
+                zeros = lambda a: jnp.zeros((U,) + a.shape[1:], a.dtype)
+                entry = (zeros(v), tuple(zeros(t) for t in tabs), np.zeros(U, bool))
+            entry = (entry[0].at[todo].set(v), tuple(t.at[todo].set(n) for t, n in zip(entry[1], tabs)), entry[2])
+            entry[2][todo] = True
+            self._singles[key] = entry
+        assert entry is not None, "singles: no inputs asked for"
+        return entry[0], entry[1]
 
     def drop_singles(self, grid):
         """Forget the single-input solutions on ``grid`` (memory of large ResNet grids)."""
         for key in [k for k in self._singles if k[0] is grid]:
             del self._singles[key]
 
-    def _solve_singles(self, grid):
+    def _solve_singles(self, grid, rows):
+        s00 = self.s00_values
         if self.duals.per_input_batch:
-            parts = [
-                _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00[i : i + 1])
-                for i in range(self.self_s00.shape[0])
-            ]
+            parts = [_singles_jit(self.duals, grid, self.model.sigma_w, s00[r : r + 1]) for r in rows]
             v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (), jnp.concatenate([p[2] for p in parts]))
         else:
-            v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, self.self_s00)
+            # padded to a few sizes, so that probes and full solves reuse their compilations
+            n = rows.size
+            size = 2 ** math.ceil(math.log2(n)) if n <= 256 else 256 * math.ceil(n / 256)
+            padded = np.concatenate([rows, np.full(size - n, rows[-1])])
+            v, tabs, ok = _singles_jit(self.duals, grid, self.model.sigma_w, s00[padded])
+            v, tabs, ok = v[:n], tuple(t[:n] for t in tabs), ok[:n]
         nan = ~np.isfinite(np.asarray(v)).all()
         if nan or not np.all(np.asarray(ok)):
             _raise_on_failure(np.asarray(ok), np.asarray(v), np.asarray(v), self.model, "single-input problems")
         return v, tabs
 
     def solve(self, grid, sel=None, block_size=256, progress=False, shard=True):
-        v, tabs = self.singles(grid)
+        """Every kernel (columns in ``GETS`` order; the NTK's columns nan unless ``want_ntk``)
+        of the pairs ``sel`` (None: all)."""
         i1, i2 = (self.i1, self.i2) if sel is None else (self.i1[sel], self.i2[sel])
+        v, tabs = self.singles(grid, None if sel is None else np.concatenate([i1, i2]))
         s00 = _s00(self.model, self.X[i1], self.X[i2])
         nngp, ntk, blocks, ok = _solve_pairs(
-            self.duals, grid, self.model, s00, i1, i2, v, tabs, block_size, progress, shard
+            self.duals,
+            grid,
+            self.model,
+            s00,
+            self.slot[i1],
+            self.slot[i2],
+            v,
+            tabs,
+            block_size,
+            progress,
+            shard,
+            self.want_ntk,
         )
-        _raise_on_failure(ok, nngp, ntk, self.model, "kernel_fn")
+        _raise_on_failure(ok, nngp, ntk if self.want_ntk else nngp, self.model, "kernel_fn")
         return np.concatenate([nngp[:, None], ntk[:, None], blocks], axis=1)  # (P, 5) in GETS order
+
+    def pair_cosines(self):
+        """cos(x, x') of every pair, from one matrix product (never a (pairs, d) gather)."""
+        if self._cos is None:
+            x1, x2 = (np.asarray(x, np.float64) for x in (self.x1, self.x2))
+            n1, n2 = (np.maximum(np.linalg.norm(x, axis=1), 1e-300) for x in (x1, x2))
+            self._cos = np.clip(((x1 @ x2.T) / n1[:, None] / n2[None, :])[self.i1, self.i2_local], -1.0, 1.0)
+        return self._cos
 
     def assemble(self, vals):
         out = np.zeros((self.N1, self.N2), vals.dtype)
@@ -494,14 +553,15 @@ class _Problem:
 _TERMS_LADDER = (192, 384, 640)
 
 
-def _trim_terms(duals: Duals, problem: _Problem, grid: Grid, threshold: float = 1e-10):
-    """Drop the Mehler terms whose coefficients stay below ``threshold`` of the largest (over every
-    input and node): the dropped tail contributes < ~terms * threshold^2 relative to the kernel,
-    even at rho = 1 (1e-10: < ~1e-17). The caller certifies the result."""
+def _trim_terms(duals: Duals, problem: _Problem, grid: Grid, inputs, threshold: float = 1e-10):
+    """Drop the Mehler terms whose coefficients stay below ``threshold`` of the largest (over the
+    probed ``inputs`` and every node): the dropped tail contributes < ~terms * threshold^2
+    relative to the kernel, even at rho = 1 (1e-10: < ~1e-17). The caller certifies the result."""
     if duals.closed:
         return duals
-    _, tabs = problem.singles(grid)
-    mags = np.max([np.max(np.abs(np.asarray(t)).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
+    _, tabs = problem.singles(grid, inputs)
+    rows = problem.rows(inputs)
+    mags = np.max([np.max(np.abs(np.asarray(t[rows])).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
     big = np.nonzero(mags > threshold * mags.max())[0]
     keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
     return Duals(duals.act, keep)
@@ -518,10 +578,10 @@ def _mehler_certificate(duals: Duals, problem: _Problem, grid: Grid, inputs) -> 
     """
     if duals.closed:
         return 0.0
-    v, _ = problem.singles(grid)
+    v, _ = problem.singles(grid, inputs)
     # in float64 whatever the working precision: this measures truncation, not rounding
     with jax.enable_x64(True):
-        v = jnp.asarray(np.asarray(v, np.float64)[np.asarray(inputs)].reshape(-1), jnp.float64)
+        v = jnp.asarray(np.asarray(v, np.float64)[problem.rows(inputs)].reshape(-1), jnp.float64)
         worst = 0.0
         eps = float(np.finfo(np.float64).eps)
         for f in (duals.act.fn, duals.act.dfn):
@@ -546,7 +606,7 @@ def _choose_terms(duals0: Duals, problem: _Problem, grid: Grid, inputs, target: 
         if delta <= target:
             # trim as far as the target allows (tail ~ terms * threshold^2), else to 1e-10
             for threshold in (max(1e-10, 0.5 * math.sqrt(target / terms)), 1e-10):
-                trimmed = _trim_terms(duals, problem, grid, threshold)
+                trimmed = _trim_terms(duals, problem, grid, inputs, threshold)
                 if trimmed.terms < duals.terms:
                     problem.duals = trimmed
                     delta_t = _mehler_certificate(trimmed, problem, grid, inputs)
@@ -581,8 +641,8 @@ def _quad_certificate(duals: Duals, problem: _Problem, grid: Grid, inputs) -> fl
     """Relative error bound of the quadrature duals (step ``_QUAD_STEP``): their difference to
     the rule at half the step (plus rounding), at the inputs' node variances, over correlations
     from -1 to 1 (at the near-kink correlations 0.999 and 1 the rules are hardest)."""
-    v, _ = problem.singles(grid)
-    v = np.asarray(v)[np.asarray(inputs)].reshape(-1)
+    v, _ = problem.singles(grid, inputs)
+    v = np.asarray(v)[problem.rows(inputs)].reshape(-1)
     v = np.unique(np.concatenate([np.sort(v)[:: max(1, v.size // 3)], [v.max()]]))
     a, b = (g.reshape(-1) for g in np.meshgrid(v, v, indexing="ij"))
     worst = 0.0
@@ -671,7 +731,7 @@ def kernel_fn(
             ``TABLE_MIN_PAIRS`` pairs, falling back to direct solves if it cannot meet rtol;
             True always uses it (and raises if it cannot); False never.
         shard: spread pair blocks over all local devices.
-        progress: show a progress bar over pair blocks.
+        progress: show a progress bar over pair blocks (also those of the table's solves).
 
     Returns:
         ``kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False)``.
@@ -706,7 +766,7 @@ def kernel_fn(
         eps = float(jnp.finfo(x1.dtype).eps)
         tol = rtol if rtol is not None else (1e-8 if eps < 1e-10 else 1e-5)
         _check_duals(model.activation)
-        problem = _Problem(model, duals0, x1, x2c, symmetric)
+        problem = _Problem(model, duals0, x1, x2c, symmetric, want_ntk=names != ("nngp",))
         norms = np.linalg.norm(np.asarray(problem.X), axis=1)
         same = bool(np.ptp(norms) <= 1e-12 * max(norms.max(), 1e-300))
         if equal_norm is True and not same:
@@ -714,7 +774,7 @@ def kernel_fn(
         pairs = problem.i1.size
         if not same and (table is True or (table == "auto" and pairs > TABLE_MIN_PAIRS)) and norms.min() > 0:
             try:
-                return _table_kernels(model, depth, tol, nodes, terms, x1, x2c, names, single, with_error)
+                return _table_kernels(model, depth, tol, nodes, terms, x1, x2c, names, single, with_error, progress)
             except RuntimeError:
                 if table is True:
                     raise
@@ -725,11 +785,7 @@ def kernel_fn(
         kinked = depth is None and nodes is None and _is_kinked(model.activation)
         use_zonal = (equal_norm is True) or (equal_norm == "auto" and same and problem.i1.size > 64 and not kinked)
         probe = _probe_pairs(problem)  # the inputs whose variances the duals are certified on
-        inputs = np.unique(
-            np.concatenate(
-                [problem.i1[probe], problem.i2[probe], [np.argmax(problem.self_s00), np.argmin(problem.self_s00)]]
-            )
-        )
+        inputs = np.unique(np.concatenate([problem.i1[probe], problem.i2[probe], problem.extreme_inputs()]))
         # the duals first (on the first grid: it sees the whole range of variances), then the time
         # grid with those duals, then the duals' certificate again on the chosen grid
         grid0 = _first_grid(model, depth, nodes)
@@ -757,7 +813,7 @@ def kernel_fn(
         if use_zonal:
             try:
                 vals, zerr = _zonal(
-                    model, problem, grid, tol, block_size, shard, norms[0], max_nodes=512 if equal_norm is True else 256
+                    model, problem, grid, tol, block_size, shard, max_nodes=512 if equal_norm is True else 256
                 )
                 err = err + zerr
             except _ZonalFailed as exc:
@@ -773,19 +829,21 @@ def kernel_fn(
         err = err + 64 * eps * scale  # rounding and the Picard stopping rule
         if delta > 0:
             err = err + (crude * scale if dual_err is None else dual_err)
-        k = Kernel(*(jnp.asarray(problem.assemble(vals[:, i])) for i in range(len(GETS))))
-        e = Kernel(*(float(a) for a in err))
-        big = np.max(np.abs(vals[:, :2]), axis=0)
-        if np.any(err[:2] > tol * big):
+        col = {g: GETS.index(g) for g in names}
+        k = {g: jnp.asarray(problem.assemble(vals[:, i])) for g, i in col.items()}  # only those asked for
+        e = {g: float(err[i]) for g, i in col.items()}
+        main = problem.main
+        big = np.max(np.abs(vals[:, main]), axis=0)
+        if np.any(err[main] > tol * big):
             where = "duals" if delta > 1e-3 * tol else "time grid"
             warnings.warn(
                 f"kernel_fn: rtol={tol:g} not met: estimated max abs error nngp {err[0]:.2e}, ntk {err[1]:.2e} "
-                f"(relative {np.max(err[:2] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
+                f"(relative {np.max(err[main] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
                 f"relative dual error bound {delta:.1e}, activation {model.activation.name!r})",
                 RuntimeWarning,
                 stacklevel=2,
             )
-        select = lambda kk: getattr(kk, names[0]) if single else kernel_type(names)(*(getattr(kk, g) for g in names))
+        select = lambda kk: kk[names[0]] if single else kernel_type(names)(*(kk[g] for g in names))
         return (select(k), select(e)) if with_error else select(k)
 
     return kfn
@@ -807,6 +865,7 @@ def norm_angle_kernel(
     rtol: float = 1e-10,
     nodes: int | None = None,
     terms: int = gaussian.DEFAULT_TERMS,
+    progress: bool = False,
 ) -> NormAngleKernel | list[NormAngleKernel]:
     """The kernels of inputs with norms in [rmin, rmax] as certified functions of
     (|x|, |x'|, cos) (docs/theory.md section 14): :func:`ntk_ode.tables.build_norm_angle` over
@@ -822,6 +881,7 @@ def norm_angle_kernel(
         rtol: target accuracy relative to each kernel's largest value.
         nodes: fixed Chebyshev intervals of the direct solves (None: adaptive).
         terms: Mehler terms of the direct solves.
+        progress: progress bars over the pair blocks of each table's solves.
 
     Returns:
         A :class:`NormAngleKernel` (``get`` a string) or a list of them.
@@ -835,7 +895,9 @@ def norm_angle_kernel(
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
     # the node solves aim at 1e-8 in float64; in float32 (x64 off) at rtol itself, as kernel_fn does
     inner = min(rtol, 1e-8) if jnp.result_type(float) == jnp.float64 else rtol
-    direct = kernel_fn(model, depth, rtol=inner, nodes=nodes, terms=terms, equal_norm=False, table=False)
+    direct = kernel_fn(
+        model, depth, rtol=inner, nodes=nodes, terms=terms, equal_norm=False, table=False, progress=progress
+    )
 
     def evaluate(x1, x2):
         k, e = direct(x1, x2, get=names, with_error=True)
@@ -848,12 +910,12 @@ def norm_angle_kernel(
 _gram_jit = jax.jit(lambda k, a, b: k.gram(a, b))
 
 
-def _table_kernels(model, depth, tol, nodes, terms, x1, x2, names, single, with_error):
+def _table_kernels(model, depth, tol, nodes, terms, x1, x2, names, single, with_error, progress):
     """kernel_fn's answer from the (norm, norm, angle) table, in row blocks of bounded memory."""
     norms = np.concatenate([np.linalg.norm(np.asarray(x1), axis=1), np.linalg.norm(np.asarray(x2), axis=1)])
     rmin, rmax = float(norms.min()), float(norms.max())
     kernels = norm_angle_kernel(
-        model, x1.shape[1], rmin, rmax, depth=depth, get=names, rtol=tol, nodes=nodes, terms=terms
+        model, x1.shape[1], rmin, rmax, depth=depth, get=names, rtol=tol, nodes=nodes, terms=terms, progress=progress
     )
     assert isinstance(kernels, list)
     rows = max(1, 2**22 // max(1, x2.shape[0]))
@@ -896,28 +958,19 @@ def _is_kinked(act: Activation) -> bool:
 _NEAR_DUPLICATE = 1e-3  # 1 - cos below which a pair's dPhi has a (near-)kink too sharp to collocate
 
 
-def _pair_cosines(problem: _Problem):
-    """cos(x, x') of every pair (None above 200k pairs: the (pairs, d) gather would be large)."""
-    if problem.i1.size > 200_000:
-        return None
-    X = np.asarray(problem.X, float)
-    nrm = np.maximum(np.linalg.norm(X, axis=1), 1e-300)
-    return np.einsum("pd,pd->p", X[problem.i1], X[problem.i2]) / (nrm[problem.i1] * nrm[problem.i2])
-
-
 def _identical_pairs(problem: _Problem):
     """Indices of the pairs whose inputs are equal or nearly so (1 - cos <= 1e-3, and the same
     norm to 1e-3): there dPhi(t, s) has a kink (or a near-kink of width ~sqrt(1 - cos)) along
     t = s that collocation resolves only algebraically."""
-    X = np.asarray(problem.X, float)
+    X = np.asarray(problem.X)
+    _, ids = np.unique(X, axis=0, return_inverse=True)  # equal rows, without a (pairs, d) gather
+    ids = ids.reshape(-1)
     a, b = problem.i1, problem.i2
-    same = np.all(X[a] == X[b], axis=1)
-    cos = _pair_cosines(problem)
-    if cos is None:
-        return np.nonzero(same)[0]
-    nrm = np.linalg.norm(X, axis=1)
-    near = (1.0 - cos <= _NEAR_DUPLICATE) & (np.abs(nrm[a] - nrm[b]) <= _NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b]))
-    return np.nonzero(same | near)[0]
+    nrm = np.linalg.norm(np.asarray(X, float), axis=1)
+    near = (1.0 - problem.pair_cosines() <= _NEAR_DUPLICATE) & (
+        np.abs(nrm[a] - nrm[b]) <= _NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b])
+    )
+    return np.nonzero((ids[a] == ids[b]) | near)[0]
 
 
 _RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024)
@@ -938,7 +991,7 @@ def _richardson_pairs(problem: _Problem, sel, tol, progress=False):
             cur = richardson(vals, Ls)
             if prev is not None:
                 est = 4.0 * np.max(np.abs(cur - prev), axis=0)
-                if np.all(est[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
+                if np.all(est[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
                     return cur, est
             prev = cur
     return prev, est
@@ -955,13 +1008,11 @@ def _probe_pairs(problem: _Problem, n: int = 8, exclude=()):
         keep[:] = True
     diag = np.nonzero((problem.i1 == problem.i2) & keep)[0]
     allowed = np.nonzero(keep)[0]
-    cos = _pair_cosines(problem)
-    extra = []
-    if cos is not None:
-        off = np.nonzero((problem.i1 != problem.i2) & keep)[0]
-        if off.size:
-            order = off[np.argsort(cos[off])]
-            extra = [order[:2], order[-2:]]
+    extra: list = []
+    off = np.nonzero((problem.i1 != problem.i2) & keep)[0]
+    if off.size:
+        cos = problem.pair_cosines()[off]
+        extra = [off[np.argpartition(cos, 1)[:2]], off[np.argpartition(-cos, 1)[:2]]] if off.size > 2 else [off]
     rand = rng.choice(allowed, size=min(n, allowed.size), replace=False)
     return np.unique(np.concatenate([diag[:n], rand, *extra]).astype(int))
 
@@ -983,7 +1034,7 @@ def _choose_grid(model, problem: _Problem, depth, nodes, tol, pick):
         cur = problem.solve(chebyshev_grid(M, model.T), sel=pick, shard=False)
         if prev is not None:
             diff = np.max(np.abs(cur - prev[1]), axis=0)
-            if np.all(_SAFETY * diff[:2] <= tol * np.max(np.abs(cur[:, :2]), axis=0)):
+            if np.all(_SAFETY * diff[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
                 return chebyshev_grid(prev[0], model.T), _SAFETY * diff
         prev = (M, cur)
     # not converged: keep the finest grid; its error from the last two differences, assuming
@@ -997,32 +1048,34 @@ class _ZonalFailed(RuntimeError):
     pass
 
 
-def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, norm, max_nodes=512):
+def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, max_nodes=512):
     """Equal norms: tabulate every kernel as a function of the angle theta = arccos(cos(x, x')) on
     Chebyshev nodes in theta, then interpolate. In theta rather than in the cosine, because
     kernels of non-smooth activations behave like (1 - cos)^(k/2) at the ends (relu's arc-cosine
-    kernels), which is smooth in theta."""
-    X = np.asarray(problem.X)
-    cos = np.clip(np.sum(X[problem.i1] * X[problem.i2], axis=1) / norm**2, -1.0, 1.0)
+    kernels), which is smooth in theta. Only the first input's single problem is solved."""
     u_of = lambda c: 1.0 - 2.0 * np.arccos(c) / np.pi  # theta in [0, pi] -> u in [-1, 1]
-    v, tabs = problem.singles(grid)
-    scale2 = model.input_scale(X.shape[1]) ** 2 * norm**2
+    v, tabs = problem.singles(grid, [0])
+    scale2 = problem.input_s00[0]
     prev, Q = None, 16
+    main = problem.main
     while Q <= max_nodes:
         u = np.cos(np.pi * np.arange(Q + 1) / Q)
         nodes = np.cos(np.pi * (1.0 - u) / 2.0)
-        zero = np.zeros(Q + 1, dtype=int)
+        row = np.full(Q + 1, problem.slot[0])
         s00 = jnp.asarray(scale2 * nodes, v.dtype)
         nngp, ntk, blocks, ok = _solve_pairs(
-            problem.duals, grid, model, s00, zero, zero, v, tabs, block_size, False, shard
+            problem.duals, grid, model, s00, row, row, v, tabs, block_size, False, shard, problem.want_ntk
         )
-        _raise_on_failure(ok, nngp, ntk, model, "kernel_fn (equal-norm table)")
+        _raise_on_failure(ok, nngp, ntk if problem.want_ntk else nngp, model, "kernel_fn (equal-norm table)")
         tab = np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
         if prev is not None:
             # the previous table's interpolant at the new nodes vs the new values
             err = np.max(np.abs(_cheb_interp(prev, u) - tab), axis=1)
-            if np.all(err[:2] <= tol * np.max(np.abs(tab[:2]), axis=1)):
-                return _cheb_interp(tab, u_of(cos)).T, err
+            if np.all(err[main] <= tol * np.max(np.abs(tab[main]), axis=1)):
+                cos = problem.pair_cosines()
+                chunk = max(1, 2**24 // (Q + 1))  # pairs per interpolation step: bounded memory
+                parts = [_cheb_interp(tab, u_of(cos[i : i + chunk])).T for i in range(0, cos.size, chunk)]
+                return np.concatenate(parts), err
         prev, Q = tab, 2 * Q
     raise _ZonalFailed(f"equal-norm kernel table did not reach rtol={tol:g} with {max_nodes + 1} nodes")
 

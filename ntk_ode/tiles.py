@@ -125,6 +125,7 @@ def tile_kernel(
     rtol: float = 1e-8,
     method: str = "auto",
     tile: int = 1024,
+    progress: bool = False,
 ) -> tuple[str, Callable]:
     """The function that computes one tile, chosen and prepared for the inputs ``x1``, ``x2``.
 
@@ -137,6 +138,7 @@ def tile_kernel(
         rtol: target relative accuracy.
         method: one of ``METHODS``.
         tile: tile edge (the compiled shape of the fast paths).
+        progress: progress bars over the solves that build a table.
 
     Returns:
         ``(method, f)`` with the resolved method and ``f(a, b) -> ({name: (na, nb) array},
@@ -178,7 +180,7 @@ def tile_kernel(
         if norms.min() <= 0:
             raise ValueError("method='table' needs nonzero inputs; use 'direct'")
         lo, hi = float(norms.min()), float(norms.max())
-        fns = cast(list, norm_angle_kernel(model, d, lo, hi, depth=depth, get=names, rtol=rtol))
+        fns = cast(list, norm_angle_kernel(model, d, lo, hi, depth=depth, get=names, rtol=rtol, progress=progress))
         gram = jax.jit(lambda a, b: jnp.stack([f.gram(a, b) for f in fns]))
     errors = {n: float(f.error) for n, f in zip(names, fns)}
 
@@ -338,7 +340,9 @@ def kernel_to_disk(
     done = _finished(folder)
     mine = [s for s in split(starts) if s not in done]
     if mine:
-        resolved, tile_fn = tile_kernel(model, x1, x2, names, depth=depth, rtol=rtol, method=method, tile=int(tile))
+        resolved, tile_fn = tile_kernel(
+            model, x1, x2, names, depth=depth, rtol=rtol, method=method, tile=int(tile), progress=progress
+        )
         job = _Job(folder, names, shape, dtype, int(tile), symmetric, resolved)
         _compute(job, x1, x2, mine, tile_fn, progress, len(starts) - len(mine))
     _barrier("ntk_ode.tiles.finished")

@@ -107,6 +107,19 @@ def test_equal_norm_fast_path_matches_general_path():
         kernel_fn(model, equal_norm=True)(X)
 
 
+def test_nngp_alone_skips_the_ntk_and_agrees_within_the_estimates():
+    # get="nngp" solves no NTK equation (its grid is chosen for the NNGP alone): general inputs
+    # and equal norms (the zonal path), against the joint solve
+    model = no.NeuralODE("erf", sigma_w=1.3)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (12, 5)))
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for inputs in (x, xs):
+        k, e = kernel_fn(model)(inputs, get="nngp", with_error=True)
+        kj, ej = kernel_fn(model)(inputs, get=("nngp", "ntk"), with_error=True)
+        diff = np.max(np.abs(np.asarray(k) - np.asarray(kj.nngp)))
+        assert 0 < e <= 1e-8 * np.max(np.abs(k)) and diff <= e + ej.nngp
+
+
 def test_error_estimate_and_blocks_small():
     model = no.NeuralODE("softplus")
     k, e = kernel_fn(model)(X, with_error=True)
