@@ -93,7 +93,8 @@ def _structured_blocks(model, x1, x2, f1, f2):
     n = z1.shape[-1]
     kv = (model.sigma_v**2 / n) * z1 @ z2.T
     ku = model.input_scale(x1.shape[1]) ** 2 * (x1 @ x2.T) * (l1 @ l2.T)
-    kw = (model.sigma_w**2 / n) * _w_block(mu1, p1, mu2, p2)
+    sym = mu2 is mu1 and p2 is p1
+    kw = (model.sigma_w**2 / n) * (_w_block_symmetric(mu1, p1) if sym else _w_block(mu1, p1, mu2, p2))
     return ku, kw, kv
 
 
@@ -112,6 +113,32 @@ def _w_block(mu1, p1, mu2, p2):
         return jnp.sum(gl * gp, axis=(1, 2))
 
     return jax.lax.map(row, (mu1, p1), batch_size=rows)
+
+
+def _w_block_symmetric(mu, p):
+    """:func:`_w_block` of one input set with itself: only the tiles on and above the diagonal
+    (about half the work), each ``(b, b, Q, Q)`` with ``b^2 Q^2 <= _TILE``, mirrored."""
+    N, Q, _ = mu.shape
+    b = max(1, min(N, math.isqrt(_TILE // max(Q * Q, 1))))
+    nb = -(-N // b)
+    if nb == 1:
+        full = _w_block(mu, p, mu, p)
+        return jnp.triu(full) + jnp.triu(full, 1).T
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((nb * b - N,) + a.shape[1:], a.dtype)])
+    mu, p = pad(mu), pad(p)
+    rows, cols = np.triu_indices(nb)
+
+    def tile(ij):
+        i, j = ij
+        m1, m2, p1, p2 = (jax.lax.dynamic_slice_in_dim(a, k * b, b) for a, k in ((mu, i), (mu, j), (p, i), (p, j)))
+        gram = lambda a1, a2: a1.reshape(b * Q, -1) @ a2.reshape(b * Q, -1).T  # one matrix product
+        return jnp.sum((gram(m1, m2) * gram(p1, p2)).reshape(b, Q, b, Q), axis=(1, 3))
+
+    tiles = jax.lax.map(tile, (jnp.asarray(rows), jnp.asarray(cols)))  # (tiles, b, b)
+    out = jnp.zeros((nb, nb, b, b), tiles.dtype)
+    out = out.at[cols, rows].set(jnp.swapaxes(tiles, 1, 2)).at[rows, cols].set(tiles)
+    full = jnp.swapaxes(out, 1, 2).reshape(nb * b, nb * b)[:N, :N]
+    return jnp.triu(full) + jnp.triu(full, 1).T  # exactly symmetric (also within diagonal tiles)
 
 
 @eqx.filter_jit

@@ -69,6 +69,16 @@ def test_symmetry_psd_blocks_and_x2_none():
     )
 
 
+def test_symmetric_structured_tiles_equal_the_rectangular_call():
+    # depth 64: the W block's symmetric tiles hold 64 inputs, so 70 inputs take 3 of 4 tiles
+    model, params = setup(activation="tanh", width=8)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (70, 4)))
+    K = np.asarray(empirical_ntk(model, params, x, depth=64))
+    assert np.array_equal(K, K.T)
+    Kr = np.asarray(empirical_ntk(model, params, x, x, depth=64))
+    assert np.max(np.abs(K - Kr)) <= 1e-13 * np.max(np.abs(Kr))
+
+
 @pytest.mark.parametrize("act,head", [("softplus", "linear"), ("softplus", "phi"), ("tanh", "linear"), ("tanh", "phi")])
 def test_monte_carlo_mean_matches_kernel_fn(act, head):
     model = no.NeuralODE(act, sigma_w=1.2, sigma_v=0.9, head=head)
