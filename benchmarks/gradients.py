@@ -1,4 +1,6 @@
-"""Continuous adjoint vs backprop through the solver: gradient error vs time, per solver.
+"""Continuous adjoint vs backprop through the solver: gradient error vs time, per solver; and
+backprop's per-example gradients (one vmapped reverse pass per example) against ``jacrev`` of the
+batched forward map, as N grows.
 
 python benchmarks/gradients.py [--quick] [--out benchmarks/results/gradients.json]
 """
@@ -41,9 +43,38 @@ def main():
                 err = float(jnp.sqrt(sum(jnp.sum((g[k] - ref[k]) ** 2) for k in "UWv"))) / norm
                 rows.append({"solver": solver, "tol": tol, "method": method, "rel_error": err, "time_s": t})
                 print(f"{solver:7s} tol={tol:.0e} {method:9s} rel.error {err:.2e}  {t:7.3f} s", flush=True)
+    scaling = per_example_scaling(model, n, (8, 32) if a.quick else (16, 64, 256))
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as fh:
-        json.dump({"n": n, "N": N, "rows": rows, "jax": jax.__version__}, fh, indent=1)
+        json.dump({"n": n, "N": N, "rows": rows, "per_example": scaling, "jax": jax.__version__}, fh, indent=1)
+
+
+def timed(f):
+    jax.block_until_ready(f())  # compile
+    t = time.perf_counter()
+    out = jax.block_until_ready(f())
+    return out, time.perf_counter() - t
+
+
+def per_example_scaling(model, n, sizes):
+    """Per-example backprop gradients at several N: ``no.grad(method="backprop")`` against
+    ``jacrev`` of the batched forward map (dopri5, rtol = atol = 1e-7)."""
+    solver = no.Solver("dopri5", rtol=1e-7, atol=1e-7, max_steps=100000)
+    p = model.init(jax.random.PRNGKey(0), d=10, width=n)
+    jac = jax.jit(lambda p, x: jax.jacrev(lambda q: model.forward(q, x, None, solver), has_aux=True)(p)[0])
+    rows = []
+    for N in sizes:
+        x = jnp.asarray(np.random.default_rng(1).standard_normal((N, 10)))
+        g, t_vmap = timed(lambda: no.grad(model, p, x, method="backprop", solver=solver))
+        j, t_jac = timed(lambda: jac(p, x))
+        diff = max(float(jnp.max(jnp.abs(g[k] - j[k])) / jnp.max(jnp.abs(j[k]))) for k in "UWv")
+        rows.append({"N": N, "vmap_s": t_vmap, "jacrev_s": t_jac, "max_rel_diff": diff})
+        print(
+            f"N={N:4d} per-example backprop {t_vmap:7.3f} s, jacrev {t_jac:7.3f} s "
+            f"({t_jac / t_vmap:.1f}x), max rel. difference {diff:.1e}",
+            flush=True,
+        )
+    return rows
 
 
 if __name__ == "__main__":
