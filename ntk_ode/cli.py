@@ -19,10 +19,11 @@ def _enable_x64():
     jax.config.update("jax_enable_x64", True)
 
 
-def _compilation_cache():
-    """JAX's persistent compilation cache for the command line: compiled programs (12-20 s per
-    process for the kernel solvers) are reused by later runs. Folder: $NTK_ODE_CACHE_DIR, by
-    default ~/.cache/ntk_ode/jax; NTK_ODE_CACHE_DIR= (empty) turns it off."""
+def enable_compilation_cache() -> None:
+    """Turn on JAX's persistent compilation cache, as the command line does: compiled programs
+    (12-20 s per process for the kernel solvers) are reused by later runs and other processes.
+    Folder: $NTK_ODE_CACHE_DIR, by default ~/.cache/ntk_ode/jax; NTK_ODE_CACHE_DIR= (empty)
+    leaves it off. An unwritable folder also leaves it off."""
     import os
 
     import jax
@@ -611,7 +612,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     _log_to_stderr()
-    _compilation_cache()
+    enable_compilation_cache()
     try:
         from .distributed import initialize_from_env
 
