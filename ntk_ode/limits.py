@@ -49,7 +49,7 @@ import numpy as np
 from . import gaussian
 from ._checks import check_depth, check_inputs
 from .activations import Activation
-from .tables import NormAngleKernel, build_norm_angle
+from .tables import NormAngleKernel, build_norm_angle, chebyshev_coefficients, clenshaw
 
 __all__ = [
     "Kernel",
@@ -1072,12 +1072,25 @@ def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, max_nod
             # the previous table's interpolant at the new nodes vs the new values
             err = np.max(np.abs(_cheb_interp(prev, u) - tab), axis=1)
             if np.all(err[main] <= tol * np.max(np.abs(tab[main]), axis=1)):
-                cos = problem.pair_cosines()
-                chunk = max(1, 2**24 // (Q + 1))  # pairs per interpolation step: bounded memory
-                parts = [_cheb_interp(tab, u_of(cos[i : i + chunk])).T for i in range(0, cos.size, chunk)]
-                return np.concatenate(parts), err
+                return _zonal_values(tab, u_of(problem.pair_cosines())), err
         prev, Q = tab, 2 * Q
     raise _ZonalFailed(f"equal-norm kernel table did not reach rtol={tol:g} with {max_nodes + 1} nodes")
+
+
+_clenshaw_jit = jax.jit(clenshaw)
+
+
+def _zonal_values(tab, u, chunk: int = 2**20):
+    """The interpolant of the Lobatto node values ``tab`` (K, Q + 1) at ``u`` (P,): its Chebyshev
+    coefficients summed by Clenshaw's recurrence in fixed, padded chunks of pairs. (P, K)."""
+    coef = jnp.asarray(chebyshev_coefficients(tab, (1,)).T[:, None, :])  # (Q + 1, 1, K)
+    size = min(chunk, u.size)
+    out = []
+    for i in range(0, u.size, size):
+        part = u[i : i + size]
+        padded = np.concatenate([part, np.zeros(size - part.size)])[:, None]
+        out.append(np.asarray(_clenshaw_jit(coef, jnp.asarray(padded, coef.dtype)))[: part.size])
+    return np.concatenate(out)
 
 
 def _cheb_interp(table, x):
