@@ -13,6 +13,7 @@ JSON line; the driver collects them into a table and a JSON file.
     --processes 2`), same inputs, same files.
 
     python benchmarks/scale.py [--quick] [--disk-n 50000] [--out benchmarks/results/scale.json]
+    python benchmarks/scale.py --equal-norm 4000   # kernel_fn in memory on one sphere
 
 On a GPU the same command runs larger sizes with --big (one command, about 10 minutes).
 """
@@ -117,6 +118,30 @@ def processes(n, count, folder):
     return time.perf_counter() - t
 
 
+def equal_norm(n):
+    """kernel_fn in memory: N equal-norm inputs (first and second call), and the NNGP alone
+    against both kernels on 300 general inputs (second calls)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import ntk_ode as no
+
+    model = no.NeuralODE("erf")
+    x = sphere_inputs(n, 10)
+
+    def timed(inputs, get):
+        t = time.perf_counter()
+        no.kernel_fn(model)(inputs, get=get)
+        return time.perf_counter() - t
+
+    first, second = timed(x, ("nngp", "ntk")), timed(x, ("nngp", "ntk"))
+    print(f"equal norms, N={n}, both kernels: first call {first:.2f} s, second {second:.2f} s")
+    xg = general_inputs(300)
+    for get in (("nngp", "ntk"), "nngp"):
+        timed(xg, get)
+        print(f"general inputs, N=300, get={get}: second call {timed(xg, get):.2f} s")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -124,7 +149,17 @@ def main():
     ap.add_argument("--disk-n", type=int, default=None, help="N of the on-disk run (default 20000, quick 2000)")
     ap.add_argument("--out", default="benchmarks/results/scale.json")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--equal-norm",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only: kernel_fn on N equal-norm inputs (d = 10, erf ODE), first and second call, "
+        "and get='nngp' against both kernels on 300 general inputs",
+    )
     a = ap.parse_args()
+    if a.equal_norm:
+        return equal_norm(a.equal_norm)
     if a.one:
         kind, n = a.one[0], int(a.one[1])
         print(json.dumps(one(kind, n, *(a.one[2:3]))))

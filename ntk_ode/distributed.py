@@ -53,6 +53,7 @@ def initialize(
 
     Raises:
         ValueError: inconsistent or out-of-range arguments.
+        TimeoutError: (process_id > 0) no coordinator accepts connections within ``timeout_s``.
     """
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
@@ -68,6 +69,15 @@ def initialize(
         host, _, port = coordinator.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"coordinator must be 'host:port', got {coordinator!r}")
+        if process_id != 0:
+            wait_for_coordinator(host, int(port), timeout_s)
+        print(
+            f"ntk_ode: process {process_id} of {num_processes} joining the coordinator {coordinator}; "
+            f"if not all {num_processes} processes join within {timeout_s} s, JAX stops this process "
+            f"with 'Deadline Exceeded' (set {ENV_TIMEOUT} to wait longer)",
+            file=sys.stderr,
+            flush=True,
+        )
         jax.distributed.initialize(
             coordinator_address=coordinator,
             num_processes=int(num_processes),
@@ -76,6 +86,31 @@ def initialize(
         )
     else:
         jax.distributed.initialize(initialization_timeout=int(timeout_s))
+
+
+def wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
+    """Wait until the coordinator accepts connections (process 0 starts it).
+
+    Args:
+        host: the coordinator's host.
+        port: its port.
+        timeout_s: how long to keep trying.
+
+    Raises:
+        TimeoutError: nothing accepted a connection at ``host:port`` within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no coordinator at {host}:{port} after {timeout_s} s ({e}): is process 0 running, "
+                    f"and is {ENV_COORDINATOR} (or the coordinator argument) the same on every process?"
+                ) from e
+            time.sleep(0.2)
 
 
 def initialize_from_env() -> bool:

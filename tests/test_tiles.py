@@ -243,3 +243,26 @@ def test_two_processes_deal_the_seeds_of_a_width_sweep(tmp_path):
     for w in ("8", "16"):
         np.testing.assert_allclose(two[w]["dist"], one[w]["dist"], rtol=1e-13)
         np.testing.assert_allclose(two[w]["mean_ntk"], one[w]["mean_ntk"], rtol=1e-13)
+
+
+def test_a_missing_coordinator_or_process_stops_in_seconds_with_a_message(tmp_path):
+    from ntk_ode.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID, ENV_TIMEOUT, free_port
+
+    np.save(tmp_path / "x.npy", _sphere(4, 3, 0))
+    base = {ENV_COORDINATOR: f"127.0.0.1:{free_port()}", ENV_NUM_PROCESSES: "2", ENV_TIMEOUT: "3"}
+    cmd = [sys.executable, "-m", "ntk_ode.cli", "kernel", str(tmp_path / "x.npy"), "--depth", "2"]
+
+    def run(pid):
+        env = dict(os.environ, NTK_ODE_CACHE_DIR="", **base, **{ENV_PROCESS_ID: pid})
+        return subprocess.run(
+            cmd + ["--store", str(tmp_path / pid)], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    # process 1 and no coordinator: a clear error after the timeout, never a hang
+    r = run("1")
+    assert r.returncode == 2 and "no coordinator at 127.0.0.1" in r.stderr, r.stderr[-2000:]
+    # process 0 (the coordinator) whose partner never joins: JAX stops it after the timeout,
+    # which our message announces
+    r = run("0")
+    assert r.returncode != 0
+    assert "joining the coordinator" in r.stderr and "Deadline Exceeded" in r.stderr, r.stderr[-2000:]
