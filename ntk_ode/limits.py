@@ -363,7 +363,9 @@ def _solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress,
     in padded blocks."""
     P = s00.shape[0]
     sharding, ndev = _mesh_sharding() if shard else (None, 1)
-    bs = max(1, min(1 if duals.per_input_batch else block_size, P))
+    bs = 1 if duals.per_input_batch else block_size
+    if P < bs:  # a few padded sizes, so that probes of different sizes reuse their compilations
+        bs = min(bs, 2 ** math.ceil(math.log2(P)))
     bs = int(math.ceil(bs / ndev) * ndev)
     outs = []
     starts = range(0, P, bs)
