@@ -839,7 +839,8 @@ def kernel_fn(
         if np.any(err[main] > tol * big):
             where = "duals" if delta > 1e-3 * tol else "time grid"
             warnings.warn(
-                f"kernel_fn: rtol={tol:g} not met: estimated max abs error nngp {err[0]:.2e}, ntk {err[1]:.2e} "
+                f"kernel_fn: rtol={tol:g} not met: estimated max abs error "
+                f"{', '.join(f'{GETS[i]} {err[i]:.2e}' for i in main)} "
                 f"(relative {np.max(err[main] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
                 f"relative dual error bound {delta:.1e}, activation {model.activation.name!r})",
                 RuntimeWarning,
