@@ -121,9 +121,14 @@ def _w_block_symmetric(mu, p):
     N, Q, _ = mu.shape
     b = max(1, min(N, math.isqrt(_TILE // max(Q * Q, 1))))
     nb = -(-N // b)
-    if nb == 1:
-        full = _w_block(mu, p, mu, p)
-        return jnp.triu(full) + jnp.triu(full, 1).T
+    full = _w_block(mu, p, mu, p) if nb == 1 else _upper_tiles(mu, p, b, nb)
+    return jnp.triu(full) + jnp.triu(full, 1).T  # exactly symmetric (also within diagonal tiles)
+
+
+def _upper_tiles(mu, p, b, nb):
+    """The (N, N) W block from its ``nb (nb + 1) / 2`` tiles of ``b x b`` on and above the
+    diagonal, mirrored below."""
+    N, Q, _ = mu.shape
     pad = lambda a: jnp.concatenate([a, jnp.zeros((nb * b - N,) + a.shape[1:], a.dtype)])
     mu, p = pad(mu), pad(p)
     rows, cols = np.triu_indices(nb)
@@ -137,8 +142,7 @@ def _w_block_symmetric(mu, p):
     tiles = jax.lax.map(tile, (jnp.asarray(rows), jnp.asarray(cols)))  # (tiles, b, b)
     out = jnp.zeros((nb, nb, b, b), tiles.dtype)
     out = out.at[cols, rows].set(jnp.swapaxes(tiles, 1, 2)).at[rows, cols].set(tiles)
-    full = jnp.swapaxes(out, 1, 2).reshape(nb * b, nb * b)[:N, :N]
-    return jnp.triu(full) + jnp.triu(full, 1).T  # exactly symmetric (also within diagonal tiles)
+    return jnp.swapaxes(out, 1, 2).reshape(nb * b, nb * b)[:N, :N]
 
 
 @eqx.filter_jit

@@ -49,7 +49,7 @@ import numpy as np
 from . import gaussian
 from ._checks import check_depth, check_inputs
 from .activations import Activation
-from .tables import NormAngleKernel, build_norm_angle, chebyshev_coefficients, clenshaw
+from .tables import NormAngleKernel, build_norm_angle, chebyshev_coefficients, clenshaw, lobatto
 
 __all__ = [
     "Kernel",
@@ -1062,7 +1062,7 @@ def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, max_nod
     prev, Q = None, 16
     main = problem.main
     while Q <= max_nodes:
-        u = np.cos(np.pi * np.arange(Q + 1) / Q)
+        u = lobatto(Q)
         nodes = np.cos(np.pi * (1.0 - u) / 2.0)
         row = np.full(Q + 1, problem.slot[0])
         s00 = jnp.asarray(scale2 * nodes, v.dtype)
@@ -1073,7 +1073,7 @@ def _zonal(model, problem: _Problem, grid: Grid, tol, block_size, shard, max_nod
         tab = np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
         if prev is not None:
             # the previous table's interpolant at the new nodes vs the new values
-            err = np.max(np.abs(_cheb_interp(prev, u) - tab), axis=1)
+            err = np.max(np.abs(_zonal_values(prev, u).T - tab), axis=1)
             if np.all(err[main] <= tol * np.max(np.abs(tab[main]), axis=1)):
                 return _zonal_values(tab, u_of(problem.pair_cosines())), err
         prev, Q = tab, 2 * Q
@@ -1094,21 +1094,3 @@ def _zonal_values(tab, u, chunk: int = 2**20):
         padded = np.concatenate([part, np.zeros(size - part.size)])[:, None]
         out.append(np.asarray(_clenshaw_jit(coef, jnp.asarray(padded, coef.dtype)))[: part.size])
     return np.concatenate(out)
-
-
-def _cheb_interp(table, x):
-    """Barycentric interpolation from Chebyshev-Lobatto nodes cos(pi j / Q) (rows of table)."""
-    Q = table.shape[1] - 1
-    nodes = np.cos(np.pi * np.arange(Q + 1) / Q)
-    wts = (-1.0) ** np.arange(Q + 1)
-    wts[0] *= 0.5
-    wts[-1] *= 0.5
-    d = x[:, None] - nodes[None, :]
-    exact = np.isclose(d, 0.0, atol=1e-15)
-    d = np.where(exact, 1.0, d)
-    c = wts / d
-    out = (c @ table.T) / c.sum(axis=1)[:, None]
-    hit = exact.any(axis=1)
-    if hit.any():
-        out[hit] = table[:, exact[hit].argmax(axis=1)].T
-    return out.T
