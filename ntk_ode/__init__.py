@@ -15,7 +15,7 @@ from . import activations, gaussian, harmonics, hyper, predict, untied
 from .activations import Activation, available_activations, get_activation, register_activation
 from .empirical import empirical_nngp, empirical_ntk, empirical_ntk_fn, monte_carlo_kernels
 from .gradients import adjoint_trajectory, grad
-from .limits import Kernel, kernel_fn, richardson
+from .kernels import Kernel, kernel_fn, richardson
 from .model import NeuralODE, Params, Solver
 from .sweep import width_sweep
 

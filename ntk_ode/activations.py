@@ -22,7 +22,7 @@ adaptive Gauss-Kronrod reference):
   tanh-sinh rule split at the kinks and at 0 (where every built-in activation turns), with an
   error estimate from the nested coarser rule. ``dual_and_error`` returns that estimate.
 
-The kernel solvers of :mod:`ntk_ode.limits` use faster representations (Mehler series) and
+The kernel solvers of :mod:`ntk_ode.kernels` use faster representations (Mehler series) and
 certify them against these values.
 
 Users add their own with :func:`register_activation`; :func:`get_activation` resolves a name or

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .limits import kernel_fn
+from .kernels import kernel_fn
+from .kernels.interpolants import CoefficientKernel, clenshaw, cosine_to_u, cosines
 from .model import NeuralODE
-from .tables import CoefficientKernel, clenshaw, cosine_to_u, cosines
 
 __all__ = [
     "Spectrum",

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_depth, check_inputs, fail_if
-from .limits import GETS, Duals, Grid, chebyshev_grid, kernel_type, pair_kernels, resnet_grid, single_variances
+from .kernels import GETS, Duals, Grid, chebyshev_grid, kernel_type, pair_kernels, resnet_grid, single_variances
 from .model import NeuralODE
 
 __all__ = [

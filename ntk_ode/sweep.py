@@ -24,7 +24,7 @@ import numpy as np
 
 from ._checks import ArrayOrNumpy
 from .empirical import structured_blocks
-from .limits import kernel_fn
+from .kernels import kernel_fn
 from .model import NeuralODE, Solver, check_depth, check_inputs
 from .results import atomic_write_json, check_resume, exclusive, fingerprint, provenance, read_json
 

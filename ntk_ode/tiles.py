@@ -13,7 +13,7 @@ Tile kernels (``method``):
 * ``"zonal"`` (inputs of one norm): :func:`ntk_ode.harmonics.zonal_kernel`, a certified function
   of the cosine, built once; tiles cost a matrix product and a series evaluation, one compiled
   tile shape (docs/theory.md section 8);
-* ``"table"`` (inputs of several norms): :func:`ntk_ode.limits.norm_angle_kernel`, the 3-D
+* ``"table"`` (inputs of several norms): :func:`ntk_ode.kernels.norm_angle_kernel`, the 3-D
   (norm, norm, angle) interpolant, certified against direct solves (section 14);
 * ``"direct"``: :func:`ntk_ode.kernel_fn` on each tile (any inputs; slow);
 * ``"auto"``: zonal for inputs of one norm, else the table.
@@ -35,10 +35,10 @@ import numpy as np
 
 from .distributed import split
 from .harmonics import zonal_kernel
-from .limits import GETS, kernel_fn, norm_angle_kernel
+from .kernels import GETS, kernel_fn, norm_angle_kernel
+from .kernels.interpolants import clenshaw, cosine_to_u, cosines
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
-from .tables import clenshaw, cosine_to_u, cosines
 
 METHODS = ("auto", "zonal", "table", "direct")
 DTYPES = ("float64", "float32")
@@ -50,7 +50,7 @@ class KernelStore:
 
     Attributes:
         folder: the folder holding ``{name}.npy``, ``manifest.json`` and ``tiles/``.
-        names: the kernels stored (a subset of ``ntk_ode.limits.GETS``).
+        names: the kernels stored (a subset of ``ntk_ode.kernels.GETS``).
         shape: (N1, N2).
         error: estimated maximum absolute error per kernel (over all tiles).
         method: the tile kernel used ("zonal", "table" or "direct").
@@ -274,7 +274,7 @@ def kernel_to_disk(
         x2: inputs (N2, d), or None for the symmetric kernel of ``x1``.
         folder: output folder (created); holds ``{name}.npy`` for each kernel in ``get``.
         depth: None for the ODE, L for the ResNet.
-        get: kernels to write (from ``ntk_ode.limits.GETS``).
+        get: kernels to write (from ``ntk_ode.kernels.GETS``).
         tile: tile edge in inputs (memory ~ 8 tile^2 per kernel, times a few).
         dtype: "float64" or "float32" (the files; tiles are computed in float64).
         rtol: target relative accuracy of the tile kernel (default 1e-8, as kernel_fn in float64).

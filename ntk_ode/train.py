@@ -26,7 +26,7 @@ from jaxtyping import ArrayLike
 from ._checks import ArrayOrNumpy, check_depth, check_inputs
 from .empirical import empirical_ntk
 from .gradients import GradMethod, batch_vjp, check_grad_method, warn_backprop_through_kinks
-from .limits import kernel_fn
+from .kernels import kernel_fn
 from .model import NeuralODE, Params, Solver, SolverName, check_params
 from .results import ResumeError, atomic_write_npz, check_resume, exclusive, fingerprint, provenance, read_npz
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_inputs, fail_if
-from .limits import GETS, Duals, kernel_type
+from .kernels import GETS, Duals, kernel_type
 from .model import NeuralODE, Params
 
 __all__ = ["STEPS", "UntiedResNet", "untied_kernel"]

@@ -1,0 +1,233 @@
+"""Adaptivity and certification of the engine: Mehler terms, Chebyshev nodes, Richardson.
+
+Each choice is made on a few probe pairs (:func:`ntk_ode.kernels.problem.probe_pairs`) and comes
+with an error estimate (docs/theory.md, "Error estimates of kernel_fn"):
+
+* :func:`choose_terms`: the fewest Mehler terms whose Parseval certificate meets the target, or
+  quadrature duals when no series can;
+* :func:`choose_grid`: Chebyshev nodes M from a ladder, until two rungs agree;
+* :func:`dual_sensitivity`: how far the kernels move per unit relative dual error;
+* :func:`richardson_pairs`: identical pairs of kinked activations, by Richardson extrapolation of
+  the exact ResNet kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from .duals import Duals, mehler_certificate, quad_certificate, trim_terms
+from .grids import Grid, chebyshev_grid, resnet_grid
+from .problem import Problem
+
+__all__ = [
+    "NODE_LADDER",
+    "RICHARDSON_LS",
+    "TERMS_LADDER",
+    "certify",
+    "choose_grid",
+    "choose_terms",
+    "dual_sensitivity",
+    "first_grid",
+    "richardson",
+    "richardson_pairs",
+]
+
+# Mehler terms tried when the duals cannot be certified with fewer. The coefficient tables cost
+# K (2 K + 64) per input and node; past 640 terms the quadrature duals are the cheaper way.
+TERMS_LADDER = (192, 384, 640)
+NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
+_SAFETY = 4.0  # error of rung M <= |K(M) - K(M')| / (1 - (M / M')) for convergence of order >= 1
+RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def certify(duals: Duals, problem: Problem, grid: Grid, inputs) -> float:
+    """Relative error bound of the duals at the node variances of ``inputs`` on ``grid``.
+
+    Args:
+        duals: the duals in use (``problem.duals``).
+        problem: the pairs.
+        grid: the time grid.
+        inputs: the probed inputs.
+
+    Returns:
+        The bound (0 for closed forms).
+    """
+    if duals.closed:
+        return 0.0
+    v = problem.probed_variances(grid, inputs)
+    return quad_certificate(duals, v) if duals.quad else mehler_certificate(duals, v)
+
+
+def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: float):
+    """Fewest Mehler terms (trimmed) whose certified dual error is below ``target``; quadrature
+    duals when no series up to ``TERMS_LADDER[-1]`` terms can; the better of the two otherwise.
+    Sets ``problem.duals`` to the choice.
+
+    Args:
+        duals0: the first duals tried.
+        problem: the pairs.
+        grid: the grid whose node variances are certified.
+        inputs: the probed inputs.
+        target: the relative dual error wanted.
+
+    Returns:
+        ``(duals, relative dual error bound)``.
+    """
+    if duals0.closed:
+        return duals0, 0.0
+    ladder = [duals0.terms] + [k for k in TERMS_LADDER if k > duals0.terms]
+    for terms in ladder:
+        duals = Duals(duals0.act, terms)
+        problem.duals = duals
+        delta = certify(duals, problem, grid, inputs)
+        if delta <= target:
+            # trim as far as the target allows (tail ~ terms * threshold^2), else to 1e-10
+            for threshold in (max(1e-10, 0.5 * math.sqrt(target / terms)), 1e-10):
+                trimmed = trim_terms(duals, problem.probed_tables(grid, inputs), threshold)
+                if trimmed.terms < duals.terms:
+                    problem.duals = trimmed
+                    delta_t = certify(trimmed, problem, grid, inputs)
+                    if delta_t <= target:
+                        return trimmed, delta_t
+                    problem.duals = duals
+            return duals, delta
+    # the series cannot be certified (large variance, kinks): robust quadrature at every point
+    quad = Duals(duals0.act, duals0.terms, quad=True)
+    problem.duals = quad
+    delta_q = certify(quad, problem, grid, inputs)
+    if delta_q < delta:
+        return quad, delta_q
+    problem.duals = duals
+    return duals, delta
+
+
+def first_grid(model, depth, nodes) -> Grid:
+    """The grid the duals are chosen on: the ResNet's, the fixed one, or the ladder's first.
+
+    Args:
+        model: supplies T.
+        depth: None or L.
+        nodes: fixed Chebyshev intervals, or None.
+
+    Returns:
+        The grid.
+    """
+    if depth is not None:
+        return resnet_grid(depth, model.T)
+    return chebyshev_grid(int(nodes) if nodes is not None else NODE_LADDER[0], model.T)
+
+
+def dual_sensitivity(problem: Problem, grid: Grid, pick, base, eta: float = 1e-6):
+    """How much each kernel moves per unit relative dual error: the probe pairs solved with
+    every dual raised by ``eta`` times its Cauchy-Schwarz scale, divided by ``eta``.
+
+    Args:
+        problem: the pairs.
+        grid: the time grid.
+        pick: the probe pairs.
+        base: their unperturbed kernels (P, 5).
+        eta: the relative perturbation.
+
+    Returns:
+        Per kernel (5,), the largest change per unit relative dual error.
+    """
+    duals = problem.duals
+    problem.duals = dataclasses.replace(duals, perturb=eta)
+    try:
+        up = problem.solve(grid, sel=pick, shard=False)
+    finally:
+        problem.duals = duals
+    return np.max(np.abs(up - base), axis=0) / eta
+
+
+def richardson(values, Ls):
+    """Richardson extrapolation of values(L) ~ K + c1/L + c2/L^2 + ... over L doubling each step.
+
+    Args:
+        values: kernels (or numbers) at the depths ``Ls``.
+        Ls: depths doubling at each step.
+
+    Returns:
+        The extrapolated value (eliminating the 1/L .. 1/L^(m-1) terms of m values).
+
+    Raises:
+        ValueError: the depths do not double.
+    """
+    Ls = np.asarray(Ls, float)
+    if np.any(np.abs(Ls[1:] / Ls[:-1] - 2.0) > 1e-12):
+        raise ValueError("Ls must double at each step, e.g. 8, 16, 32, ...")
+    table = [np.asarray(v, float) for v in values]
+    for j in range(1, len(table)):
+        f = 2.0**j
+        table = [(f * table[i + 1] - table[i]) / (f - 1.0) for i in range(len(table) - 1)]
+    return table[0]
+
+
+def richardson_pairs(problem: Problem, sel, tol, progress=False):
+    """Kernels of the pairs ``sel`` by Richardson extrapolation of the exact ResNet kernels
+    K^L_inf (L = 16, 32, ...; error c1/L + c2/L^2 + ...), adding levels until 4x the change of
+    the extrapolant is below rtol.
+
+    Args:
+        problem: the pairs.
+        sel: the pairs to extrapolate.
+        tol: relative target.
+        progress: progress bars over the pair blocks.
+
+    Returns:
+        ``(values (P, 5), estimated max abs error (5,))``.
+    """
+    vals, prev, est = [], None, None
+    Ls = []
+    for L in RICHARDSON_LS:
+        grid = resnet_grid(L, problem.model.T)
+        vals.append(problem.solve(grid, sel=sel, block_size=max(1, 2**20 // (L + 1) ** 2), progress=progress))
+        Ls.append(L)
+        problem.drop_singles(grid)
+        if len(vals) >= 3:
+            cur = richardson(vals, Ls)
+            if prev is not None:
+                est = 4.0 * np.max(np.abs(cur - prev), axis=0)
+                if np.all(est[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
+                    return cur, est
+            prev = cur
+    return prev, est
+
+
+def choose_grid(model, problem: Problem, depth, nodes, tol, pick, n_gets: int = 5):
+    """The grid to use and an error estimate of its time discretisation (max abs, per kernel).
+
+    Args:
+        model: supplies T.
+        problem: the pairs.
+        depth: None or L (exact: error 0).
+        nodes: fixed Chebyshev intervals (error unknown: nan), or None for the ladder.
+        tol: relative target.
+        pick: the probe pairs.
+        n_gets: the number of kernel columns.
+
+    Returns:
+        ``(grid, error (n_gets,))``.
+    """
+    if depth is not None:
+        return resnet_grid(depth, model.T), np.zeros(n_gets)
+    if nodes is not None:
+        return chebyshev_grid(int(nodes), model.T), np.full(n_gets, np.nan)
+    prev = None
+    # quadrature duals cost ~1e5 evaluations per grid point: stop the ladder at 32 nodes
+    ladder = [M for M in NODE_LADDER if M <= 32] if problem.duals.quad else NODE_LADDER
+    for M in ladder:
+        cur = problem.solve(chebyshev_grid(M, model.T), sel=pick, shard=False)
+        if prev is not None:
+            diff = np.max(np.abs(cur - prev[1]), axis=0)
+            if np.all(_SAFETY * diff[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
+                return chebyshev_grid(prev[0], model.T), _SAFETY * diff
+        prev = (M, cur)
+    # not converged: keep the finest grid; its error from the last two differences, assuming
+    # at least first-order convergence in M (the ratio of consecutive rungs is 4/3)
+    ratio = ladder[-1] / ladder[-2]
+    assert prev is not None
+    return chebyshev_grid(prev[0], model.T), diff / (ratio - 1.0)

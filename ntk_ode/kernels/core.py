@@ -1,0 +1,259 @@
+"""The one core of the infinite-width engine (docs/theory.md section 3).
+
+For inputs x, x' the two-time covariances solve
+
+    Sigma(t, s) = Sigma00 + sigma_w^2 int_0^t int_0^s Phi(a, b) da db            (forward)
+    K(t, s)     = K_TT    + sigma_w^2 int_t^T int_s^T dPhi(a, b) K(a, b) da db    (backward)
+    Phi(t, s)   = E phi(u) phi(u'),  dPhi = E phi'(u) phi'(u'),
+                  (u, u') ~ N(0, [[Sigma_x(t, t), Sigma(t, s)], [Sigma(t, s), Sigma_x'(s, s)]])
+
+and  NTK = NNGP + sigma_w^2 int int Phi K dt ds + Sigma00 K(0, 0).
+
+Both equations are Volterra equations on [0, T]^2, written on a grid (:mod:`.grids`) with
+integration operators A (int_0^t), B (int_t^T) and weights w (int_0^T):
+
+    Sigma = Sigma00 + sigma_w^2 A Phi(Sigma) A^T,     K = K_TT + sigma_w^2 B (dPhi o K) B^T,
+
+and solved by Picard iteration (which converges like (c T^2)^k / (k!)^2 for a 2-D Volterra
+operator; on a ResNet grid it is nilpotent and reaches the exact recursion of K^L_inf).
+
+Per-input variances Sigma_x(t, t) are found first by the single-input problems
+(:func:`single_variances`); pairs then only see them as data (:func:`pair_kernels`) and are solved
+in padded blocks spread over all local devices (:func:`solve_pairs`). Everything here is
+traceable; the adaptive choices live in :mod:`.adapt`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .duals import Duals
+from .grids import Grid, shift
+
+__all__ = [
+    "MAX_ITER",
+    "pair_kernels",
+    "picard",
+    "raise_on_failure",
+    "single_variances",
+    "solve_pairs",
+    "solve_singles",
+]
+
+MAX_ITER = 400
+
+
+def picard(update, init, tol):
+    """Iterate X <- update(X) until max|dX| <= tol * max(1, max|X|) (traceable).
+
+    Args:
+        update: the map.
+        init: the first iterate.
+        tol: the relative stopping tolerance.
+
+    Returns:
+        ``(X, converged)``.
+    """
+
+    def cond(state):
+        _, err, scale, it = state
+        return (err > tol * scale) & (it < MAX_ITER) & jnp.isfinite(err)
+
+    def body(state):
+        X, _, _, it = state
+        Xn = update(X)
+        return Xn, jnp.max(jnp.abs(Xn - X)), jnp.maximum(1.0, jnp.max(jnp.abs(Xn))), it + 1
+
+    big = jnp.asarray(jnp.finfo(init.dtype).max, init.dtype)
+    X, err, scale, _ = jax.lax.while_loop(cond, body, (init, big, jnp.ones((), init.dtype), 0))
+    return X, (err <= tol * scale) & jnp.all(jnp.isfinite(X))
+
+
+def _tol(dtype):
+    return 8 * float(jnp.finfo(dtype).eps)
+
+
+def single_variances(duals: Duals, grid: Grid, sigma_w, s00):
+    """Sigma(t, s) of one input with itself on ``grid`` (traceable, also in ``sigma_w``, ``s00``
+    and the grid's operators).
+
+    Args:
+        duals: how Phi is evaluated.
+        grid: the time grid.
+        sigma_w: hidden weight scale.
+        s00: ``Sigma^{0,0}(x, x)`` (scalar).
+
+    Returns:
+        The variances diag(Sigma) on the grid and the Picard convergence flag.
+    """
+    A = jnp.asarray(grid.A, s00.dtype)
+    c = sigma_w**2
+
+    def update(S):
+        v = jnp.diagonal(S)
+        tab = duals.tables(v)
+        return s00 + c * A @ duals.phi(v, v, S, tab, tab) @ A.T
+
+    S, ok = picard(update, jnp.full((grid.size, grid.size), s00), _tol(s00.dtype))
+    return jnp.diagonal(S), ok
+
+
+def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1, v2, tab1, tab2, ntk: bool = True):
+    """NNGP, NTK, its (U, W, v) blocks and convergence flag for one input pair (docs/theory.md
+    section 3), given both inputs' variances on ``grid``. Traceable, also in ``sigma_w``,
+    ``sigma_v``, ``s00`` and the grid's operators.
+
+    Args:
+        duals: how Phi and dPhi are evaluated.
+        grid: the time grid.
+        sigma_w: hidden weight scale.
+        sigma_v: readout scale.
+        head: "linear" or "phi".
+        s00: ``Sigma^{0,0}(x, x')``.
+        v1: the first input's variances on the grid.
+        v2: the second input's variances.
+        tab1: the first input's coefficient tables (``duals.tables(v1)``).
+        tab2: the second input's tables.
+        ntk: False skips the NTK's equation (its value and the U, W blocks are then nan).
+
+    Returns:
+        ``(nngp, ntk, blocks (3,), converged)``.
+    """
+    dt = s00.dtype
+    A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
+    c = sigma_w**2
+    S, ok1 = picard(
+        lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
+    )
+    Phi = duals.phi(v1, v2, S, tab1, tab2)
+    sv2 = sigma_v**2
+    nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
+    if not ntk:
+        nan = jnp.asarray(jnp.nan, dt)
+        return nngp, nan, jnp.stack([nan, nan, nngp]), ok1
+    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
+    KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
+    P = shift(dPhi) if grid.shift else dPhi
+    K, ok2 = picard(lambda K: KT + c * B @ (P * K) @ B.T, jnp.full((grid.size,) * 2, KT), _tol(dt))
+    Pw = shift(Phi) if grid.shift else Phi
+    blocks = jnp.stack([s00 * K[0, 0], c * w @ (Pw * K) @ w, nngp])  # U, W, v
+    return nngp, jnp.sum(blocks), blocks, ok1 & ok2
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _singles_jit(duals, grid, sigma_w, s00):
+    v, ok = jax.vmap(lambda s: single_variances(duals, grid, sigma_w, s))(s00)
+    return v, duals.tables(v), ok
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _pairs_jit(duals, grid, model, want_ntk, s00, v1, v2, tab1, tab2):
+    def one(s, a, b, ta, tb):
+        return pair_kernels(duals, grid, model.sigma_w, model.sigma_v, model.head, s, a, b, ta, tb, ntk=want_ntk)
+
+    return jax.vmap(one)(s00, v1, v2, tab1, tab2)
+
+
+def solve_singles(duals: Duals, grid: Grid, sigma_w, s00):
+    """Variances, coefficient tables and convergence flags of the single-input problems.
+
+    Args:
+        duals: the duals.
+        grid: the time grid.
+        sigma_w: hidden weight scale.
+        s00: self-covariances ``Sigma^{0,0}(x, x)`` (P,).
+
+    Returns:
+        ``(v (P, M), tables, ok (P,))``.
+    """
+    return _singles_jit(duals, grid, sigma_w, s00)
+
+
+def _mesh_sharding():
+    devs = jax.local_devices()
+    if len(devs) < 2:
+        return None, 1
+    mesh = jax.sharding.Mesh(np.array(devs), ("pairs",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pairs")), len(devs)
+
+
+def solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress, shard, want_ntk=True):
+    """Solve the pairs of rows (i1[p], i2[p]) of ``v``, ``tabs`` with pair covariances s00[p],
+    in padded blocks (spread over the local devices when ``shard``).
+
+    Args:
+        duals: the duals.
+        grid: the time grid.
+        model: supplies sigma_w, sigma_v and the head.
+        s00: pair covariances ``Sigma^{0,0}(x, x')`` (P,).
+        i1: rows of the first inputs (P,).
+        i2: rows of the second inputs (P,).
+        v: single-input variances (rows, M).
+        tabs: their coefficient tables.
+        block_size: pairs per block.
+        progress: a progress bar over the blocks.
+        shard: spread each block over the local devices.
+        want_ntk: False skips the NTK's equation.
+
+    Returns:
+        ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))`` as numpy arrays.
+    """
+    P = s00.shape[0]
+    sharding, ndev = _mesh_sharding() if shard else (None, 1)
+    bs = 1 if duals.per_input_batch else block_size
+    if P < bs:  # a few padded sizes, so that probes of different sizes reuse their compilations
+        bs = min(bs, 2 ** math.ceil(math.log2(P)))
+    bs = int(math.ceil(bs / ndev) * ndev)
+    outs = []
+    starts = range(0, P, bs)
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"kernel pairs (grid {grid.size})", unit="block")
+    for s in starts:
+        idx = np.arange(s, s + bs)
+        idx = np.minimum(idx, P - 1)  # pad the last block by repetition
+        args = (s00[idx], v[i1[idx]], v[i2[idx]], tuple(t[i1[idx]] for t in tabs), tuple(t[i2[idx]] for t in tabs))
+        if sharding is not None:
+            args = jax.device_put(args, sharding)
+        nngp, ntk, blocks, ok = _pairs_jit(duals, grid, model, bool(want_ntk), *args)
+        n_real = min(bs, P - s)
+        outs.append(tuple(np.asarray(a)[:n_real] for a in (nngp, ntk, blocks, ok)))
+    return tuple(np.concatenate(o) for o in zip(*outs))
+
+
+def raise_on_failure(ok, nngp, ntk, model, what) -> None:
+    """Raise when a solve blew up or did not converge.
+
+    Args:
+        ok: convergence flags.
+        nngp: NNGP values.
+        ntk: NTK values.
+        model: the model (named in the message).
+        what: what was solved.
+
+    Raises:
+        FloatingPointError: a kernel is not finite.
+        RuntimeError: the Picard iteration did not converge.
+    """
+    if not np.all(np.isfinite(nngp)) or not np.all(np.isfinite(ntk)):
+        why = (
+            "the covariance recursion blew up (a polynomial activation explodes in finite time at large sigma_w T)"
+            if model.activation.polynomial
+            else "the kernels grow like exp(c sigma_w T) and the solve overflowed or lost all accuracy; "
+            "the exact ResNet kernel (depth=L) or a smaller sigma_w T may still be computable"
+        )
+        raise FloatingPointError(
+            f"{what}: the infinite-width kernel is not finite (activation {model.activation.name!r}, "
+            f"T={model.T}, sigma_w={model.sigma_w}): {why}"
+        )
+    if not np.all(ok):
+        raise RuntimeError(
+            f"{what}: the Picard iteration for the two-time covariances did not converge in "
+            f"{MAX_ITER} sweeps (T * sigma_w = {model.T * model.sigma_w:g} too large?)"
+        )

@@ -1,0 +1,273 @@
+"""Certified dual activations inside the kernel solvers (docs/theory.md section 4).
+
+On a time grid the solvers need ``Phi = E phi(u) phi(u')`` and ``dPhi = E phi'(u) phi'(u')`` for
+every pair of nodes. :class:`Duals` evaluates them in one of three ways:
+
+* closed forms, where the activation has them (relu family, erf, identity, quadratic);
+* the Mehler series ``sum_k rho^k c_k(a) c_k(b)`` with Hermite coefficient tables ``c_k`` stored
+  per input and node (:mod:`ntk_ode.gaussian`), so a grid point costs a short polynomial;
+* robust tanh-sinh quadrature at every grid point (any variance; slow).
+
+The certificates bound the relative error of the series (Parseval) or of the quadrature (a rule
+at half the step) at given node variances; the engine's adaptivity (:mod:`.adapt`) uses them to
+choose the number of terms, or to fall back to quadrature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import gaussian
+from ..activations import Activation
+
+__all__ = [
+    "QUAD_STEP",
+    "Duals",
+    "check_duals",
+    "is_kinked",
+    "mehler_certificate",
+    "mehler_grid",
+    "quad_certificate",
+    "trim_terms",
+]
+
+QUAD_STEP = 1.0 / 32.0  # tanh-sinh step of the quadrature duals inside the solvers
+
+
+@dataclasses.dataclass(frozen=True)
+class Duals:
+    """Evaluates Phi and dPhi on a grid from variances and covariances (hashable by value, so
+    the compiled solvers are reused across calls; docs/theory.md section 4). ``perturb`` adds ``perturb`` times the
+    Cauchy-Schwarz scale ``sqrt(E f(u)^2 E f(v)^2)`` to every dual: used to measure how the
+    kernels respond to dual errors."""
+
+    act: Activation
+    terms: int
+    perturb: float = 0.0
+    quad: bool = False  # robust quadrature at every grid point (large variance; slow)
+
+    @property
+    def per_input_batch(self) -> bool:
+        """Whether solves must go one input / pair at a time (quadrature is memory-hungry)."""
+        return self.quad
+
+    @property
+    def closed(self) -> bool:
+        """Whether the activation's duals are closed forms."""
+        return self.act.has_closed_form
+
+    def tables(self, v):
+        """Hermite coefficient tables (phi, phi') for variances v (empty for closed forms).
+
+        Args:
+            v: variances (...,).
+
+        Returns:
+            ``()`` or two arrays (..., terms).
+        """
+        if self.closed or self.quad:
+            return ()
+        return (
+            gaussian.hermite_coefficients(self.act.fn, v, self.terms),
+            gaussian.hermite_coefficients(self.act.dfn, v, self.terms),
+        )
+
+    def phi(self, v1, v2, S, tab1, tab2):
+        """E phi(u) phi(u') on the grid v1 x v2 with covariances S.
+
+        Args:
+            v1: first inputs' variances (M1,).
+            v2: second inputs' variances (M2,).
+            S: covariances (M1, M2).
+            tab1: :meth:`tables` of v1.
+            tab2: :meth:`tables` of v2.
+
+        Returns:
+            (M1, M2) expectations.
+        """
+        return self._grid_dual(0, v1, v2, S, tab1, tab2)
+
+    def dphi(self, v1, v2, S, tab1, tab2):
+        """E phi'(u) phi'(u') on the grid v1 x v2 with covariances S.
+
+        Args:
+            v1: first inputs' variances (M1,).
+            v2: second inputs' variances (M2,).
+            S: covariances (M1, M2).
+            tab1: :meth:`tables` of v1.
+            tab2: :meth:`tables` of v2.
+
+        Returns:
+            (M1, M2) expectations.
+        """
+        return self._grid_dual(1, v1, v2, S, tab1, tab2)
+
+    def _grid_dual(self, which, v1, v2, S, tab1, tab2):
+        """E f(u) f(u') on the grid, f = phi (which = 0) or phi' (1)."""
+        closed = self.act.closed_form_dual if which == 0 else self.act.closed_form_ddual
+        if self.closed:
+            assert closed is not None
+            val = closed(v1[:, None], v2[None, :], S)
+        elif self.quad:
+            val = self._quad(self.act.fn if which == 0 else self.act.dfn, v1, v2, S)
+        else:
+            val = mehler_grid(tab1[which], tab2[which], gaussian.correlation(v1[:, None], v2[None, :], S))
+        return val + self._bump(closed, which, v1, v2, tab1, tab2)
+
+    def _quad(self, f, v1, v2, S):
+        bp = self.act.breakpoints
+        return gaussian.expect_2d_quad(f, f, v1[:, None], v2[None, :], S, bp, bp, step=QUAD_STEP)[0]
+
+    def _bump(self, closed, which, v1, v2, tab1, tab2):
+        if self.perturb == 0.0:
+            return 0.0
+        if self.quad:
+            f = self.act.fn if which == 0 else self.act.dfn
+            m1, m2 = (gaussian.expect_1d_quad(gaussian.squared(f), v, self.act.breakpoints)[0] for v in (v1, v2))
+        elif self.closed:
+            m1, m2 = closed(v1, v1, v1), closed(v2, v2, v2)
+        else:
+            m1, m2 = jnp.sum(tab1[which] ** 2, -1), jnp.sum(tab2[which] ** 2, -1)
+        return self.perturb * jnp.sqrt(jnp.abs(m1[:, None] * m2[None, :]))
+
+
+def mehler_grid(c1, c2, rho):
+    """sum_k rho_ij^k c1[i, k] c2[j, k] by Horner's rule.
+
+    Args:
+        c1: coefficient tables (M1, K).
+        c2: coefficient tables (M2, K).
+        rho: correlations (M1, M2).
+
+    Returns:
+        (M1, M2) sums.
+    """
+
+    def body(acc, k):
+        return acc * rho + c1[:, k][:, None] * c2[:, k][None, :], None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros_like(rho), jnp.arange(c1.shape[1] - 1, -1, -1))
+    return acc
+
+
+def trim_terms(duals: Duals, tabs, threshold: float = 1e-10) -> Duals:
+    """Drop the Mehler terms whose coefficients stay below ``threshold`` of the largest (over the
+    given coefficient tables, of every probed input and node): the dropped tail contributes
+    < ~terms * threshold^2 relative to the kernel, even at rho = 1 (1e-10: < ~1e-17). The caller
+    certifies the result.
+
+    Args:
+        duals: Mehler duals.
+        tabs: their tables (phi, phi') at the probed variances, (..., terms) each.
+        threshold: relative size of the coefficients dropped.
+
+    Returns:
+        Duals with fewer terms (a multiple of 8), or the same.
+    """
+    if duals.closed:
+        return duals
+    mags = np.max([np.max(np.abs(np.asarray(t)).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
+    big = np.nonzero(mags > threshold * mags.max())[0]
+    keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
+    return Duals(duals.act, keep)
+
+
+def mehler_certificate(duals: Duals, v) -> float:
+    """Bound on the relative error of the Mehler duals at the node variances ``v``.
+
+    Parseval: ``sum_k c_k(a)^2 = E f(sqrt(a) Z)^2``, so the truncated tail satisfies
+    ``sum_{k>=K} c_k^2 = E f^2 - sum_{k<K} c_k^2``, and by Cauchy-Schwarz the Mehler error at
+    any correlation is at most ``sqrt(tail_f(a) tail_f(b))``. ``E f^2`` comes from the robust
+    quadrature (:func:`ntk_ode.gaussian.expect_1d_quad`), so an inaccurate coefficient table
+    shows up here too. Returned relative to ``sqrt(E f(u)^2 E f(v)^2)``, max over phi and phi'.
+
+    Args:
+        duals: the duals (0 is returned for closed forms).
+        v: node variances (any shape).
+
+    Returns:
+        The bound.
+    """
+    if duals.closed:
+        return 0.0
+    # in float64 whatever the working precision: this measures truncation, not rounding
+    with jax.enable_x64(True):
+        v = jnp.asarray(np.asarray(v, np.float64).reshape(-1), jnp.float64)
+        worst = 0.0
+        eps = float(np.finfo(np.float64).eps)
+        for f in (duals.act.fn, duals.act.dfn):
+            tab = np.asarray(gaussian.hermite_coefficients(f, v, duals.terms))
+            m2, m2err = (np.asarray(t) for t in gaussian.expect_1d_quad(gaussian.squared(f), v, duals.act.breakpoints))
+            partial = np.sum(tab**2, axis=-1)
+            rel = (np.abs(m2 - partial) + m2err) / np.maximum(m2, 1e-300) + 4 * tab.shape[-1] * eps
+            worst = max(worst, float(np.max(np.where(m2 > 0, rel, 0.0))))
+    return worst
+
+
+def quad_certificate(duals: Duals, v) -> float:
+    """Relative error bound of the quadrature duals (step ``QUAD_STEP``): their difference to
+    the rule at half the step (plus rounding), at a few of the node variances ``v`` (every
+    third, and the largest), over correlations from -1 to 1 (at the near-kink correlations
+    0.999 and 1 the rules are hardest).
+
+    Args:
+        duals: quadrature duals.
+        v: node variances (any shape).
+
+    Returns:
+        The bound.
+    """
+    v = np.asarray(v).reshape(-1)
+    v = np.unique(np.concatenate([np.sort(v)[:: max(1, v.size // 3)], [v.max()]]))
+    a, b = (g.reshape(-1) for g in np.meshgrid(v, v, indexing="ij"))
+    worst = 0.0
+    bp = duals.act.breakpoints
+    for f in (duals.act.fn, duals.act.dfn):
+        m2a = np.asarray(gaussian.expect_1d_quad(gaussian.squared(f), a, bp)[0])
+        m2b = np.asarray(gaussian.expect_1d_quad(gaussian.squared(f), b, bp)[0])
+        for rho in (-1.0, -0.5, 0.0, 0.9, 0.999, 1.0):
+            c = rho * np.sqrt(a * b)
+            _, err = gaussian.expect_2d_quad(f, f, a, b, c, bp, bp, step=QUAD_STEP / 2)
+            rel = np.asarray(err) / np.maximum(np.sqrt(np.abs(m2a * m2b)), 1e-300)
+            worst = max(worst, float(np.max(rel)))
+    return worst
+
+
+def check_duals(act: Activation) -> None:
+    """Refuse an activation whose duals can be neither closed forms nor quadratures.
+
+    Args:
+        act: the activation.
+
+    Raises:
+        ValueError: phi or phi' cannot be evaluated on JAX arrays, or is not finite on [-2, 2].
+    """
+    if act.has_closed_form:
+        return
+    try:
+        z = jnp.linspace(-2.0, 2.0, 5)
+        ok = bool(jnp.all(jnp.isfinite(act.fn(z)))) and bool(jnp.all(jnp.isfinite(act.dfn(z))))
+    except Exception as e:  # noqa: BLE001 - any failure means quadrature is impossible
+        raise ValueError(
+            f"activation {act.name!r} has no closed-form duals and cannot be evaluated on JAX arrays "
+            f"for quadrature: {e}"
+        ) from e
+    if not ok:
+        raise ValueError(f"activation {act.name!r}: phi or phi' is not finite on [-2, 2]; no quadrature possible")
+
+
+def is_kinked(act: Activation) -> bool:
+    """Whether phi or phi' has kinks (dPhi is then not smooth along t = s of identical inputs).
+
+    Args:
+        act: the activation.
+
+    Returns:
+        True for kinked activations.
+    """
+    return bool(act.kinks) or not act.dphi_lipschitz

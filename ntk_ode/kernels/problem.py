@@ -1,0 +1,281 @@
+"""Pair bookkeeping of one kernel call: inputs, single-input solutions, pairs, assembly.
+
+Pairs (x, x') interact only through the per-input variances (docs/theory.md section 3), so a
+:class:`Problem` solves the single-input problems once per distinct self-covariance and grid,
+then the pairs in blocks (:func:`ntk_ode.kernels.core.solve_pairs`), and assembles the (N1, N2)
+arrays. It also picks the pairs on which accuracy is probed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from .core import raise_on_failure, solve_pairs, solve_singles
+
+__all__ = ["NEAR_DUPLICATE", "Problem", "identical_pairs", "input_covariance", "probe_pairs"]
+
+
+def input_covariance(model, x1, x2):
+    """``Sigma^{0,0}(x, x') = input_scale^2 x . x'`` row by row.
+
+    Args:
+        model: supplies the input scaling.
+        x1: inputs (..., d).
+        x2: inputs (..., d).
+
+    Returns:
+        The covariances (...,).
+    """
+    return model.input_scale(x1.shape[-1]) ** 2 * jnp.sum(x1 * x2, axis=-1)
+
+
+class Problem:
+    """All inputs of one kfn call: per-input variances on a grid and the pairs to solve.
+
+    The single-input problems depend on an input only through its self-covariance
+    ``Sigma^{0,0}(x, x)``: they are solved once per distinct value (``rows``), and only for the
+    inputs asked for (the grid and dual probes touch a few inputs, not all of them).
+    """
+
+    def __init__(self, model, duals, x1, x2, symmetric, want_ntk=True):
+        self.model, self.duals = model, duals
+        self.x1, self.x2 = x1, x1 if symmetric else x2
+        self.X = x1 if symmetric else jnp.concatenate([x1, x2])
+        self.N1 = x1.shape[0]
+        self.N2 = x1.shape[0] if symmetric else x2.shape[0]
+        off = 0 if symmetric else self.N1
+        if symmetric:
+            i1, i2 = np.triu_indices(self.N1)
+        else:
+            i1, i2 = (a.ravel() for a in np.meshgrid(np.arange(self.N1), np.arange(self.N2), indexing="ij"))
+        self.i1, self.i2_local, self.i2 = i1, i2, i2 + off
+        self.symmetric = symmetric
+        # the kernels checked and reported: the NNGP, and the NTK unless only the NNGP is asked
+        self.want_ntk = want_ntk
+        self.main = [0, 1] if want_ntk else [0]
+        self.input_s00 = np.asarray(input_covariance(model, self.X, self.X))
+        values, self.slot = np.unique(self.input_s00, return_inverse=True)
+        self.s00_values = jnp.asarray(values, self.X.dtype)
+        self._singles: dict = {}
+        self._cos = None
+
+    def rows(self, inputs) -> np.ndarray:
+        """The rows of :meth:`singles` holding ``inputs``.
+
+        Args:
+            inputs: indices into X.
+
+        Returns:
+            Sorted distinct rows.
+        """
+        return np.unique(self.slot[np.asarray(inputs, int)])
+
+    def extreme_inputs(self) -> list[int]:
+        """The inputs of largest and smallest self-covariance.
+
+        Returns:
+            Two indices into X.
+        """
+        return [int(np.argmax(self.input_s00)), int(np.argmin(self.input_s00))]
+
+    def singles(self, grid, inputs=None):
+        """Variances and coefficient tables on ``grid``, one row per distinct self-covariance
+        (``rows(inputs)``). The rows of ``inputs`` (None: all) are solved, once per grid and
+        duals; rows not asked for yet hold zeros.
+
+        Args:
+            grid: the time grid.
+            inputs: indices into X, or None for all.
+
+        Returns:
+            ``(v (rows, M), tables)``.
+        """
+        key = (grid, self.duals)
+        rows = np.arange(self.s00_values.shape[0]) if inputs is None else self.rows(inputs)
+        entry = self._singles.get(key)
+        todo = rows if entry is None else rows[~entry[2][rows]]
+        if todo.size:
+            v, tabs = self._solve_singles(grid, todo)
+            if entry is None:
+                U = self.s00_values.shape[0]
+                zeros = lambda a: jnp.zeros((U,) + a.shape[1:], a.dtype)
+                entry = (zeros(v), tuple(zeros(t) for t in tabs), np.zeros(U, bool))
+            entry = (entry[0].at[todo].set(v), tuple(t.at[todo].set(n) for t, n in zip(entry[1], tabs)), entry[2])
+            entry[2][todo] = True
+            self._singles[key] = entry
+        assert entry is not None, "singles: no inputs asked for"
+        return entry[0], entry[1]
+
+    def probed_variances(self, grid, inputs):
+        """The node variances of ``inputs`` on ``grid``.
+
+        Args:
+            grid: the time grid.
+            inputs: indices into X.
+
+        Returns:
+            (distinct inputs, M) numpy array.
+        """
+        v, _ = self.singles(grid, inputs)
+        return np.asarray(v)[self.rows(inputs)]
+
+    def probed_tables(self, grid, inputs):
+        """The coefficient tables of ``inputs`` on ``grid``.
+
+        Args:
+            grid: the time grid.
+            inputs: indices into X.
+
+        Returns:
+            Numpy tables (distinct inputs, M, terms), or ``()`` for closed forms.
+        """
+        _, tabs = self.singles(grid, inputs)
+        rows = self.rows(inputs)
+        return tuple(np.asarray(t[rows]) for t in tabs)
+
+    def drop_singles(self, grid) -> None:
+        """Forget the single-input solutions on ``grid`` (memory of large ResNet grids).
+
+        Args:
+            grid: the time grid.
+        """
+        for key in [k for k in self._singles if k[0] is grid]:
+            del self._singles[key]
+
+    def _solve_singles(self, grid, rows):
+        s00 = self.s00_values
+        if self.duals.per_input_batch:
+            parts = [solve_singles(self.duals, grid, self.model.sigma_w, s00[r : r + 1]) for r in rows]
+            v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (), jnp.concatenate([p[2] for p in parts]))
+        else:
+            # padded to a few sizes, so that probes and full solves reuse their compilations
+            n = rows.size
+            size = 2 ** math.ceil(math.log2(n)) if n <= 256 else 256 * math.ceil(n / 256)
+            padded = np.concatenate([rows, np.full(size - n, rows[-1])])
+            v, tabs, ok = solve_singles(self.duals, grid, self.model.sigma_w, s00[padded])
+            v, tabs, ok = v[:n], tuple(t[:n] for t in tabs), ok[:n]
+        nan = ~np.isfinite(np.asarray(v)).all()
+        if nan or not np.all(np.asarray(ok)):
+            raise_on_failure(np.asarray(ok), np.asarray(v), np.asarray(v), self.model, "single-input problems")
+        return v, tabs
+
+    def solve(self, grid, sel=None, block_size=256, progress=False, shard=True):
+        """Every kernel of the pairs ``sel``.
+
+        Args:
+            grid: the time grid.
+            sel: pair indices, or None for all.
+            block_size: pairs per block.
+            progress: a progress bar over the blocks.
+            shard: spread blocks over the local devices.
+
+        Returns:
+            (P, 5) values, columns in ``GETS`` order (the NTK's nan unless ``want_ntk``).
+
+        Raises:
+            FloatingPointError: a kernel is not finite.
+            RuntimeError: a Picard iteration did not converge.
+        """
+        i1, i2 = (self.i1, self.i2) if sel is None else (self.i1[sel], self.i2[sel])
+        v, tabs = self.singles(grid, None if sel is None else np.concatenate([i1, i2]))
+        s00 = input_covariance(self.model, self.X[i1], self.X[i2])
+        nngp, ntk, blocks, ok = solve_pairs(
+            self.duals,
+            grid,
+            self.model,
+            s00,
+            self.slot[i1],
+            self.slot[i2],
+            v,
+            tabs,
+            block_size,
+            progress,
+            shard,
+            self.want_ntk,
+        )
+        raise_on_failure(ok, nngp, ntk if self.want_ntk else nngp, self.model, "kernel_fn")
+        return np.concatenate([nngp[:, None], ntk[:, None], blocks], axis=1)  # (P, 5) in GETS order
+
+    def pair_cosines(self) -> np.ndarray:
+        """cos(x, x') of every pair, from one matrix product (never a (pairs, d) gather).
+
+        Returns:
+            (P,) cosines in [-1, 1].
+        """
+        if self._cos is None:
+            x1, x2 = (np.asarray(x, np.float64) for x in (self.x1, self.x2))
+            n1, n2 = (np.maximum(np.linalg.norm(x, axis=1), 1e-300) for x in (x1, x2))
+            self._cos = np.clip(((x1 @ x2.T) / n1[:, None] / n2[None, :])[self.i1, self.i2_local], -1.0, 1.0)
+        return self._cos
+
+    def assemble(self, vals) -> np.ndarray:
+        """The (N1, N2) array of per-pair values.
+
+        Args:
+            vals: (P,) values of the pairs.
+
+        Returns:
+            (N1, N2) array (mirrored for one input set).
+        """
+        out = np.zeros((self.N1, self.N2), vals.dtype)
+        out[self.i1, self.i2_local] = vals
+        if self.symmetric:
+            out[self.i2_local, self.i1] = vals
+        return out
+
+
+NEAR_DUPLICATE = 1e-3  # 1 - cos below which a pair's dPhi has a (near-)kink too sharp to collocate
+
+
+def identical_pairs(problem: Problem):
+    """Indices of the pairs whose inputs are equal or nearly so (1 - cos <= 1e-3, and the same
+    norm to 1e-3): there dPhi(t, s) has a kink (or a near-kink of width ~sqrt(1 - cos)) along
+    t = s that collocation resolves only algebraically.
+
+    Args:
+        problem: the pairs.
+
+    Returns:
+        Pair indices.
+    """
+    X = np.asarray(problem.X)
+    _, ids = np.unique(X, axis=0, return_inverse=True)  # equal rows, without a (pairs, d) gather
+    ids = ids.reshape(-1)
+    a, b = problem.i1, problem.i2
+    nrm = np.linalg.norm(np.asarray(X, float), axis=1)
+    near = (1.0 - problem.pair_cosines() <= NEAR_DUPLICATE) & (
+        np.abs(nrm[a] - nrm[b]) <= NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b])
+    )
+    return np.nonzero((ids[a] == ids[b]) | near)[0]
+
+
+def probe_pairs(problem: Problem, n: int = 8, exclude=()):
+    """Pairs on which accuracy is measured: the first diagonal entries, random pairs, and the
+    most correlated and most anti-correlated distinct pairs (near-duplicate and antipodal inputs
+    are where the duals and the time grid are hardest).
+
+    Args:
+        problem: the pairs.
+        n: diagonal and random pairs, each.
+        exclude: pairs not to probe (unless nothing else is left).
+
+    Returns:
+        Pair indices.
+    """
+    rng = np.random.default_rng(0)
+    keep = np.ones(problem.i1.size, bool)
+    keep[np.asarray(exclude, int)] = False
+    if not keep.any():  # only identical pairs: probe them anyway
+        keep[:] = True
+    diag = np.nonzero((problem.i1 == problem.i2) & keep)[0]
+    allowed = np.nonzero(keep)[0]
+    extra: list = []
+    off = np.nonzero((problem.i1 != problem.i2) & keep)[0]
+    if off.size:
+        cos = problem.pair_cosines()[off]
+        extra = [off[np.argpartition(cos, 1)[:2]], off[np.argpartition(-cos, 1)[:2]]] if off.size > 2 else [off]
+    rand = rng.choice(allowed, size=min(n, allowed.size), replace=False)
+    return np.unique(np.concatenate([diag[:n], rand, *extra]).astype(int))

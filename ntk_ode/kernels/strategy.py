@@ -1,0 +1,318 @@
+"""How a kernel call is evaluated: the one selection rule and the strategies it selects.
+
+* ``"direct"``: every pair solved on the adaptively chosen grid with certified duals;
+* ``"zonal"``: inputs of one norm: the pairs' kernels interpolated in the angle from one table of
+  solves (:func:`ntk_ode.kernels.interpolants.zonal_interpolant`);
+* ``"table"``: inputs of several norms, many pairs: the (norm, norm, angle) interpolant
+  (:func:`ntk_ode.kernels.interpolants.build_norm_angle`) over direct solves.
+
+:func:`choose` is the rule; :func:`pair_kernels` runs the direct and zonal strategies (they share
+the choice of duals and grid), :func:`norm_angle_tables` and :func:`table_kernels` the table.
+Each returns values with their estimated maximum absolute errors; none calls ``kernel_fn``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import check_inputs
+from .adapt import certify, choose_grid, choose_terms, dual_sensitivity, first_grid, richardson_pairs
+from .core import raise_on_failure, solve_pairs
+from .duals import Duals, is_kinked
+from .gets import GETS
+from .interpolants import NormAngleKernel, ZonalFailed, build_norm_angle, zonal_interpolant, zonal_values
+from .problem import Problem, identical_pairs, probe_pairs
+
+__all__ = ["TABLE_MIN_PAIRS", "Result", "choose", "norm_angle_tables", "pair_kernels", "same_norm", "table_kernels"]
+
+# Pairs of inputs of several norms above which kernel_fn(table="auto") interpolates in
+# (norm, norm, angle) instead of solving every pair (the table costs ~10^4 solves).
+TABLE_MIN_PAIRS = 200_000
+
+
+def same_norm(norms) -> bool:
+    """Whether all inputs have one norm (to 1e-12 relative).
+
+    Args:
+        norms: input norms.
+
+    Returns:
+        True for one norm.
+    """
+    norms = np.asarray(norms)
+    return bool(np.ptp(norms) <= 1e-12 * max(norms.max(), 1e-300))
+
+
+def choose(norms, pairs: int, *, depth, nodes, activation, equal_norm="auto", table="auto") -> tuple[str, ...]:
+    """The strategies to try, in order (a later one is the fallback when an automatic earlier
+    one cannot meet rtol).
+
+    Args:
+        norms: the norms of all inputs.
+        pairs: the number of pairs asked for.
+        depth: None or L.
+        nodes: fixed Chebyshev intervals, or None.
+        activation: the activation.
+        equal_norm: "auto", True (require the zonal path) or False (never).
+        table: "auto", True (require the table) or False (never).
+
+    Returns:
+        E.g. ``("table", "direct")``, ``("zonal",)`` or ``("direct",)``.
+
+    Raises:
+        ValueError: ``equal_norm=True`` for inputs of several norms.
+    """
+    norms = np.asarray(norms)
+    same = same_norm(norms)
+    if equal_norm is True and not same:
+        raise ValueError("equal_norm=True but the inputs do not all have the same norm")
+    if not same and (table is True or (table == "auto" and pairs > TABLE_MIN_PAIRS)) and norms.min() > 0:
+        return ("table",) if table is True else ("table", "direct")
+    # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
+    # collocation resolves only algebraically; the zonal table (whose angle-0 node is such a
+    # pair) is not used for them unless asked for
+    kinked = depth is None and nodes is None and is_kinked(activation)
+    if equal_norm is True:
+        return ("zonal",)
+    if equal_norm == "auto" and same and pairs > 64 and not kinked:
+        return ("zonal", "direct")
+    return ("direct",)
+
+
+class Result:
+    """Kernel values of a strategy with their error estimates and what limited them.
+
+    Attributes:
+        values: ``{name: (N1, N2) array}``.
+        errors: ``{name: estimated max abs error}``.
+        unmet: None, or a message saying by how much rtol was missed.
+    """
+
+    def __init__(self, values: dict, errors: dict, unmet: str | None = None):
+        self.values, self.errors, self.unmet = values, errors, unmet
+
+
+def _zonal(problem: Problem, grid, tol, block_size, shard, max_nodes):
+    """Equal norms: the kernels interpolated in the angle from solves of the first input with
+    itself rotated (only its single problem is solved). Returns (values (P, 5), error (5,))."""
+    model = problem.model
+    v, tabs = problem.singles(grid, [0])
+    scale2 = problem.input_s00[0]
+    row = problem.slot[0]
+
+    def evaluate(cos):
+        idx = np.full(cos.size, row)
+        s00 = jnp.asarray(scale2 * cos, v.dtype)
+        nngp, ntk, blocks, ok = solve_pairs(
+            problem.duals, grid, model, s00, idx, idx, v, tabs, block_size, False, shard, problem.want_ntk
+        )
+        raise_on_failure(ok, nngp, ntk if problem.want_ntk else nngp, model, "kernel_fn (equal-norm table)")
+        return np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
+
+    tab, err = zonal_interpolant(evaluate, tol, problem.main, max_nodes)
+    u = 1.0 - 2.0 * np.arccos(problem.pair_cosines()) / np.pi
+    return zonal_values(tab, u), err
+
+
+def pair_kernels(
+    model,
+    duals0: Duals,
+    problem: Problem,
+    *,
+    depth,
+    nodes,
+    tol: float,
+    zonal: bool | str,
+    block_size: int = 256,
+    shard: bool = True,
+    progress: bool = False,
+):
+    """The direct (and zonal) strategy: duals certified on probe pairs, then the time grid, then
+    every pair solved (or the zonal table interpolated), with the error estimate.
+
+    Args:
+        model: the Neural ODE.
+        duals0: the first duals tried.
+        problem: the pairs.
+        depth: None or L.
+        nodes: fixed Chebyshev intervals, or None.
+        tol: relative target.
+        zonal: False (solve every pair), "auto" (the zonal table, falling back to solves) or
+            True (the zonal table, or RuntimeError).
+        block_size: pairs per block.
+        shard: spread blocks over the local devices.
+        progress: progress bars.
+
+    Returns:
+        ``(values (P, 5), error (5,), delta)``: the kernels in ``GETS`` order, their estimated
+        max abs errors, and the relative dual error bound.
+
+    Raises:
+        RuntimeError: ``zonal=True`` and the table cannot meet rtol.
+    """
+    eps = float(jnp.finfo(problem.X.dtype).eps)
+    kinked = depth is None and nodes is None and is_kinked(model.activation)
+    probe = probe_pairs(problem)  # the inputs whose variances the duals are certified on
+    inputs = np.unique(np.concatenate([problem.i1[probe], problem.i2[probe], problem.extreme_inputs()]))
+    # the duals first (on the first grid: it sees the whole range of variances), then the time
+    # grid with those duals, then the duals' certificate again on the chosen grid
+    grid0 = first_grid(model, depth, nodes)
+    problem.duals, delta = choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
+    # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
+    # collocation resolves only algebraically; those pairs are extrapolated from the exact
+    # depth-L recursions instead (Richardson) and left out of the collocation probe. Not with
+    # quadrature duals (deep recursions unaffordable): the probe then sees them and the
+    # estimate says how far collocation got.
+    same_input = identical_pairs(problem) if kinked and not problem.duals.quad else np.zeros(0, int)
+    pick = probe_pairs(problem, exclude=same_input)
+    grid, err = choose_grid(model, problem, depth, nodes, tol, pick, len(GETS))
+    if grid is not grid0:
+        delta = max(delta, certify(problem.duals, problem, grid, inputs))
+    dual_err = None  # per unit kernel scale, or absolute when measured
+    crude = 0.0
+    if delta > 0:
+        # a measured response to dual errors; skipped (two compilations less) when even a
+        # generous growth factor exp(2 sigma_w T) leaves the dual part 1e3 below rtol
+        crude = 4.0 * delta * math.exp(2.0 * model.sigma_w * model.T)
+        if 1e3 * crude > tol:
+            ref = problem.solve(grid, sel=pick, shard=False)
+            dual_err = 4.0 * delta * dual_sensitivity(problem, grid, pick, ref)
+    vals = None
+    if zonal:
+        try:
+            vals, zerr = _zonal(problem, grid, tol, block_size, shard, max_nodes=512 if zonal is True else 256)
+            err = err + zerr
+        except ZonalFailed as exc:
+            if zonal is True:
+                raise RuntimeError(f"{exc}; use equal_norm=False") from exc
+    use_zonal = vals is not None
+    if vals is None:
+        vals = problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
+    if same_input.size:
+        rvals, rerr = richardson_pairs(problem, same_input, tol, progress)
+        vals[same_input] = rvals
+        err = np.maximum(err, rerr) if not use_zonal else err + rerr
+    scale = np.max(np.abs(vals), axis=0)
+    err = err + 64 * eps * scale  # rounding and the Picard stopping rule
+    if delta > 0:
+        err = err + (crude * scale if dual_err is None else dual_err)
+    return vals, err, delta
+
+
+def direct_result(model, duals0: Duals, problem: Problem, names, *, tol: float, **options) -> Result:
+    """:func:`pair_kernels` assembled into (N1, N2) arrays of the kernels ``names``.
+
+    Args:
+        model: the Neural ODE.
+        duals0: the first duals tried.
+        problem: the pairs.
+        names: the kernels wanted.
+        tol: relative target.
+        **options: of :func:`pair_kernels`.
+
+    Returns:
+        The :class:`Result`.
+    """
+    vals, err, delta = pair_kernels(model, duals0, problem, tol=tol, **options)
+    col = {g: GETS.index(g) for g in names}
+    values = {g: jnp.asarray(problem.assemble(vals[:, i])) for g, i in col.items()}  # only those asked for
+    errors = {g: float(err[i]) for g, i in col.items()}
+    main = problem.main
+    big = np.max(np.abs(vals[:, main]), axis=0)
+    unmet = None
+    if np.any(err[main] > tol * big):
+        where = "duals" if delta > 1e-3 * tol else "time grid"
+        unmet = (
+            f"kernel_fn: rtol={tol:g} not met: estimated max abs error "
+            f"{', '.join(f'{GETS[i]} {err[i]:.2e}' for i in main)} "
+            f"(relative {np.max(err[main] / np.maximum(big, 1e-300)):.1e}; limited by the {where}: "
+            f"relative dual error bound {delta:.1e}, activation {model.activation.name!r})"
+        )
+    return Result(values, errors, unmet)
+
+
+def norm_angle_tables(
+    model, d: int, rmin: float, rmax: float, names, *, depth, rtol: float, nodes, terms: int, progress: bool = False
+) -> list[NormAngleKernel]:
+    """One certified (norm, norm, angle) interpolant per kernel of ``names``, built over direct
+    solves (:func:`direct_result` on the table's inputs, never a table inside).
+
+    Args:
+        model: the Neural ODE.
+        d: input dimension.
+        rmin: smallest norm.
+        rmax: largest norm.
+        names: kernel names.
+        depth: None or L.
+        rtol: relative target of the table.
+        nodes: fixed Chebyshev intervals of the solves, or None.
+        terms: Mehler terms of the solves.
+        progress: progress bars over the solves' pair blocks.
+
+    Returns:
+        The interpolants.
+
+    Raises:
+        RuntimeError: the table cannot meet rtol.
+    """
+    # the node solves aim at 1e-8 in float64; in float32 (x64 off) at rtol itself
+    inner = min(rtol, 1e-8) if jnp.result_type(float) == jnp.float64 else rtol
+    duals0 = Duals(model.activation, int(terms))
+
+    def evaluate(x1, x2):
+        x1, x2 = check_inputs(x1, None, "x1"), check_inputs(x2, None, "x2")
+        problem = Problem(model, duals0, x1, x2, False, want_ntk=names != ("nngp",))
+        r = direct_result(
+            model, duals0, problem, names, tol=inner, depth=depth, nodes=nodes, zonal=False, progress=progress
+        )
+        if r.unmet is not None:
+            warnings.warn(r.unmet, RuntimeWarning, stacklevel=4)
+        return np.stack([np.asarray(r.values[n]) for n in names]), np.array([r.errors[n] for n in names])
+
+    return build_norm_angle(evaluate, int(d), float(rmin), float(rmax), rtol=rtol)
+
+
+_gram_jit = jax.jit(lambda k, a, b: k.gram(a, b))
+
+
+def table_kernels(model, x1, x2, names, *, depth, tol, nodes, terms, progress) -> Result:
+    """The table strategy: the (norm, norm, angle) interpolants evaluated in row blocks of
+    bounded memory.
+
+    Args:
+        model: the Neural ODE.
+        x1: inputs (N1, d).
+        x2: inputs (N2, d).
+        names: kernel names.
+        depth: None or L.
+        tol: relative target.
+        nodes: fixed Chebyshev intervals of the solves, or None.
+        terms: Mehler terms of the solves.
+        progress: progress bars.
+
+    Returns:
+        The :class:`Result`.
+
+    Raises:
+        RuntimeError: the table cannot meet rtol.
+    """
+    norms = np.concatenate([np.linalg.norm(np.asarray(x1), axis=1), np.linalg.norm(np.asarray(x2), axis=1)])
+    rmin, rmax = float(norms.min()), float(norms.max())
+    kernels = norm_angle_tables(
+        model, x1.shape[1], rmin, rmax, names, depth=depth, rtol=tol, nodes=nodes, terms=terms, progress=progress
+    )
+    rows = max(1, 2**22 // max(1, x2.shape[0]))
+    vals, errs = [], []
+    for k in kernels:
+        parts = [_gram_jit(k, x1[i : i + rows], x2) for i in range(0, x1.shape[0], rows)]
+        vals.append(jnp.concatenate(parts))
+        errs.append(float(k.error) + 64 * float(jnp.finfo(x1.dtype).eps) * float(jnp.max(jnp.abs(vals[-1]))))
+    unmet = None
+    if max(e / max(float(jnp.max(jnp.abs(v))), 1e-300) for e, v in zip(errs, vals)) > tol:
+        unmet = f"kernel_fn: rtol={tol:g} not met by the (norm, norm, angle) table: errors {errs}"
+    return Result(dict(zip(names, vals)), dict(zip(names, errs)), unmet)
