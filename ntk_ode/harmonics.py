@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .kernels import kernel_fn
+from .kernels import kernel_fn, parse_get
 from .kernels.interpolants import CoefficientKernel, clenshaw, cosine_to_u, cosines
 from .model import NeuralODE
 
@@ -169,8 +169,9 @@ def gegenbauer_spectrum(
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
     if isinstance(k_max, bool) or int(k_max) != k_max or k_max < 0:
         raise ValueError(f"k_max must be an integer >= 0, got {k_max!r}")
-    if get not in ("ntk", "nngp"):
-        raise ValueError(f"get must be 'ntk' or 'nngp', got {get!r}")
+    if not isinstance(get, str):
+        raise ValueError(f"get must be 'ntk' or 'nngp' (one kernel), got {get!r}")
+    parse_get(get, ("ntk", "nngp"))
     Q = int(nodes) if nodes is not None else 2 * int(k_max) + 48
     if Q < k_max + 2:
         raise ValueError(f"nodes must be at least k_max + 2 = {k_max + 2}, got {nodes!r}")
@@ -343,9 +344,7 @@ def zonal_kernel(
     """
     if isinstance(d, bool) or int(d) != d or d < 2:
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
-    names = (get,) if isinstance(get, str) else tuple(get)
-    if not names or any(g not in ("ntk", "nngp") for g in names) or len(set(names)) != len(names):
-        raise ValueError(f"get must be 'ntk', 'nngp' or a tuple of both, got {get!r}")
+    names, _ = parse_get(get, ("ntk", "nngp"))
     radius = math.sqrt(d) if radius is None else float(radius)
     kfn = kernel_fn(model, depth, rtol=min(rtol, 1e-8))
     prev, Q = None, 16

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_depth, check_inputs, fail_if
-from .kernels import GETS, Duals, Grid, chebyshev_grid, kernel_type, pair_kernels, resnet_grid, single_variances
+from .kernels import GETS, Duals, chebyshev_grid, parse_get, resnet_grid
+from .kernels.core import traced_pairs, traced_singles
+from .kernels.gets import select
 from .model import NeuralODE
 
 __all__ = [
@@ -76,15 +78,6 @@ def with_hyperparameters(model: NeuralODE, hyper: dict) -> NeuralODE:
     return NeuralODE(**cfg)
 
 
-def _unit_grid(depth: int | None, nodes: int) -> Grid:
-    return resnet_grid(depth, 1.0) if depth is not None else chebyshev_grid(nodes, 1.0)
-
-
-def _scaled_grid(unit: Grid, T) -> Grid:
-    """The grid on [0, T]: every operator of a grid on [0, 1] scales linearly with T."""
-    return Grid(t=unit.t * T, A=unit.A * T, B=unit.B * T, w=unit.w * T, shift=unit.shift)
-
-
 def _check_hyper(hyper) -> dict:
     if not isinstance(hyper, dict) or sorted(hyper) != sorted(HYPERPARAMETERS):
         got = sorted(hyper) if isinstance(hyper, dict) else type(hyper).__name__
@@ -110,25 +103,23 @@ class _Static:
 
 
 def _kernels(static: _Static, hyper: dict, x1, x2):
-    """All five kernels (nngp, ntk, ntk_U, ntk_W, ntk_v), each (N1, N2), and the flags."""
+    """All five kernels (nngp, ntk, ntk_U, ntk_W, ntk_v), each (N1, N2), and the flags: the
+    engine's traced core (:func:`ntk_ode.kernels.core.traced_singles`, ``traced_pairs``) on a
+    fixed grid, row by row."""
     dt = x1.dtype
-    grid = _scaled_grid(_unit_grid(static.depth, static.nodes), hyper["T"].astype(dt))
-    sw, su, sv = (hyper[k].astype(dt) for k in ("sigma_w", "sigma_u", "sigma_v"))
+    unit = resnet_grid(static.depth, 1.0) if static.depth is not None else chebyshev_grid(static.nodes, 1.0)
+    sw, su, sv, T = (hyper[k].astype(dt) for k in ("sigma_w", "sigma_u", "sigma_v", "T"))
     scale2 = su**2 / x1.shape[1] if static.input_scaling == "sqrt_d" else su**2
     duals = static.duals
-
-    def singles(x):
-        v, ok = jax.vmap(lambda s: single_variances(duals, grid, sw, s))(scale2 * jnp.sum(x * x, axis=1))
-        return v, duals.tables(v), ok
-
-    v1, tab1, ok1 = singles(x1)
-    v2, tab2, ok2 = singles(x2)
+    v1, tab1, ok1 = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x1 * x1, axis=1))
+    v2, tab2, ok2 = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x2 * x2, axis=1))
     s12 = scale2 * (x1 @ x2.T)
+    n2 = x2.shape[0]
+    rep = lambda a: jnp.broadcast_to(a, (n2,) + a.shape)
 
     def row(args):
         s_row, va, ta = args
-        one = lambda s, vb, tb: pair_kernels(duals, grid, sw, sv, static.head, s, va, vb, ta, tb)
-        return jax.vmap(one)(s_row, v2, tab2)
+        return traced_pairs(duals, unit, static.head, True, (sw, sv, T), s_row, rep(va), v2, tuple(map(rep, ta)), tab2)
 
     nngp, ntk, blocks, ok = jax.lax.map(row, (s12, v1, tab1), batch_size=static.row_batch)
     kernels = (nngp, ntk, blocks[..., 0], blocks[..., 1], blocks[..., 2])
@@ -232,15 +223,12 @@ def traceable_kernel_fn(
     )
 
     def kfn(hyper, x1, x2=None, get=("nngp", "ntk")):
-        single = isinstance(get, str)
-        names = (get,) if single else tuple(get)
-        if not names or any(g not in GETS for g in names) or len(set(names)) != len(names):
-            raise ValueError(f"get must be one of {GETS} or a tuple of distinct ones, got {get!r}")
+        names, single = parse_get(get)
         hyper = _check_hyper(hyper)
         x1 = check_inputs(x1, None, "x1")
         x2 = x1 if x2 is None else check_inputs(x2, x1.shape[1], "x2", expected_by="x1 has")
         kernels = dict(zip(GETS, _kernels_jit(static, hyper, x1, x2)))
-        return kernels[names[0]] if single else kernel_type(names)(*(kernels[g] for g in names))
+        return select(kernels, names, single)
 
     return kfn
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from .distributed import split
 from .harmonics import zonal_kernel
-from .kernels import GETS, kernel_fn, norm_angle_kernel
+from .kernels import kernel_fn, norm_angle_kernel, parse_get
 from .kernels.interpolants import clenshaw, cosine_to_u, cosines
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
@@ -291,9 +291,7 @@ def kernel_to_disk(
         OSError: the folder is not writable, the disk is too small (checked before computing),
             or a write failed (finished tiles are kept).
     """
-    names = (get,) if isinstance(get, str) else tuple(get)
-    if not names or any(n not in GETS for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"get must be one of {GETS} or a tuple of distinct ones, got {get!r}")
+    names, _ = parse_get(get)
     if isinstance(tile, bool) or int(tile) != tile or tile < 1:
         raise ValueError(f"tile must be a positive integer, got {tile!r}")
     if dtype not in DTYPES:

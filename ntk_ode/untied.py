@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_inputs, fail_if
-from .kernels import GETS, Duals, kernel_type
+from .kernels import GETS, Duals, parse_get
+from .kernels.gets import select
 from .model import NeuralODE, Params
 
 __all__ = ["STEPS", "UntiedResNet", "untied_kernel"]
@@ -221,10 +222,7 @@ def untied_kernel(
         raise ValueError(f"depth must be None or a positive integer, got {depth!r}")
     if step not in STEPS:
         raise ValueError(f"step must be one of {STEPS}, got {step!r}")
-    single = isinstance(get, str)
-    names = (get,) if single else tuple(get)
-    if not names or any(g not in GETS[:2] for g in names) or len(set(names)) != len(names):
-        raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
+    names, single = parse_get(get, GETS[:2])
     x1 = check_inputs(x1, None, "x1")
     x2 = x1 if x2 is None else check_inputs(x2, x1.shape[1], "x2", expected_by="x1 has")
     duals = Duals(model.activation, int(terms))
@@ -237,4 +235,4 @@ def untied_kernel(
     out = dict(nngp=nngp, ntk=ntk)
     finite = jnp.all(jnp.isfinite(nngp)) & jnp.all(jnp.isfinite(ntk))
     out = fail_if(out, ~finite, "untied_kernel: non-finite kernel (sigma_w^2 T too large?)", FloatingPointError)
-    return out[names[0]] if single else kernel_type(names)(*(out[g] for g in names))
+    return select(out, names, single)

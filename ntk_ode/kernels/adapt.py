@@ -104,11 +104,10 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: fl
     return duals, delta
 
 
-def first_grid(model, depth, nodes) -> Grid:
-    """The grid the duals are chosen on: the ResNet's, the fixed one, or the ladder's first.
+def first_grid(depth, nodes) -> Grid:
+    """The grid (on [0, 1]) the duals are chosen on: the ResNet's, the fixed one, or the ladder's first.
 
     Args:
-        model: supplies T.
         depth: None or L.
         nodes: fixed Chebyshev intervals, or None.
 
@@ -116,8 +115,8 @@ def first_grid(model, depth, nodes) -> Grid:
         The grid.
     """
     if depth is not None:
-        return resnet_grid(depth, model.T)
-    return chebyshev_grid(int(nodes) if nodes is not None else NODE_LADDER[0], model.T)
+        return resnet_grid(depth, 1.0)
+    return chebyshev_grid(int(nodes) if nodes is not None else NODE_LADDER[0], 1.0)
 
 
 def dual_sensitivity(problem: Problem, grid: Grid, pick, base, eta: float = 1e-6):
@@ -183,7 +182,7 @@ def richardson_pairs(problem: Problem, sel, tol, progress=False):
     vals, prev, est = [], None, None
     Ls = []
     for L in RICHARDSON_LS:
-        grid = resnet_grid(L, problem.model.T)
+        grid = resnet_grid(L, 1.0)
         vals.append(problem.solve(grid, sel=sel, block_size=max(1, 2**20 // (L + 1) ** 2), progress=progress))
         Ls.append(L)
         problem.drop_singles(grid)
@@ -197,11 +196,11 @@ def richardson_pairs(problem: Problem, sel, tol, progress=False):
     return prev, est
 
 
-def choose_grid(model, problem: Problem, depth, nodes, tol, pick, n_gets: int = 5):
-    """The grid to use and an error estimate of its time discretisation (max abs, per kernel).
+def choose_grid(problem: Problem, depth, nodes, tol, pick, n_gets: int = 5):
+    """The grid to use (on [0, 1]) and an error estimate of its time discretisation (max abs,
+    per kernel).
 
     Args:
-        model: supplies T.
         problem: the pairs.
         depth: None or L (exact: error 0).
         nodes: fixed Chebyshev intervals (error unknown: nan), or None for the ladder.
@@ -213,21 +212,21 @@ def choose_grid(model, problem: Problem, depth, nodes, tol, pick, n_gets: int = 
         ``(grid, error (n_gets,))``.
     """
     if depth is not None:
-        return resnet_grid(depth, model.T), np.zeros(n_gets)
+        return resnet_grid(depth, 1.0), np.zeros(n_gets)
     if nodes is not None:
-        return chebyshev_grid(int(nodes), model.T), np.full(n_gets, np.nan)
+        return chebyshev_grid(int(nodes), 1.0), np.full(n_gets, np.nan)
     prev = None
     # quadrature duals cost ~1e5 evaluations per grid point: stop the ladder at 32 nodes
     ladder = [M for M in NODE_LADDER if M <= 32] if problem.duals.quad else NODE_LADDER
     for M in ladder:
-        cur = problem.solve(chebyshev_grid(M, model.T), sel=pick, shard=False)
+        cur = problem.solve(chebyshev_grid(M, 1.0), sel=pick, shard=False)
         if prev is not None:
             diff = np.max(np.abs(cur - prev[1]), axis=0)
             if np.all(_SAFETY * diff[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
-                return chebyshev_grid(prev[0], model.T), _SAFETY * diff
+                return chebyshev_grid(prev[0], 1.0), _SAFETY * diff
         prev = (M, cur)
     # not converged: keep the finest grid; its error from the last two differences, assuming
     # at least first-order convergence in M (the ratio of consecutive rungs is 4/3)
     ratio = ladder[-1] / ladder[-2]
     assert prev is not None
-    return chebyshev_grid(prev[0], model.T), diff / (ratio - 1.0)
+    return chebyshev_grid(prev[0], 1.0), diff / (ratio - 1.0)

@@ -21,11 +21,16 @@ Per-input variances Sigma_x(t, t) are found first by the single-input problems
 (:func:`single_variances`); pairs then only see them as data (:func:`pair_kernels`) and are solved
 in padded blocks spread over all local devices (:func:`solve_pairs`). Everything here is
 traceable; the adaptive choices live in :mod:`.adapt`.
+
+Hyperparameters are data: the compiled solvers take grids on [0, 1] (static, cached by value)
+and ``(sigma_w, sigma_v, T)`` as traced scalars (:func:`hyperparameters`), scaling the grid's
+operators by T inside the trace. A new sigma_w or T therefore reuses every compilation, and the
+traced solvers (:func:`traced_singles`, :func:`traced_pairs`) serve the differentiable kernels
+of :mod:`ntk_ode.hyper` as well.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -33,10 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .duals import Duals
-from .grids import Grid, shift
+from .grids import Grid, scaled, shift
 
 __all__ = [
     "MAX_ITER",
+    "hyperparameters",
+    "traced_pairs",
+    "traced_singles",
     "pair_kernels",
     "picard",
     "raise_on_failure",
@@ -145,33 +153,85 @@ def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1,
     return nngp, jnp.sum(blocks), blocks, ok1 & ok2
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _singles_jit(duals, grid, sigma_w, s00):
-    v, ok = jax.vmap(lambda s: single_variances(duals, grid, sigma_w, s))(s00)
-    return v, duals.tables(v), ok
+def hyperparameters(model, dtype) -> tuple:
+    """The traced hyperparameters of the core: ``(sigma_w, sigma_v, T)`` as arrays of ``dtype``.
+
+    They enter every compiled solver as data, never as constants: a new setting reuses the
+    compilations of the last (sigma_u enters through the input covariances).
+
+    Args:
+        model: the Neural ODE.
+        dtype: the working dtype.
+
+    Returns:
+        Three scalars.
+    """
+    return tuple(jnp.asarray(getattr(model, k), dtype) for k in ("sigma_w", "sigma_v", "T"))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _pairs_jit(duals, grid, model, want_ntk, s00, v1, v2, tab1, tab2):
-    def one(s, a, b, ta, tb):
-        return pair_kernels(duals, grid, model.sigma_w, model.sigma_v, model.head, s, a, b, ta, tb, ntk=want_ntk)
-
-    return jax.vmap(one)(s00, v1, v2, tab1, tab2)
-
-
-def solve_singles(duals: Duals, grid: Grid, sigma_w, s00):
-    """Variances, coefficient tables and convergence flags of the single-input problems.
+def traced_singles(duals: Duals, unit: Grid, sigma_w, T, s00):
+    """The single-input problems of the inputs with self-covariances ``s00`` (traceable).
 
     Args:
         duals: the duals.
-        grid: the time grid.
+        unit: the time grid on [0, 1] (scaled to [0, T] here).
         sigma_w: hidden weight scale.
+        T: the horizon.
         s00: self-covariances ``Sigma^{0,0}(x, x)`` (P,).
 
     Returns:
         ``(v (P, M), tables, ok (P,))``.
     """
-    return _singles_jit(duals, grid, sigma_w, s00)
+    grid = scaled(unit, T)
+    v, ok = jax.vmap(lambda s: single_variances(duals, grid, sigma_w, s))(s00)
+    return v, duals.tables(v), ok
+
+
+def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00, v1, v2, tab1, tab2):
+    """:func:`pair_kernels` of a batch of pairs (traceable).
+
+    Args:
+        duals: the duals.
+        unit: the time grid on [0, 1].
+        head: "linear" or "phi".
+        want_ntk: False skips the NTK's equation.
+        hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
+        s00: pair covariances (P,).
+        v1: first inputs' variances (P, M).
+        v2: second inputs' variances (P, M).
+        tab1: first inputs' tables.
+        tab2: second inputs' tables.
+
+    Returns:
+        ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))``.
+    """
+    sigma_w, sigma_v, T = hyper
+    grid = scaled(unit, T)
+
+    def one(s, a, b, ta, tb):
+        return pair_kernels(duals, grid, sigma_w, sigma_v, head, s, a, b, ta, tb, ntk=want_ntk)
+
+    return jax.vmap(one)(s00, v1, v2, tab1, tab2)
+
+
+_singles_jit = jax.jit(traced_singles, static_argnums=(0, 1))
+_pairs_jit = jax.jit(traced_pairs, static_argnums=(0, 1, 2, 3))
+
+
+def solve_singles(duals: Duals, unit: Grid, hyper, s00):
+    """Variances, coefficient tables and convergence flags of the single-input problems
+    (compiled once per duals, grid and shape; the hyperparameters are data).
+
+    Args:
+        duals: the duals.
+        unit: the time grid on [0, 1].
+        hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
+        s00: self-covariances ``Sigma^{0,0}(x, x)`` (P,).
+
+    Returns:
+        ``(v (P, M), tables, ok (P,))``.
+    """
+    return _singles_jit(duals, unit, hyper[0], hyper[2], s00)
 
 
 def _mesh_sharding():
@@ -182,14 +242,15 @@ def _mesh_sharding():
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pairs")), len(devs)
 
 
-def solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress, shard, want_ntk=True):
+def solve_pairs(duals, unit, hyper, head, s00, i1, i2, v, tabs, block_size, progress, shard, want_ntk=True):
     """Solve the pairs of rows (i1[p], i2[p]) of ``v``, ``tabs`` with pair covariances s00[p],
     in padded blocks (spread over the local devices when ``shard``).
 
     Args:
         duals: the duals.
-        grid: the time grid.
-        model: supplies sigma_w, sigma_v and the head.
+        unit: the time grid on [0, 1].
+        hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
+        head: "linear" or "phi".
         s00: pair covariances ``Sigma^{0,0}(x, x')`` (P,).
         i1: rows of the first inputs (P,).
         i2: rows of the second inputs (P,).
@@ -214,14 +275,14 @@ def solve_pairs(duals, grid, model, s00, i1, i2, v, tabs, block_size, progress, 
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"kernel pairs (grid {grid.size})", unit="block")
+        starts = tqdm(starts, desc=f"kernel pairs (grid {unit.size})", unit="block")
     for s in starts:
         idx = np.arange(s, s + bs)
         idx = np.minimum(idx, P - 1)  # pad the last block by repetition
         args = (s00[idx], v[i1[idx]], v[i2[idx]], tuple(t[i1[idx]] for t in tabs), tuple(t[i2[idx]] for t in tabs))
         if sharding is not None:
             args = jax.device_put(args, sharding)
-        nngp, ntk, blocks, ok = _pairs_jit(duals, grid, model, bool(want_ntk), *args)
+        nngp, ntk, blocks, ok = _pairs_jit(duals, unit, head, bool(want_ntk), hyper, *args)
         n_real = min(bs, P - s)
         outs.append(tuple(np.asarray(a)[:n_real] for a in (nngp, ntk, blocks, ok)))
     return tuple(np.concatenate(o) for o in zip(*outs))

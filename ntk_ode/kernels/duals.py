@@ -33,6 +33,7 @@ __all__ = [
     "mehler_certificate",
     "mehler_grid",
     "quad_certificate",
+    "round_terms",
     "trim_terms",
 ]
 
@@ -158,8 +159,8 @@ def mehler_grid(c1, c2, rho):
 def trim_terms(duals: Duals, tabs, threshold: float = 1e-10) -> Duals:
     """Drop the Mehler terms whose coefficients stay below ``threshold`` of the largest (over the
     given coefficient tables, of every probed input and node): the dropped tail contributes
-    < ~terms * threshold^2 relative to the kernel, even at rho = 1 (1e-10: < ~1e-17). The caller
-    certifies the result.
+    < ~terms * threshold^2 relative to the kernel, even at rho = 1 (1e-10: < ~1e-17). The count
+    kept is rounded up by :func:`round_terms`. The caller certifies the result.
 
     Args:
         duals: Mehler duals.
@@ -167,14 +168,30 @@ def trim_terms(duals: Duals, tabs, threshold: float = 1e-10) -> Duals:
         threshold: relative size of the coefficients dropped.
 
     Returns:
-        Duals with fewer terms (a multiple of 8), or the same.
+        Duals with fewer terms, or the same.
     """
     if duals.closed:
         return duals
     mags = np.max([np.max(np.abs(np.asarray(t)).reshape(-1, t.shape[-1]), axis=0) for t in tabs], axis=0)
     big = np.nonzero(mags > threshold * mags.max())[0]
-    keep = int(min(duals.terms, 8 * math.ceil((big.max() + 2) / 8)))
+    keep = int(min(duals.terms, round_terms(int(big.max()) + 2)))
     return Duals(duals.act, keep)
+
+
+def round_terms(k: int) -> int:
+    """``k`` rounded up to a coarse ladder of term counts, four per octave (16, 20, 24, 28, 32,
+    40, ..., 320, 384, 448, 512, ...): at most 25% more terms than needed, and so few distinct
+    counts that a sweep over hyperparameters reuses the solvers compiled for each.
+
+    Args:
+        k: terms needed.
+
+    Returns:
+        The rung at or above ``k`` (at least 16).
+    """
+    k = max(int(k), 16)
+    step = 2 ** (int(math.floor(math.log2(k))) - 2)
+    return int(step * math.ceil(k / step))
 
 
 def mehler_certificate(duals: Duals, v) -> float:

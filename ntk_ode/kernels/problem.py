@@ -13,7 +13,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .core import raise_on_failure, solve_pairs, solve_singles
+from .core import hyperparameters, raise_on_failure, solve_pairs, solve_singles
 
 __all__ = ["NEAR_DUPLICATE", "Problem", "identical_pairs", "input_covariance", "probe_pairs"]
 
@@ -34,6 +34,9 @@ def input_covariance(model, x1, x2):
 
 class Problem:
     """All inputs of one kfn call: per-input variances on a grid and the pairs to solve.
+
+    Grids here are on [0, 1] (``chebyshev_grid(M, 1.0)``, ``resnet_grid(L, 1.0)``): the solvers
+    scale them by the model's T, which they take as data with sigma_w and sigma_v.
 
     The single-input problems depend on an input only through its self-covariance
     ``Sigma^{0,0}(x, x)``: they are solved once per distinct value (``rows``), and only for the
@@ -59,6 +62,7 @@ class Problem:
         self.input_s00 = np.asarray(input_covariance(model, self.X, self.X))
         values, self.slot = np.unique(self.input_s00, return_inverse=True)
         self.s00_values = jnp.asarray(values, self.X.dtype)
+        self.hyper = hyperparameters(model, self.X.dtype)  # traced by the solvers, never constants
         self._singles: dict = {}
         self._cos = None
 
@@ -148,14 +152,14 @@ class Problem:
     def _solve_singles(self, grid, rows):
         s00 = self.s00_values
         if self.duals.per_input_batch:
-            parts = [solve_singles(self.duals, grid, self.model.sigma_w, s00[r : r + 1]) for r in rows]
+            parts = [solve_singles(self.duals, grid, self.hyper, s00[r : r + 1]) for r in rows]
             v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (), jnp.concatenate([p[2] for p in parts]))
         else:
             # padded to a few sizes, so that probes and full solves reuse their compilations
             n = rows.size
             size = 2 ** math.ceil(math.log2(n)) if n <= 256 else 256 * math.ceil(n / 256)
             padded = np.concatenate([rows, np.full(size - n, rows[-1])])
-            v, tabs, ok = solve_singles(self.duals, grid, self.model.sigma_w, s00[padded])
+            v, tabs, ok = solve_singles(self.duals, grid, self.hyper, s00[padded])
             v, tabs, ok = v[:n], tuple(t[:n] for t in tabs), ok[:n]
         nan = ~np.isfinite(np.asarray(v)).all()
         if nan or not np.all(np.asarray(ok)):
@@ -185,7 +189,8 @@ class Problem:
         nngp, ntk, blocks, ok = solve_pairs(
             self.duals,
             grid,
-            self.model,
+            self.hyper,
+            self.model.head,
             s00,
             self.slot[i1],
             self.slot[i2],

@@ -109,7 +109,19 @@ def _zonal(problem: Problem, grid, tol, block_size, shard, max_nodes):
         idx = np.full(cos.size, row)
         s00 = jnp.asarray(scale2 * cos, v.dtype)
         nngp, ntk, blocks, ok = solve_pairs(
-            problem.duals, grid, model, s00, idx, idx, v, tabs, block_size, False, shard, problem.want_ntk
+            problem.duals,
+            grid,
+            problem.hyper,
+            model.head,
+            s00,
+            idx,
+            idx,
+            v,
+            tabs,
+            block_size,
+            False,
+            shard,
+            problem.want_ntk,
         )
         raise_on_failure(ok, nngp, ntk if problem.want_ntk else nngp, model, "kernel_fn (equal-norm table)")
         return np.concatenate([nngp[None], ntk[None], blocks.T], axis=0)  # (5, Q + 1)
@@ -161,7 +173,7 @@ def pair_kernels(
     inputs = np.unique(np.concatenate([problem.i1[probe], problem.i2[probe], problem.extreme_inputs()]))
     # the duals first (on the first grid: it sees the whole range of variances), then the time
     # grid with those duals, then the duals' certificate again on the chosen grid
-    grid0 = first_grid(model, depth, nodes)
+    grid0 = first_grid(depth, nodes)
     problem.duals, delta = choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
     # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
     # collocation resolves only algebraically; those pairs are extrapolated from the exact
@@ -170,7 +182,7 @@ def pair_kernels(
     # estimate says how far collocation got.
     same_input = identical_pairs(problem) if kinked and not problem.duals.quad else np.zeros(0, int)
     pick = probe_pairs(problem, exclude=same_input)
-    grid, err = choose_grid(model, problem, depth, nodes, tol, pick, len(GETS))
+    grid, err = choose_grid(problem, depth, nodes, tol, pick, len(GETS))
     if grid is not grid0:
         delta = max(delta, certify(problem.duals, problem, grid, inputs))
     dual_err = None  # per unit kernel scale, or absolute when measured

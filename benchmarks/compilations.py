@@ -1,0 +1,75 @@
+"""Compilations and time per new hyperparameter setting of kernel_fn.
+
+    python benchmarks/compilations.py [--out results/bench]
+
+For each activation and depth: the first model (sigma_w = T = 1), then new (sigma_w, T)
+settings of the same activation and depth. XLA compilations are counted with jax.monitoring
+(event ``/jax/core/compile/backend_compile_duration``); the time is the wall clock of the whole
+call, compilation included. Runs against whatever ``ntk_ode`` is importable, so an older
+checkout can be measured with ``PYTHONPATH=OLD_CHECKOUT python benchmarks/compilations.py``.
+Prints a table and writes ``compilations.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+
+import ntk_ode as no
+
+_COMPILES = [0]
+
+
+def _listener(event: str, duration: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_listener)
+
+SETTINGS = [(1.0, 1.0), (1.3, 1.0), (0.8, 1.5), (1.1, 0.7), (1.6, 0.9)]
+
+
+def measure(activation: str, depth, x) -> list[dict]:
+    rows = []
+    for sigma_w, T in SETTINGS:
+        model = no.NeuralODE(activation, sigma_w=sigma_w, T=T)
+        c0, t0 = _COMPILES[0], time.perf_counter()
+        k = no.kernel_fn(model, depth)(x, get="ntk")
+        np.asarray(k)
+        rows.append(dict(sigma_w=sigma_w, T=T, compilations=_COMPILES[0] - c0, seconds=time.perf_counter() - t0))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--activations", nargs="+", default=["erf", "tanh"])
+    args = ap.parse_args()
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (8, 5)))
+    out = {"ntk_ode": os.path.dirname(no.__file__), "N": 8, "d": 5, "rows": {}}
+    print(f"ntk_ode from {out['ntk_ode']}; 8 inputs in d = 5, kernel_fn(model, depth)(x, get='ntk')")
+    print(f"{'activation':>10} {'depth':>5} | {'first: compiles':>15} {'s':>6} | {'new setting: compiles':>21} {'s':>6}")
+    for act in args.activations:
+        for depth in (None, 8):
+            rows = measure(act, depth, x)
+            out["rows"][f"{act} depth={depth}"] = rows
+            new = rows[1:]
+            print(
+                f"{act:>10} {str(depth):>5} | {rows[0]['compilations']:>15d} {rows[0]['seconds']:>6.2f} | "
+                f"{np.mean([r['compilations'] for r in new]):>21.1f} {np.mean([r['seconds'] for r in new]):>6.2f}"
+            )
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "compilations.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
