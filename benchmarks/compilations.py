@@ -56,7 +56,8 @@ def main() -> None:
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (8, 5)))
     out = {"ntk_ode": os.path.dirname(no.__file__), "N": 8, "d": 5, "rows": {}}
     print(f"ntk_ode from {out['ntk_ode']}; 8 inputs in d = 5, kernel_fn(model, depth)(x, get='ntk')")
-    print(f"{'activation':>10} {'depth':>5} | {'first: compiles':>15} {'s':>6} | {'new setting: compiles':>21} {'s':>6}")
+    head = f"{'activation':>10} {'depth':>5} | {'first: compiles':>15} {'s':>6} | {'new: compiles':>13} {'s':>6}"
+    print(head)
     for act in args.activations:
         for depth in (None, 8):
             rows = measure(act, depth, x)
@@ -64,7 +65,7 @@ def main() -> None:
             new = rows[1:]
             print(
                 f"{act:>10} {str(depth):>5} | {rows[0]['compilations']:>15d} {rows[0]['seconds']:>6.2f} | "
-                f"{np.mean([r['compilations'] for r in new]):>21.1f} {np.mean([r['seconds'] for r in new]):>6.2f}"
+                f"{np.mean([r['compilations'] for r in new]):>13.1f} {np.mean([r['seconds'] for r in new]):>6.2f}"
             )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compilations.json"), "w") as f:
