@@ -24,8 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from .kernels import kernel_fn, parse_get
-from .kernels.interpolants import CoefficientKernel, clenshaw, cosine_to_u, cosines
+from .kernels.interpolants import (
+    CoefficientKernel,
+    ZonalFailed,
+    chebyshev_coefficients,
+    clenshaw,
+    cosine_to_u,
+    cosines,
+    zonal_interpolant,
+)
 from .model import NeuralODE
+from .sphere import gegenbauer, harmonic_dimension, sphere_pair_inputs
 
 __all__ = [
     "Spectrum",
@@ -38,62 +47,6 @@ __all__ = [
     "predicted_lambda_min",
     "sphere_pair_inputs",
 ]
-
-
-def gegenbauer(k_max: int, d: int, t) -> np.ndarray:
-    """The sphere's Gegenbauer polynomials P_0..P_{k_max} at ``t`` (normalised P_k(1) = 1).
-
-    Recurrence ``P_{k+1} = ((2k + d - 2) t P_k - k P_{k-1}) / (k + d - 2)`` (Legendre for d = 3,
-    Chebyshev for d = 2).
-
-    Args:
-        k_max: highest degree.
-        d: dimension of the ambient space (>= 2).
-        t: points in [-1, 1].
-
-    Returns:
-        (k_max + 1,) + t.shape values.
-    """
-    t = np.asarray(t, float)
-    out = np.empty((k_max + 1,) + t.shape)
-    out[0] = 1.0
-    if k_max >= 1:
-        out[1] = t
-    for k in range(1, k_max):
-        out[k + 1] = ((2 * k + d - 2) * t * out[k] - k * out[k - 1]) / (k + d - 2)
-    return out
-
-
-def harmonic_dimension(d: int, k: int) -> int:
-    """N(d, k): the number of linearly independent spherical harmonics of degree k on S^{d-1}.
-
-    Args:
-        d: ambient dimension (>= 2).
-        k: degree (>= 0).
-
-    Returns:
-        ``C(k + d - 1, d - 1) - C(k + d - 3, d - 1)``.
-    """
-    return math.comb(k + d - 1, d - 1) - (math.comb(k + d - 3, d - 1) if k >= 2 else 0)
-
-
-def sphere_pair_inputs(d: int, radius: float, theta) -> tuple[np.ndarray, np.ndarray]:
-    """A point x0 and points at the angles ``theta`` from it, all of norm ``radius``.
-
-    Args:
-        d: dimension (>= 2).
-        radius: the norm.
-        theta: angles in [0, pi].
-
-    Returns:
-        ``(x0 (1, d), xs (len(theta), d))``.
-    """
-    theta = np.asarray(theta, float)
-    x0 = np.zeros((1, d))
-    x0[0, 0] = radius
-    xs = np.zeros((theta.size, d))
-    xs[:, 0], xs[:, 1] = radius * np.cos(theta), radius * np.sin(theta)
-    return x0, xs
 
 
 def _c_d(d: int) -> float:
@@ -321,10 +274,11 @@ def zonal_kernel(
 ) -> ZonalKernel | list[ZonalKernel]:
     """The NTK or NNGP of inputs of one norm as a function of the cosine, with an error bound.
 
-    Tabulates the kernel (:func:`ntk_ode.kernel_fn`) at Chebyshev-Lobatto nodes in
-    ``u = 1 - 2 theta / pi`` (smooth even for kinked activations, docs/theory.md section 8),
-    doubling the nodes until the coarser interpolant matches the finer values to ``rtol``
-    of the kernel's scale. The bound is that difference times 4 plus the kernel's own estimate.
+    Tabulates the kernel (direct solves of :func:`ntk_ode.kernel_fn`) at Chebyshev-Lobatto nodes
+    in ``u = 1 - 2 theta / pi`` (smooth even for kinked activations, docs/theory.md section 8),
+    doubling the nodes until the coarser interpolant matches the finer values to ``rtol`` of the
+    kernel's scale (:func:`ntk_ode.kernels.interpolants.zonal_interpolant`). The bound is that
+    difference times 4 plus the largest of the kernel's own estimates.
 
     Args:
         model: the Neural ODE.
@@ -346,21 +300,20 @@ def zonal_kernel(
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
     names, _ = parse_get(get, ("ntk", "nngp"))
     radius = math.sqrt(d) if radius is None else float(radius)
-    kfn = kernel_fn(model, depth, rtol=min(rtol, 1e-8))
-    prev, Q = None, 16
-    while Q <= max_nodes:
-        u = np.cos(np.pi * np.arange(Q + 1) / Q)
-        x0, xs = sphere_pair_inputs(d, radius, np.pi * (1.0 - u) / 2.0)
-        vals, kerr = kfn(x0, xs, get=names, with_error=True)  # one solve for every kernel
-        vals = np.stack([np.asarray(v)[0] for v in vals])
-        coef = np.polynomial.chebyshev.chebfit(u, vals.T, Q).T
-        if prev is not None:
-            diff = np.max(np.abs(np.polynomial.chebyshev.chebval(u, prev.T) - vals), axis=1)
-            if np.all(diff <= rtol * np.max(np.abs(vals), axis=1)):
-                out = [
-                    ZonalKernel(jnp.asarray(c), 4.0 * float(e) + float(k), radius, int(d))
-                    for c, e, k in zip(coef, diff, kerr)
-                ]
-                return out[0] if isinstance(get, str) else out
-        prev, Q = coef, 2 * Q
-    raise RuntimeError(f"zonal_kernel: the table did not reach rtol={rtol:g} with {max_nodes + 1} nodes")
+    # direct solves at the nodes (equal_norm=False: no zonal table inside this one)
+    kfn = kernel_fn(model, depth, rtol=min(rtol, 1e-8), equal_norm=False)
+    kerr = np.zeros(len(names))
+
+    def evaluate(cos):
+        x0, xs = sphere_pair_inputs(d, radius, np.arccos(np.clip(cos, -1.0, 1.0)))
+        vals, errs = kfn(x0, xs, get=names, with_error=True)  # one solve for every kernel
+        kerr[:] = np.maximum(kerr, [float(e) for e in errs])
+        return np.stack([np.asarray(v)[0] for v in vals])
+
+    try:
+        tab, diff = zonal_interpolant(evaluate, rtol, list(range(len(names))), max_nodes)
+    except ZonalFailed as exc:
+        raise RuntimeError(f"zonal_kernel: {exc}") from exc
+    coef = chebyshev_coefficients(tab, (1,))
+    out = [ZonalKernel(jnp.asarray(c), 4.0 * float(e) + float(k), radius, int(d)) for c, e, k in zip(coef, diff, kerr)]
+    return out[0] if isinstance(get, str) else out

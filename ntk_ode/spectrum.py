@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 from .activations import get_activation
+from .sphere import gegenbauer
 
 __all__ = [
     "symmetric_part",
@@ -210,21 +211,12 @@ def gegenbauer_coefficients(zonal: Callable[[np.ndarray], Any], d: int, degree: 
     Raises:
         ValueError: d is not an integer >= 2.
     """
-    from scipy.special import eval_gegenbauer, roots_jacobi
+    from scipy.special import roots_jacobi
 
-    if int(d) != d or d < 2:
+    if isinstance(d, bool) or int(d) != d or d < 2:
         raise ValueError(f"d must be an integer >= 2, got {d!r}")
-    alpha = (d - 3) / 2.0
+    alpha = (int(d) - 3) / 2.0
     t, w = roots_jacobi(int(nodes), alpha, alpha)
     kt = np.asarray(zonal(t), float)
-    lam = (d - 2) / 2.0
-    out = []
-    for ell in range(int(degree) + 1):
-        if d == 2:
-            P = np.cos(ell * np.arccos(np.clip(t, -1, 1)))
-        elif lam == 0:
-            P = np.polynomial.legendre.legval(t, [0] * ell + [1])
-        else:
-            P = eval_gegenbauer(ell, lam, t) / eval_gegenbauer(ell, lam, 1.0)
-        out.append(np.sum(w * kt * P) / np.sum(w * P * P))
-    return np.array(out)
+    P = gegenbauer(int(degree), int(d), t)  # (degree + 1, nodes)
+    return (P * (w * kt)).sum(axis=1) / (P * P * w).sum(axis=1)

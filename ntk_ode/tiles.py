@@ -37,6 +37,7 @@ from .distributed import split
 from .harmonics import zonal_kernel
 from .kernels import kernel_fn, norm_angle_kernel, parse_get
 from .kernels.interpolants import clenshaw, cosine_to_u, cosines
+from .kernels.strategy import same_norm
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
 
@@ -104,10 +105,6 @@ def tile_starts(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int,
     return [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile) if not symmetric or j >= i]
 
 
-def _same_norm(norms: np.ndarray) -> bool:
-    return bool(norms.min() > 0 and np.ptp(norms) <= 1e-12 * norms.max())
-
-
 def _padded(a: np.ndarray, tile: int) -> np.ndarray:
     """Rows padded to ``tile`` with copies of the first row (one compiled shape; no zero norms)."""
     if a.shape[0] == tile:
@@ -150,7 +147,7 @@ def tile_kernel(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     norms = np.concatenate([np.linalg.norm(x1, axis=1), np.linalg.norm(x2, axis=1)])  # no copy of the inputs
-    same = _same_norm(norms)
+    same = bool(norms.min() > 0) and same_norm(norms)
     if method == "zonal" and not same:
         raise ValueError("method='zonal' needs inputs of one (nonzero) norm; use 'table' or 'direct'")
     if method == "auto":
@@ -158,7 +155,7 @@ def tile_kernel(
         method = "zonal" if same else ("table" if nonzero else "direct")
     names = tuple(names)
     if method == "direct":
-        kfn = kernel_fn(model, depth, rtol=rtol)
+        kfn = kernel_fn(model, depth, rtol=rtol, table=False)  # per-pair solves: never a table per tile
 
         def direct(a, b):
             k, e = kfn(a, b, get=names, with_error=True)

@@ -19,22 +19,22 @@ tend to the depth-0 ones like 1/L; with ``step="1/sqrt(L)"`` they tend to the so
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_inputs, fail_if
+from ._checks import check_inputs, fail_if, is_traced
 from .kernels import GETS, Duals, parse_get
 from .kernels.gets import select
+from .kernels.untied import STEPS, certified, recursion, step_size
 from .model import NeuralODE, Params
 
-__all__ = ["STEPS", "UntiedResNet", "untied_kernel"]
+__all__ = ["STEPS", "UntiedResNet", "step_size", "untied_kernel"]
 
 Step = Literal["1/L", "1/sqrt(L)"]
-STEPS = ("1/L", "1/sqrt(L)")
-_LIMIT_STEPS = 4096  # RK4 steps of the 1/sqrt(L) limit's ODE (then Richardson: error ~ h^5)
 
 
 class UntiedResNet(eqx.Module):
@@ -108,86 +108,6 @@ class UntiedResNet(eqx.Module):
         return m.readout(params["v"], hL)
 
 
-def step_size(T: float, depth: int, step: str) -> float:
-    """The untied ResNet's residual step: ``T / depth`` or ``sqrt(T / depth)``.
-
-    Args:
-        T: time horizon.
-        depth: L.
-        step: "1/L" or "1/sqrt(L)".
-
-    Returns:
-        The step s.
-    """
-    return T / depth if step == "1/L" else math.sqrt(T / depth)
-
-
-def _layer(duals: Duals, c2, S11, S22, S12, Th11, Th22, Th12):
-    """One untied layer of the covariance and NTK recursions (c2 = s^2 sigma_w^2)."""
-    t1, t2 = duals.tables(S11), duals.tables(S22)
-    diag = lambda f, S, t: jnp.diagonal(f(S, S, jnp.diag(S), t, t))
-    P11, P22 = diag(duals.phi, S11, t1), diag(duals.phi, S22, t2)
-    D11, D22 = diag(duals.dphi, S11, t1), diag(duals.dphi, S22, t2)
-    P12, D12 = duals.phi(S11, S22, S12, t1, t2), duals.dphi(S11, S22, S12, t1, t2)
-    return (
-        S11 + c2 * P11,
-        S22 + c2 * P22,
-        S12 + c2 * P12,
-        Th11 * (1 + c2 * D11) + c2 * P11,
-        Th22 * (1 + c2 * D22) + c2 * P22,
-        Th12 * (1 + c2 * D12) + c2 * P12,
-    )
-
-
-def _readout(duals: Duals, model: NeuralODE, state):
-    S11, S22, S12, Th11, Th22, Th12 = state
-    sv2 = model.sigma_v**2
-    if model.head == "phi":
-        t1, t2 = duals.tables(S11), duals.tables(S22)
-        P, D = duals.phi(S11, S22, S12, t1, t2), duals.dphi(S11, S22, S12, t1, t2)
-        return sv2 * P, sv2 * (P + D * Th12)
-    return sv2 * S12, sv2 * (S12 + Th12)
-
-
-def _initial(model: NeuralODE, x1, x2):
-    c2 = model.input_scale(x1.shape[1]) ** 2
-    S11, S22, S12 = c2 * jnp.sum(x1 * x1, 1), c2 * jnp.sum(x2 * x2, 1), c2 * x1 @ x2.T
-    return (S11, S22, S12, S11, S22, S12)
-
-
-def _depth_kernels(duals, model, x1, x2, depth, s):
-    c2 = (s * model.sigma_w) ** 2
-    state, _ = jax.lax.scan(lambda st, _: (_layer(duals, c2, *st), None), _initial(model, x1, x2), None, length=depth)
-    return _readout(duals, model, state)
-
-
-def _ode_limit_kernels(duals, model, x1, x2, steps):
-    """RK4 for dSigma/dt = sigma_w^2 Phi, dTheta/dt = sigma_w^2 (Phi + dPhi Theta) at ``steps`` and
-    ``steps / 2`` steps, Richardson-combined (RK4: error ~ h^4)."""
-    c2 = model.sigma_w**2
-
-    def rhs(st):
-        new = _layer(duals, c2, *st)
-        return tuple(n - o for n, o in zip(new, st))
-
-    def rk4(n):
-        h = model.T / n
-
-        def step(st, _):
-            add = lambda a, k, f: tuple(x + f * y for x, y in zip(a, k))
-            k1 = rhs(st)
-            k2 = rhs(add(st, k1, h / 2))
-            k3 = rhs(add(st, k2, h / 2))
-            k4 = rhs(add(st, k3, h))
-            return tuple(x + h / 6 * (a + 2 * b + 2 * c + d) for x, a, b, c, d in zip(st, k1, k2, k3, k4)), None
-
-        st, _ = jax.lax.scan(step, _initial(model, x1, x2), None, length=n)
-        return _readout(duals, model, st)
-
-    fine, coarse = rk4(steps), rk4(steps // 2)
-    return tuple((16 * f - c) / 15 for f, c in zip(fine, coarse))
-
-
 def untied_kernel(
     model: NeuralODE,
     x1,
@@ -197,10 +117,18 @@ def untied_kernel(
     depth: int | None = None,
     step: Step = "1/L",
     terms: int = 192,
+    rtol: float | None = None,
+    with_error: bool = False,
 ):
     """Infinite-width NNGP and NTK of the untied ResNet (docs/theory.md section 12).
 
-    Pure JAX (works under ``jax.jit`` with static options, and ``jax.vmap``).
+    Called eagerly, the duals are certified as in :func:`ntk_ode.kernel_fn`: the fewest Mehler
+    terms (from ``terms`` up the engine's ladder) whose Parseval certificate holds at every
+    variance the recursion visits, else quadrature duals; the estimated max abs errors (duals,
+    the limit's RK4 steps, rounding) come back with ``with_error=True``, and a RuntimeWarning
+    says when they exceed ``rtol``. Under ``jax.jit``/``jax.vmap`` (traced inputs) no host
+    choice is possible: ``terms`` Mehler terms are used as given and ``with_error`` is refused;
+    check such a setting once eagerly.
 
     Args:
         model: activation, T, sigma's, head and input scaling.
@@ -210,29 +138,53 @@ def untied_kernel(
         depth: L, or None for the limit L -> infinity (depth 0's kernels for ``step="1/L"``; the
             ODE of the module docstring, by Richardson-combined RK4, for ``"1/sqrt(L)"``).
         step: "1/L" or "1/sqrt(L)".
-        terms: Mehler terms for activations without closed-form duals.
+        terms: Mehler terms for activations without closed-form duals (the first tried).
+        rtol: target relative accuracy (default 1e-8 in float64, 1e-5 in float32).
+        with_error: also return the estimated max abs errors, in the same form as the kernels.
 
     Returns:
-        The kernel(s), (N1, N2) each.
+        The kernel(s), (N1, N2) each; with ``with_error``, ``(kernels, errors)``.
 
     Raises:
-        ValueError: bad arguments.
+        ValueError: bad arguments, or ``with_error`` under tracing.
+        FloatingPointError: a kernel is not finite.
+
+    Warns:
+        RuntimeWarning: the error estimate exceeds ``rtol``.
     """
     if depth is not None and (isinstance(depth, bool) or int(depth) != depth or depth < 1):
         raise ValueError(f"depth must be None or a positive integer, got {depth!r}")
     if step not in STEPS:
         raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+    if isinstance(terms, bool) or int(terms) != terms or terms < 8:
+        raise ValueError(f"terms must be an integer >= 8, got {terms!r}")
+    if rtol is not None and (isinstance(rtol, bool) or not (0 < float(rtol) < 1)):
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
     names, single = parse_get(get, GETS[:2])
     x1 = check_inputs(x1, None, "x1")
     x2 = x1 if x2 is None else check_inputs(x2, x1.shape[1], "x2", expected_by="x1 has")
-    duals = Duals(model.activation, int(terms))
-    if depth is not None:
-        nngp, ntk = _depth_kernels(duals, model, x1, x2, int(depth), step_size(model.T, int(depth), step))
-    elif step == "1/L":
-        nngp, ntk = _depth_kernels(duals, model, x1, x2, 1, 0.0)  # no increment: depth 0
+    depth = None if depth is None else int(depth)
+    tol = rtol if rtol is not None else (1e-8 if float(jnp.finfo(x1.dtype).eps) < 1e-10 else 1e-5)
+    if is_traced(x1, x2):
+        if with_error:
+            raise ValueError("with_error: untied_kernel certifies its duals eagerly; call it outside jit/vmap")
+        nngp, ntk, _, _ = recursion(Duals(model.activation, int(terms)), model, x1, x2, depth, step)
+        errors, delta = None, 0.0
     else:
-        nngp, ntk = _ode_limit_kernels(duals, model, x1, x2, _LIMIT_STEPS)
+        nngp, ntk, errors, delta = certified(model, x1, x2, depth, step, int(terms), tol)
     out = dict(nngp=nngp, ntk=ntk)
     finite = jnp.all(jnp.isfinite(nngp)) & jnp.all(jnp.isfinite(ntk))
     out = fail_if(out, ~finite, "untied_kernel: non-finite kernel (sigma_w^2 T too large?)", FloatingPointError)
-    return select(out, names, single)
+    if errors is None:
+        return select(out, names, single)
+    scale = {g: float(jnp.max(jnp.abs(out[g]))) for g in names}
+    if any(errors[g] > tol * scale[g] for g in names):
+        warnings.warn(
+            f"untied_kernel: rtol={tol:g} not met: estimated max abs error "
+            f"{', '.join(f'{g} {errors[g]:.2e}' for g in names)} (relative dual error bound {delta:.1e}, "
+            f"activation {model.activation.name!r})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    k = select(out, names, single)
+    return (k, select(errors, names, single)) if with_error else k

@@ -83,3 +83,78 @@ def test_jit_and_bad_arguments():
     p = net.init(jax.random.PRNGKey(0), 5, 8)
     with pytest.raises(ValueError, match=r"params\['W'\] must have shape \(2, n, n\)"):
         net.apply({**p, "W": p["W"][0]}, X)
+
+
+# An independent untied recursion: duals by the 2-D trapezoid rule on a fine grid (spectrally
+# accurate for these analytic activations), not by Mehler series or tanh-sinh quadrature.
+_Z = np.linspace(-11.0, 11.0, 1601)
+_W = np.exp(-(_Z**2) / 2) / np.sqrt(2 * np.pi) * (_Z[1] - _Z[0])
+
+
+def _erf(x):
+    from scipy.special import erf
+
+    return erf(x)
+
+
+_ACTS = {
+    "gelu": (
+        lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
+        lambda x: 0.5 * (1 + _erf(x / np.sqrt(2))) + x * np.exp(-(x**2) / 2) / np.sqrt(2 * np.pi),
+    ),
+    "softplus": (lambda x: np.logaddexp(0, x), lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": (np.tanh, lambda x: 1 - np.tanh(x) ** 2),
+}
+
+
+def _dual(f, a, b, c):
+    rho = np.clip(c / np.sqrt(a * b), -1, 1)
+    v = np.sqrt(b) * (rho * _Z[:, None] + np.sqrt(max(1 - rho**2, 0.0)) * _Z[None, :])
+    return float(_W @ (f(np.sqrt(a) * _Z)[:, None] * f(v)) @ _W)
+
+
+def _reference(act, x1, x2, m, L, step):
+    f, df = _ACTS[act]
+    c2 = (m.T / L if step == "1/L" else np.sqrt(m.T / L)) ** 2 * m.sigma_w**2
+    sc = m.input_scale(x1.size) ** 2
+    S = [sc * x1 @ x1, sc * x2 @ x2, sc * x1 @ x2]
+    Th = list(S)
+    for _ in range(L):
+        P = [_dual(f, S[0], S[0], S[0]), _dual(f, S[1], S[1], S[1]), _dual(f, S[0], S[1], S[2])]
+        D = [_dual(df, S[0], S[0], S[0]), _dual(df, S[1], S[1], S[1]), _dual(df, S[0], S[1], S[2])]
+        Th = [t * (1 + c2 * d) + c2 * p for t, d, p in zip(Th, D, P)]
+        S = [s + c2 * p for s, p in zip(S, P)]
+    if m.head == "phi":
+        P, D = _dual(f, S[0], S[1], S[2]), _dual(df, S[0], S[1], S[2])
+        return m.sigma_v**2 * P, m.sigma_v**2 * (P + D * Th[2])
+    return m.sigma_v**2 * S[2], m.sigma_v**2 * (S[2] + Th[2])
+
+
+@pytest.mark.parametrize(
+    "act, step, head, L, T, sigma_w, norm",
+    [
+        # the case where the fixed 192-term series was off by 1e-3 (gelu) with no warning:
+        # sigma_w sqrt(T) = 4.3, last-layer variances ~2000 (quadrature duals)
+        ("gelu", "1/sqrt(L)", "phi", 16, 3.0, 2.5, 1.5),
+        # large inputs: sigma_u |x| / sqrt(d) = 3
+        ("softplus", "1/L", "linear", 8, 2.0, 2.5, 3.0),
+        ("tanh", "1/sqrt(L)", "phi", 16, 3.0, 2.5, 3.0),
+    ],
+)
+def test_certified_untied_kernels_match_an_independent_recursion(act, step, head, L, T, sigma_w, norm):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5))
+    x *= norm * np.sqrt(5) / 1.5 / np.linalg.norm(x, axis=1, keepdims=True)  # sigma_u |x| / sqrt(d) = norm
+    m = NeuralODE(act, T=T, sigma_w=sigma_w, sigma_u=1.5, head=head)
+    k, e = untied_kernel(m, x, depth=L, step=step, with_error=True)
+    ref = _reference(act, x[0], x[1], m, L, step)
+    for i, name in enumerate(("nngp", "ntk")):
+        err = abs(float(np.asarray(getattr(k, name))[0, 1]) - ref[i])
+        assert err <= getattr(e, name), (name, err, getattr(e, name))
+        assert getattr(e, name) <= 1e-8 * np.abs(np.asarray(getattr(k, name))).max(), (name, getattr(e, name))
+
+
+def test_untied_errors_need_eager_evaluation():
+    m = NeuralODE("tanh")
+    with pytest.raises(ValueError, match="with_error"):
+        jax.jit(lambda x: untied_kernel(m, x, depth=2, with_error=True))(X)
