@@ -1,13 +1,8 @@
-"""Differentiable infinite-width kernels and hyperparameter fitting (docs/theory.md section 11).
+"""Hyperparameter fitting on the differentiable infinite-width kernels (docs/theory.md section 11).
 
-:func:`traceable_kernel_fn` evaluates the same equations as :func:`ntk_ode.kernel_fn` on a
-*fixed* time grid and Mehler order, as a pure JAX function of the hyperparameters
-``{"sigma_w", "sigma_u", "sigma_v", "T"}``: it runs under ``jax.jit`` and has exact derivatives
-of the grid equations in both modes. Forward mode (``jax.jvp``, ``jax.jacfwd``) differentiates
-through the Picard iterations; for reverse mode (``jax.grad``) a custom JVP returns the
-forward-mode Jacobian over the four hyperparameters times their tangents, which is linear and so
-transposable: a gradient costs about five kernel evaluations. Derivatives with respect to the
-*inputs* are not provided (they come back as NaN, so a mistaken use is loud).
+:func:`traceable_kernel_fn` (from :mod:`ntk_ode.kernels.traceable`, re-exported here) evaluates
+the engine's traced core on a fixed grid as a pure, differentiable JAX function of the
+hyperparameters ``{"sigma_w", "sigma_u", "sigma_v", "T"}``, with an error estimate on request.
 
 :func:`fit_hyperparameters` fits them to data with optax: the NNGP's Gaussian-process marginal
 likelihood, or the validation error of NTK regression (the infinite-time predictor).
@@ -16,8 +11,8 @@ likelihood, or the validation error of NTK regression (the infinite-time predict
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -25,10 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_depth, check_inputs, fail_if
-from .kernels import GETS, Duals, chebyshev_grid, parse_get, resnet_grid
-from .kernels.core import traced_pairs, traced_singles
-from .kernels.gets import select
+from ._checks import check_inputs
+from .kernels.traceable import HYPERPARAMETERS, traceable_kernel_fn
 from .model import NeuralODE
 
 __all__ = [
@@ -40,7 +33,6 @@ __all__ = [
     "with_hyperparameters",
 ]
 
-HYPERPARAMETERS = ("sigma_w", "sigma_u", "sigma_v", "T")
 Objective = Literal["nngp_marginal_likelihood", "ntk_validation_mse"]
 
 
@@ -78,161 +70,6 @@ def with_hyperparameters(model: NeuralODE, hyper: dict) -> NeuralODE:
     return NeuralODE(**cfg)
 
 
-def _check_hyper(hyper) -> dict:
-    if not isinstance(hyper, dict) or sorted(hyper) != sorted(HYPERPARAMETERS):
-        got = sorted(hyper) if isinstance(hyper, dict) else type(hyper).__name__
-        raise ValueError(f"hyper must be a dict with exactly the keys {HYPERPARAMETERS}, got {got}")
-    out = {k: jnp.asarray(v, jnp.result_type(float)) for k, v in hyper.items()}
-    bad = [k for k, v in out.items() if v.shape != ()]
-    if bad:
-        raise ValueError(f"hyper: {bad} must be scalars (vmap over a batch of hyperparameters instead)")
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class _Static:
-    """Everything of a traceable kernel that is not a hyperparameter (hashable)."""
-
-    duals: Duals
-    depth: int | None
-    nodes: int
-    head: str
-    input_scaling: str
-    row_batch: int
-    on_failure: str = "raise"
-
-
-def _kernels(static: _Static, hyper: dict, x1, x2):
-    """All five kernels (nngp, ntk, ntk_U, ntk_W, ntk_v), each (N1, N2), and the flags: the
-    engine's traced core (:func:`ntk_ode.kernels.core.traced_singles`, ``traced_pairs``) on a
-    fixed grid, row by row."""
-    dt = x1.dtype
-    unit = resnet_grid(static.depth, 1.0) if static.depth is not None else chebyshev_grid(static.nodes, 1.0)
-    sw, su, sv, T = (hyper[k].astype(dt) for k in ("sigma_w", "sigma_u", "sigma_v", "T"))
-    scale2 = su**2 / x1.shape[1] if static.input_scaling == "sqrt_d" else su**2
-    duals = static.duals
-    v1, tab1, ok1 = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x1 * x1, axis=1))
-    v2, tab2, ok2 = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x2 * x2, axis=1))
-    s12 = scale2 * (x1 @ x2.T)
-    n2 = x2.shape[0]
-    rep = lambda a: jnp.broadcast_to(a, (n2,) + a.shape)
-
-    def row(args):
-        s_row, va, ta = args
-        return traced_pairs(duals, unit, static.head, True, (sw, sv, T), s_row, rep(va), v2, tuple(map(rep, ta)), tab2)
-
-    nngp, ntk, blocks, ok = jax.lax.map(row, (s12, v1, tab1), batch_size=static.row_batch)
-    kernels = (nngp, ntk, blocks[..., 0], blocks[..., 1], blocks[..., 2])
-    return kernels, jnp.all(ok) & jnp.all(ok1) & jnp.all(ok2)
-
-
-def _checked_kernels(static: _Static, hyper: dict, x1, x2):
-    kernels, ok = _kernels(static, hyper, x1, x2)
-    if static.on_failure == "nan":  # for line searches: a failed solve is outside the domain
-        return tuple(jnp.where(ok, k, jnp.nan) for k in kernels)
-    kernels = fail_if(
-        kernels,
-        ~ok,
-        "traceable kernel: the Picard iteration did not converge (sigma_w T too large for this grid?)",
-    )
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(k)) for k in kernels]))
-    return fail_if(kernels, ~finite, "traceable kernel: non-finite kernel values", FloatingPointError)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _kernels_ad(static: _Static, hyper: dict, x1, x2):
-    return _checked_kernels(static, hyper, x1, x2)
-
-
-@functools.partial(_kernels_ad.defjvp, symbolic_zeros=True)
-def _kernels_jvp(static, primals, tangents):
-    # The tangent is the forward-mode Jacobian over the (four) hyperparameters, computed from
-    # the primals, times the hyperparameters' tangents: linear in the tangents, so reverse mode
-    # (which transposes it) works although the Picard while-loops cannot be transposed.
-    hyper, x1, x2 = primals
-    dh, dx1, dx2 = tangents
-    f = lambda h: _checked_kernels(static, h, x1, x2)
-    both = lambda h: (lambda o: (o, o))(f(h))  # one solve gives the Jacobian's primal and aux
-    jac, out = jax.jacfwd(both, has_aux=True)(hyper)
-    zero = lambda t: isinstance(t, jax.custom_derivatives.SymbolicZero)
-    dout = []
-    for o, j in zip(out, jac):
-        t = jnp.zeros_like(o)
-        for k in hyper:
-            if not zero(dh[k]):
-                t = t + j[k] * dh[k]
-        for dx in (dx1, dx2):  # input derivatives are not provided: loud (NaN), never zero
-            if not zero(dx):
-                t = t + jnp.nan * jnp.sum(dx)
-        dout.append(t)
-    return out, tuple(dout)
-
-
-_kernels_jit = jax.jit(_kernels_ad, static_argnums=0)
-
-
-def traceable_kernel_fn(
-    model: NeuralODE,
-    depth: int | None = None,
-    *,
-    nodes: int = 24,
-    terms: int = 64,
-    row_batch: int = 8,
-    on_failure: str = "raise",
-) -> Callable:
-    """Infinite-width kernels as a pure, differentiable JAX function of the hyperparameters.
-
-    ``kfn(hyper, x1, x2=None, get=("nngp", "ntk"))`` with ``hyper`` a dict of the four scalars
-    ``HYPERPARAMETERS`` (:func:`hyperparameters` gives the model's) returns what
-    :func:`ntk_ode.kernel_fn` returns for ``with_hyperparameters(model, hyper)``, but on a fixed
-    grid: ``nodes`` Chebyshev intervals for the ODE (``depth=None``), or the exact ResNet
-    recursion (``depth=L``), and ``terms`` Mehler terms for activations without closed-form
-    duals. It works under ``jax.jit`` and ``jax.vmap`` (over hyperparameters), and is
-    differentiable in ``hyper`` by ``jax.jvp``/``jax.jacfwd`` and by ``jax.grad`` (a custom JVP;
-    docs/theory.md section 11). Derivatives in ``x1``, ``x2`` come back as NaN.
-
-    The grid is not adapted: for the ODE, check the values once against ``kernel_fn(model,
-    rtol=...)`` at the hyperparameters of interest (kinked activations converge only
-    algebraically in ``nodes``; their ResNet kernels ``depth=L`` are exact).
-
-    Args:
-        model: supplies the activation, head and input scaling (its sigma's and T are the
-            defaults only through :func:`hyperparameters`).
-        depth: None for the Neural ODE, L for the weight-tied ResNet.
-        nodes: Chebyshev intervals of the ODE's time grid (>= 2).
-        terms: Mehler terms (>= 8; ignored for closed-form duals).
-        row_batch: rows of the kernel solved at once (memory ~ row_batch * N2 * nodes^2).
-        on_failure: ``"raise"`` (a Picard iteration that does not converge, or a non-finite
-            value, raises) or ``"nan"`` (the kernels come back as NaN instead: for optimizers
-            whose line search treats NaN as outside the domain).
-
-    Returns:
-        ``kfn(hyper, x1, x2=None, get=("nngp", "ntk"))``.
-
-    Raises:
-        ValueError: bad options (here) or bad arguments (from ``kfn``).
-    """
-    depth = check_depth(depth)
-    for name, val, lo in (("nodes", nodes, 2), ("terms", terms, 8), ("row_batch", row_batch, 1)):
-        if isinstance(val, bool) or int(val) != val or val < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
-    if on_failure not in ("raise", "nan"):
-        raise ValueError(f"on_failure must be 'raise' or 'nan', got {on_failure!r}")
-    static = _Static(
-        Duals(model.activation, int(terms)), depth, int(nodes), model.head, model.input_scaling, row_batch, on_failure
-    )
-
-    def kfn(hyper, x1, x2=None, get=("nngp", "ntk")):
-        names, single = parse_get(get)
-        hyper = _check_hyper(hyper)
-        x1 = check_inputs(x1, None, "x1")
-        x2 = x1 if x2 is None else check_inputs(x2, x1.shape[1], "x2", expected_by="x1 has")
-        kernels = dict(zip(GETS, _kernels_jit(static, hyper, x1, x2)))
-        return select(kernels, names, single)
-
-    return kfn
-
-
 # ----------------------------------------------------------------------------- fitting
 
 
@@ -248,6 +85,7 @@ class Fit:
         trace: every fitted quantity before each step and after the last, ``{name: (steps + 1,)}``.
         grad_norm: the largest absolute gradient component (in log space) at the end.
         converged: whether ``grad_norm <= tol`` was reached within ``steps``.
+        kernel_error: the estimated relative error of the fixed-grid kernel at the fitted point.
     """
 
     model: NeuralODE
@@ -257,6 +95,7 @@ class Fit:
     trace: dict
     grad_norm: float
     converged: bool
+    kernel_error: float = float("nan")
 
 
 def nngp_negative_log_likelihood(k_train, y, noise):
@@ -328,6 +167,7 @@ def fit_hyperparameters(
     nodes: int = 16,
     terms: int = 64,
     log: Callable[[str], Any] | None = None,
+    kernel_rtol: float = 1e-6,
 ) -> Fit:
     """Fit the kernel's hyperparameters to data with an optax optimizer (L-BFGS by default).
 
@@ -358,9 +198,13 @@ def fit_hyperparameters(
         nodes: Chebyshev intervals of the ODE's fixed time grid.
         terms: Mehler terms.
         log: called with a progress line every tenth of the steps and at the end.
+        kernel_rtol: at the fitted point, the fixed grid's kernel is checked
+            (``traceable_kernel_fn(..., with_error=True)``): a RuntimeWarning says when its
+            estimated relative error exceeds this (raise ``nodes`` or ``terms``).
 
     Returns:
-        A :class:`Fit` (check ``converged``: ``steps`` may end the fit first).
+        A :class:`Fit` (check ``converged``: ``steps`` may end the fit first, and
+        ``kernel_error``: the estimated relative error of the optimised kernel).
 
     Raises:
         ValueError: bad arguments.
@@ -375,7 +219,7 @@ def fit_hyperparameters(
     fit = tuple(fit)
     if not fit or any(k not in HYPERPARAMETERS for k in fit) or len(set(fit)) != len(fit):
         raise ValueError(f"fit must be distinct names from {HYPERPARAMETERS}, got {fit!r}")
-    for name, val in (("noise", noise), ("ridge", ridge), ("tol", tol)):
+    for name, val in (("noise", noise), ("ridge", ridge), ("tol", tol), ("kernel_rtol", kernel_rtol)):
         if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
     x = check_inputs(x, None, "x")
@@ -432,6 +276,15 @@ def fit_hyperparameters(
         theta, state = step(theta, state, val, g)
     hyper = {k: trace[k][-1] if k in fit else float(fixed[k]) for k in HYPERPARAMETERS}
     fitted_noise = trace["noise"][-1] if "noise" in trace else float(ridge)
+    kernel_error = _kernel_error(model, depth, nodes, terms, hyper, x, objective)
+    if not kernel_error <= kernel_rtol:
+        warnings.warn(
+            f"fit_hyperparameters: the optimised kernel has an estimated relative error of {kernel_error:.1e} "
+            f"at the fitted point {hyper} (fixed grid nodes={nodes}, terms={terms}; above kernel_rtol="
+            f"{kernel_rtol:g}): raise nodes or terms, or compare with kernel_fn there",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return Fit(
         with_hyperparameters(model, {k: hyper[k] for k in fit}),
         hyper,
@@ -440,7 +293,16 @@ def fit_hyperparameters(
         {k: np.asarray(v) for k, v in trace.items()},
         gnorm,
         gnorm <= tol,
+        kernel_error,
     )
+
+
+def _kernel_error(model, depth, nodes, terms, hyper, x, objective) -> float:
+    """The estimated relative error of the fitted kernel on the training inputs."""
+    name = "nngp" if objective == "nngp_marginal_likelihood" else "ntk"
+    kfn = traceable_kernel_fn(model, depth, nodes=nodes, terms=terms)
+    k, e = kfn({h: jnp.asarray(v) for h, v in hyper.items()}, x, get=name, with_error=True)
+    return float(e) / max(float(jnp.max(jnp.abs(k))), 1e-300)
 
 
 def _stores_value(state) -> bool:

@@ -73,3 +73,63 @@ def test_term_counts_come_from_a_coarse_ladder():
     assert all(duals_mod.round_terms(k) >= k for k in range(1, 700))
     assert all(duals_mod.round_terms(k) <= max(16, 1.25 * k) for k in range(1, 700))
     assert len(rungs) <= 24
+
+
+@pytest.mark.parametrize(
+    "sigma_w, T, depth, nodes, terms",
+    [
+        (6.0, 1.0, 8, 24, 64),  # 64 Mehler terms far off (tanh, head phi, sigma_w T = 6): duals dominate
+        (1.0, 1.5, None, 24, 64),  # the ODE, duals dominate
+        (1.0, 1.5, None, 6, 256),  # the ODE on a coarse grid: the grid dominates
+    ],
+)
+def test_traceable_error_estimates_bound_the_true_error(sigma_w, T, depth, nodes, terms):
+    # the traced estimate against kernel_fn's certified kernel (rtol 1e-9)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    m = no.NeuralODE("tanh", sigma_w=sigma_w, T=T, head="phi")
+    ref = np.asarray(no.kernel_fn(m, depth, rtol=1e-9)(x, get="ntk"))
+    tk = hyper.traceable_kernel_fn(m, depth, nodes=nodes, terms=terms)
+    k, e = tk(hyper.hyperparameters(m), x, get="ntk", with_error=True)
+    err = np.max(np.abs(np.asarray(k) - ref))
+    assert err <= float(e), (err, float(e))
+    assert float(e) <= 1e4 * max(err, 1e-12 * np.abs(ref).max())  # and not absurdly loose
+
+
+def test_traceable_errors_under_vmap_equal_one_by_one_and_gradients_match_differences():
+    m = no.NeuralODE("softplus", sigma_w=2.0, T=1.5, sigma_u=2.0, head="phi")  # sigma_w T = 3, variances ~4
+    tk = hyper.traceable_kernel_fn(m, 6, terms=64)
+    h0 = hyper.hyperparameters(m)
+    batch = {k: jnp_stack(h0[k], 2) for k in hyper.HYPERPARAMETERS}
+    batch["sigma_w"] = np.array([1.5, 2.0])
+    ks, es = jax.vmap(lambda h: tk(h, X, get="ntk", with_error=True))(batch)
+    for i in range(2):
+        k, e = tk({**h0, "sigma_w": batch["sigma_w"][i]}, X, get="ntk", with_error=True)
+        assert np.max(np.abs(np.asarray(ks[i]) - np.asarray(k))) <= 1e-13 * np.abs(np.asarray(k)).max()
+        assert abs(float(es[i]) - float(e)) <= 1e-10 * float(e)
+    # reverse-mode derivatives in every hyperparameter against central differences (h = 1e-5:
+    # truncation ~ h^2 |K'''| and rounding ~ eps |K| / h, both below 1e-7 relative here)
+    f = lambda h: jnp_sum(tk(h, X, get="ntk"))
+    g = jax.grad(f)(h0)
+    for name in hyper.HYPERPARAMETERS:
+        step = 1e-5 * float(h0[name])
+        up, down = dict(h0), dict(h0)
+        up[name], down[name] = h0[name] + step, h0[name] - step
+        fd = (float(f(up)) - float(f(down))) / (2 * step)
+        assert abs(float(g[name]) - fd) <= 1e-6 * max(abs(fd), 1.0), (name, float(g[name]), fd)
+
+
+def jnp_stack(v, n):
+    return np.full(n, float(v))
+
+
+def jnp_sum(k):
+    return k.sum()
+
+
+def test_a_fit_warns_when_its_fixed_grid_kernel_is_inaccurate():
+    x = np.random.default_rng(2).standard_normal((6, 3))
+    y = np.sin(x[:, 0])
+    m = no.NeuralODE("tanh", sigma_w=5.0, T=1.0, head="phi")
+    with pytest.warns(RuntimeWarning, match="estimated relative error"):
+        fit = hyper.fit_hyperparameters(m, x, y, steps=1, depth=8, terms=16, fit=("sigma_v",))
+    assert fit.kernel_error > 1e-6

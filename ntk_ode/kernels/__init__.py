@@ -10,6 +10,9 @@ Modules, in the order they import each other:
 * :mod:`.interpolants`: zonal and (norm, norm, angle) interpolants over an evaluation function;
 * :mod:`.gets`: kernel names and the parser of ``get``;
 * :mod:`.strategy`: the selection rule and the direct, zonal and table strategies;
+* :mod:`.untied`: the untied recursion with certified duals;
+* :mod:`.traceable`: differentiable kernels (the traced core on a fixed grid) with a traced
+  error estimate;
 * :mod:`.api`: :func:`kernel_fn` and :func:`norm_angle_kernel`.
 """
 
@@ -21,9 +24,11 @@ from .gets import GETS, Kernel, kernel_type, parse_get
 from .grids import Grid, chebyshev_grid, resnet_grid
 from .interpolants import NormAngleKernel, build_norm_angle
 from .strategy import TABLE_MIN_PAIRS
+from .traceable import HYPERPARAMETERS, traceable_kernel_fn
 
 __all__ = [
     "GETS",
+    "HYPERPARAMETERS",
     "TABLE_MIN_PAIRS",
     "Duals",
     "Grid",
@@ -39,4 +44,5 @@ __all__ = [
     "resnet_grid",
     "richardson",
     "single_variances",
+    "traceable_kernel_fn",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "Duals",
     "check_duals",
     "is_kinked",
+    "mehler_bound",
     "mehler_certificate",
     "mehler_grid",
     "quad_certificate",
@@ -194,14 +195,40 @@ def round_terms(k: int) -> int:
     return int(step * math.ceil(k / step))
 
 
-def mehler_certificate(duals: Duals, v) -> float:
-    """Bound on the relative error of the Mehler duals at the node variances ``v``.
+def mehler_bound(duals: Duals, v):
+    """Bound on the relative error of the Mehler duals at the node variances ``v`` (traceable).
 
     Parseval: ``sum_k c_k(a)^2 = E f(sqrt(a) Z)^2``, so the truncated tail satisfies
     ``sum_{k>=K} c_k^2 = E f^2 - sum_{k<K} c_k^2``, and by Cauchy-Schwarz the Mehler error at
     any correlation is at most ``sqrt(tail_f(a) tail_f(b))``. ``E f^2`` comes from the robust
     quadrature (:func:`ntk_ode.gaussian.expect_1d_quad`), so an inaccurate coefficient table
-    shows up here too. Returned relative to ``sqrt(E f(u)^2 E f(v)^2)``, max over phi and phi'.
+    shows up here too. Relative to ``sqrt(E f(u)^2 E f(v)^2)``, max over phi and phi' and ``v``,
+    in the dtype of ``v`` (plus 4 K eps for the rounding of the K-term sums).
+
+    Args:
+        duals: Mehler duals (0 is returned for closed forms).
+        v: node variances (any shape).
+
+    Returns:
+        A scalar.
+    """
+    v = jnp.asarray(v)
+    if duals.closed:
+        return jnp.zeros((), v.dtype)
+    eps = jnp.finfo(v.dtype).eps
+    worst = jnp.zeros((), v.dtype)
+    for f in (duals.act.fn, duals.act.dfn):
+        tab = gaussian.hermite_coefficients(f, v, duals.terms)
+        m2, m2err = gaussian.expect_1d_quad(gaussian.squared(f), v, duals.act.breakpoints)
+        partial = jnp.sum(tab**2, axis=-1)
+        rel = (jnp.abs(m2 - partial) + m2err) / jnp.maximum(m2, jnp.finfo(v.dtype).tiny) + 4 * tab.shape[-1] * eps
+        worst = jnp.maximum(worst, jnp.max(jnp.where(m2 > 0, rel, 0.0)))
+    return worst
+
+
+def mehler_certificate(duals: Duals, v) -> float:
+    """:func:`mehler_bound` at the node variances ``v``, in float64 whatever the working precision
+    (it measures truncation, not rounding).
 
     Args:
         duals: the duals (0 is returned for closed forms).
@@ -212,18 +239,8 @@ def mehler_certificate(duals: Duals, v) -> float:
     """
     if duals.closed:
         return 0.0
-    # in float64 whatever the working precision: this measures truncation, not rounding
     with jax.enable_x64(True):
-        v = jnp.asarray(np.asarray(v, np.float64).reshape(-1), jnp.float64)
-        worst = 0.0
-        eps = float(np.finfo(np.float64).eps)
-        for f in (duals.act.fn, duals.act.dfn):
-            tab = np.asarray(gaussian.hermite_coefficients(f, v, duals.terms))
-            m2, m2err = (np.asarray(t) for t in gaussian.expect_1d_quad(gaussian.squared(f), v, duals.act.breakpoints))
-            partial = np.sum(tab**2, axis=-1)
-            rel = (np.abs(m2 - partial) + m2err) / np.maximum(m2, 1e-300) + 4 * tab.shape[-1] * eps
-            worst = max(worst, float(np.max(np.where(m2 > 0, rel, 0.0))))
-    return worst
+        return float(mehler_bound(duals, jnp.asarray(np.asarray(v, np.float64).reshape(-1), jnp.float64)))
 
 
 def quad_certificate(duals: Duals, v) -> float:
