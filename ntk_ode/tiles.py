@@ -16,7 +16,8 @@ Tile kernels (``method``):
 * ``"table"`` (inputs of several norms): :func:`ntk_ode.kernels.norm_angle_kernel`, the 3-D
   (norm, norm, angle) interpolant, certified against direct solves (section 14);
 * ``"direct"``: :func:`ntk_ode.kernel_fn` on each tile (any inputs; slow);
-* ``"auto"``: zonal for inputs of one norm, else the table.
+* ``"auto"``: the engine's rule (:func:`ntk_ode.kernels.strategy.choose`): zonal for inputs of one
+  nonzero norm, the table for several nonzero norms, else direct.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .distributed import split
 from .harmonics import zonal_kernel
 from .kernels import kernel_fn, norm_angle_kernel, parse_get
 from .kernels.interpolants import clenshaw, cosine_to_u, cosines
-from .kernels.strategy import same_norm
+from .kernels.strategy import TABLE_MIN_PAIRS, choose, same_norm
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
 
@@ -150,9 +151,11 @@ def tile_kernel(
     same = bool(norms.min() > 0) and same_norm(norms)
     if method == "zonal" and not same:
         raise ValueError("method='zonal' needs inputs of one (nonzero) norm; use 'table' or 'direct'")
-    if method == "auto":
-        nonzero = norms.min() > 0
-        method = "zonal" if same else ("table" if nonzero else "direct")
+    if method == "auto":  # the engine's rule; tiles always have enough pairs for an interpolant
+        plan = choose(
+            norms, TABLE_MIN_PAIRS + 1, depth=depth, nodes=None, activation=model.activation, kinked_zonal=True
+        )
+        method = plan[0]
     names = tuple(names)
     if method == "direct":
         kfn = kernel_fn(model, depth, rtol=rtol, table=False)  # per-pair solves: never a table per tile

@@ -133,3 +133,11 @@ def test_a_fit_warns_when_its_fixed_grid_kernel_is_inaccurate():
     with pytest.warns(RuntimeWarning, match="estimated relative error"):
         fit = hyper.fit_hyperparameters(m, x, y, steps=1, depth=8, terms=16, fit=("sigma_v",))
     assert fit.kernel_error > 1e-6
+
+
+def test_get_none_returns_every_kernel_as_in_neural_tangents():
+    k = no.kernel_fn(no.NeuralODE("erf"), depth=3)(X, get=None)
+    assert isinstance(k, no.Kernel) and k._fields == ("nngp", "ntk", "ntk_U", "ntk_W", "ntk_v")
+    np.testing.assert_allclose(np.asarray(k.ntk), np.asarray(k.ntk_U + k.ntk_W + k.ntk_v), rtol=1e-12)
+    u = no.untied.untied_kernel(no.NeuralODE("erf"), X, depth=2, get=None)
+    assert u._fields == ("nngp", "ntk")

@@ -56,7 +56,8 @@ def kernel_fn(
     Returns ``kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False)`` in the neural-tangents
     convention: ``get`` a string returns that (N1, N2) array, a tuple returns a namedtuple of
     exactly those fields in that order (:func:`ntk_ode.kernels.gets.kernel_type`), which unpacks.
-    Besides "nngp" and "ntk", the NTK's blocks "ntk_U", "ntk_W", "ntk_v" can be asked for.
+    Besides "nngp" and "ntk", the NTK's blocks "ntk_U", "ntk_W", "ntk_v" can be asked for;
+    ``get=None`` returns all five (:class:`ntk_ode.kernels.gets.Kernel`), as neural-tangents does.
     ``with_error=True`` also returns the estimated maximum absolute errors in the same form: time
     grid (0 for the exact ``depth=L`` recursions), certified dual errors, table interpolation,
     rounding (docs/theory.md, "Error estimates of kernel_fn"); with ``nodes`` fixed the time-grid

@@ -282,10 +282,14 @@ def solve_pairs(duals, unit, hyper, head, s00, i1, i2, v, tabs, block_size, prog
         args = (s00[idx], v[i1[idx]], v[i2[idx]], tuple(t[i1[idx]] for t in tabs), tuple(t[i2[idx]] for t in tabs))
         if sharding is not None:
             args = jax.device_put(args, sharding)
-        nngp, ntk, blocks, ok = _pairs_jit(duals, unit, head, bool(want_ntk), hyper, *args)
+        out = _pairs_jit(duals, unit, head, bool(want_ntk), hyper, *args)
+        if progress:  # a bar that follows the computation, not the dispatch (a sync, no transfer)
+            jax.block_until_ready(out)
         n_real = min(bs, P - s)
-        outs.append(tuple(np.asarray(a)[:n_real] for a in (nngp, ntk, blocks, ok)))
-    return tuple(np.concatenate(o) for o in zip(*outs))
+        outs.append(out if n_real == bs else tuple(a[:n_real] for a in out))
+    # the blocks stay on the device(s) until the end: one transfer per call, not one per block
+    joined = outs[0] if len(outs) == 1 else tuple(jnp.concatenate(o) for o in zip(*outs))
+    return tuple(np.asarray(a) for a in jax.device_get(joined))
 
 
 def raise_on_failure(ok, nngp, ntk, model, what) -> None:

@@ -18,7 +18,9 @@ GETS = ("nngp", "ntk", "ntk_U", "ntk_W", "ntk_v")
 
 
 def parse_get(get, allowed: Sequence[str] = GETS) -> tuple[tuple[str, ...], bool]:
-    """Validate ``get``: a kernel name or a non-empty tuple of distinct names from ``allowed``.
+    """Validate ``get``: a kernel name, a non-empty tuple of distinct names from ``allowed``, or
+    None for all of ``allowed`` (as in neural-tangents, where ``get=None`` returns the whole
+    Kernel).
 
     Args:
         get: the request.
@@ -32,6 +34,8 @@ def parse_get(get, allowed: Sequence[str] = GETS) -> tuple[tuple[str, ...], bool
         ValueError: anything else, naming ``get`` and the allowed names.
     """
     allowed = tuple(allowed)
+    if get is None:  # neural-tangents: every kernel this caller provides
+        return allowed, False
     single = isinstance(get, str)
     try:
         names = (get,) if single else tuple(get)

@@ -48,9 +48,12 @@ def same_norm(norms) -> bool:
     return bool(np.ptp(norms) <= 1e-12 * max(norms.max(), 1e-300))
 
 
-def choose(norms, pairs: int, *, depth, nodes, activation, equal_norm="auto", table="auto") -> tuple[str, ...]:
+def choose(
+    norms, pairs: int, *, depth, nodes, activation, equal_norm="auto", table="auto", kinked_zonal: bool = False
+) -> tuple[str, ...]:
     """The strategies to try, in order (a later one is the fallback when an automatic earlier
-    one cannot meet rtol).
+    one cannot meet rtol). The one rule of :func:`ntk_ode.kernel_fn` and of the tiles of
+    :func:`ntk_ode.tiles.kernel_to_disk`.
 
     Args:
         norms: the norms of all inputs.
@@ -60,6 +63,10 @@ def choose(norms, pairs: int, *, depth, nodes, activation, equal_norm="auto", ta
         activation: the activation.
         equal_norm: "auto", True (require the zonal path) or False (never).
         table: "auto", True (require the table) or False (never).
+        kinked_zonal: whether the caller's zonal interpolant solves its nodes directly (so
+            handles the kink along t = s of near-identical inputs of kinked activations, as
+            :func:`ntk_ode.harmonics.zonal_kernel` does); kernel_fn's shared-grid zonal table
+            does not.
 
     Returns:
         E.g. ``("table", "direct")``, ``("zonal",)`` or ``("direct",)``.
@@ -76,10 +83,10 @@ def choose(norms, pairs: int, *, depth, nodes, activation, equal_norm="auto", ta
     # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
     # collocation resolves only algebraically; the zonal table (whose angle-0 node is such a
     # pair) is not used for them unless asked for
-    kinked = depth is None and nodes is None and is_kinked(activation)
+    kinked = depth is None and nodes is None and is_kinked(activation) and not kinked_zonal
     if equal_norm is True:
         return ("zonal",)
-    if equal_norm == "auto" and same and pairs > 64 and not kinked:
+    if equal_norm == "auto" and same and norms.min() > 0 and pairs > 64 and not kinked:
         return ("zonal", "direct")
     return ("direct",)
 
