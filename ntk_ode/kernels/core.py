@@ -44,6 +44,7 @@ __all__ = [
     "MAX_ITER",
     "hyperparameters",
     "traced_pairs",
+    "traced_row",
     "traced_singles",
     "pair_kernels",
     "picard",
@@ -214,6 +215,34 @@ def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00
     return jax.vmap(one)(s00, v1, v2, tab1, tab2)
 
 
+def traced_row(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00, v1, v2, tab1, tab2):
+    """:func:`pair_kernels` of one first input against a batch of second inputs (traceable; the
+    first input's variances and tables are shared, not broadcast).
+
+    Args:
+        duals: the duals.
+        unit: the time grid on [0, 1].
+        head: "linear" or "phi".
+        want_ntk: False skips the NTK's equation.
+        hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
+        s00: pair covariances (P,).
+        v1: the first input's variances (M,).
+        v2: second inputs' variances (P, M).
+        tab1: the first input's tables.
+        tab2: second inputs' tables.
+
+    Returns:
+        ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))``.
+    """
+    sigma_w, sigma_v, T = hyper
+    grid = scaled(unit, T)
+
+    def one(s, b, tb):
+        return pair_kernels(duals, grid, sigma_w, sigma_v, head, s, v1, b, tab1, tb, ntk=want_ntk)
+
+    return jax.vmap(one)(s00, v2, tab2)
+
+
 _singles_jit = jax.jit(traced_singles, static_argnums=(0, 1))
 _pairs_jit = jax.jit(traced_pairs, static_argnums=(0, 1, 2, 3))
 
@@ -285,11 +314,11 @@ def solve_pairs(duals, unit, hyper, head, s00, i1, i2, v, tabs, block_size, prog
         out = _pairs_jit(duals, unit, head, bool(want_ntk), hyper, *args)
         if progress:  # a bar that follows the computation, not the dispatch (a sync, no transfer)
             jax.block_until_ready(out)
-        n_real = min(bs, P - s)
-        outs.append(out if n_real == bs else tuple(a[:n_real] for a in out))
-    # the blocks stay on the device(s) until the end: one transfer per call, not one per block
-    joined = outs[0] if len(outs) == 1 else tuple(jnp.concatenate(o) for o in zip(*outs))
-    return tuple(np.asarray(a) for a in jax.device_get(joined))
+        outs.append(out)
+    # the blocks stay on the device(s) until the end: one transfer of them all per call, not one
+    # per block (and no device-side concatenation, which would compile per block count)
+    host = jax.device_get(outs)
+    return tuple(np.concatenate([np.asarray(a) for a in o])[:P] for o in zip(*host))
 
 
 def raise_on_failure(ok, nngp, ntk, model, what) -> None:

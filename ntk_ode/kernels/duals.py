@@ -239,8 +239,14 @@ def mehler_certificate(duals: Duals, v) -> float:
     """
     if duals.closed:
         return 0.0
+    v = np.asarray(v, np.float64).reshape(-1)
+    n = 2 ** math.ceil(math.log2(max(v.size, 1)))  # padded to a power of two: few compiled shapes
     with jax.enable_x64(True):
-        return float(mehler_bound(duals, jnp.asarray(np.asarray(v, np.float64).reshape(-1), jnp.float64)))
+        padded = jnp.asarray(np.concatenate([v, np.full(n - v.size, v[-1])]), jnp.float64)
+        return float(_mehler_bound_jit(duals, padded))
+
+
+_mehler_bound_jit = jax.jit(mehler_bound, static_argnums=0)
 
 
 def quad_certificate(duals: Duals, v) -> float:
