@@ -31,6 +31,7 @@ __all__ = [
     "choose_terms",
     "dual_sensitivity",
     "first_grid",
+    "pick_duals",
     "richardson",
     "richardson_pairs",
 ]
@@ -61,6 +62,32 @@ def certify(duals: Duals, problem: Problem, grid: Grid, inputs) -> float:
     return quad_certificate(duals, v) if duals.quad else mehler_certificate(duals, v)
 
 
+def pick_duals(duals0: Duals, certify_fn, target: float):
+    """The engine's ladder of duals: ``duals0.terms`` Mehler terms, then the larger counts of
+    ``TERMS_LADDER``, the first whose bound ``certify_fn(duals)`` is at most ``target``; else
+    the quadrature duals when their bound is smaller; else the last series.
+
+    Args:
+        duals0: the first duals tried (closed forms: returned with bound 0).
+        certify_fn: ``duals -> relative error bound`` where the caller's variances live.
+        target: the relative dual error wanted.
+
+    Returns:
+        ``(duals, bound)``.
+    """
+    if duals0.closed:
+        return duals0, 0.0
+    for terms in [duals0.terms] + [k for k in TERMS_LADDER if k > duals0.terms]:
+        duals = Duals(duals0.act, terms)
+        delta = certify_fn(duals)
+        if delta <= target:
+            return duals, delta
+    # the series cannot be certified (large variance, kinks): robust quadrature at every point
+    quad = Duals(duals0.act, duals0.terms, quad=True)
+    delta_q = certify_fn(quad)
+    return (quad, delta_q) if delta_q < delta else (duals, delta)
+
+
 def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: float):
     """Fewest Mehler terms (trimmed) whose certified dual error is below ``target``; quadrature
     duals when no series up to ``TERMS_LADDER[-1]`` terms can; the better of the two otherwise.
@@ -76,31 +103,23 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: fl
     Returns:
         ``(duals, relative dual error bound)``.
     """
-    if duals0.closed:
-        return duals0, 0.0
-    ladder = [duals0.terms] + [k for k in TERMS_LADDER if k > duals0.terms]
-    for terms in ladder:
-        duals = Duals(duals0.act, terms)
-        problem.duals = duals
-        delta = certify(duals, problem, grid, inputs)
-        if delta <= target:
-            # trim as far as the target allows (tail ~ terms * threshold^2), else to 1e-10
-            for threshold in (max(1e-10, 0.5 * math.sqrt(target / terms)), 1e-10):
-                trimmed = trim_terms(duals, problem.probed_tables(grid, inputs), threshold)
-                if trimmed.terms < duals.terms:
-                    problem.duals = trimmed
-                    delta_t = certify(trimmed, problem, grid, inputs)
-                    if delta_t <= target:
-                        return trimmed, delta_t
-                    problem.duals = duals
-            return duals, delta
-    # the series cannot be certified (large variance, kinks): robust quadrature at every point
-    quad = Duals(duals0.act, duals0.terms, quad=True)
-    problem.duals = quad
-    delta_q = certify(quad, problem, grid, inputs)
-    if delta_q < delta:
-        return quad, delta_q
+
+    def certify_on_problem(duals):
+        problem.duals = duals  # the single-input solutions are kept per duals
+        return certify(duals, problem, grid, inputs)
+
+    duals, delta = pick_duals(duals0, certify_on_problem, target)
     problem.duals = duals
+    if duals.closed or duals.quad or delta > target:
+        return duals, delta
+    # trim as far as the target allows (tail ~ terms * threshold^2), else to 1e-10
+    for threshold in (max(1e-10, 0.5 * math.sqrt(target / duals.terms)), 1e-10):
+        trimmed = trim_terms(duals, problem.probed_tables(grid, inputs), threshold)
+        if trimmed.terms < duals.terms:
+            delta_t = certify_on_problem(trimmed)
+            if delta_t <= target:
+                return trimmed, delta_t
+            problem.duals = duals
     return duals, delta
 
 

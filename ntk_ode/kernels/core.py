@@ -44,7 +44,6 @@ __all__ = [
     "MAX_ITER",
     "hyperparameters",
     "traced_pairs",
-    "traced_row",
     "traced_singles",
     "pair_kernels",
     "picard",
@@ -188,8 +187,9 @@ def traced_singles(duals: Duals, unit: Grid, sigma_w, T, s00):
     return v, duals.tables(v), ok
 
 
-def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00, v1, v2, tab1, tab2):
-    """:func:`pair_kernels` of a batch of pairs (traceable).
+def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00, v1, v2, tab1, tab2, row=False):
+    """:func:`pair_kernels` of a batch of pairs (traceable); ``row=True``: one first input against
+    a batch of second inputs, its variances and tables shared rather than broadcast.
 
     Args:
         duals: the duals.
@@ -198,10 +198,11 @@ def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00
         want_ntk: False skips the NTK's equation.
         hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
         s00: pair covariances (P,).
-        v1: first inputs' variances (P, M).
+        v1: first inputs' variances (P, M), or (M,) with ``row``.
         v2: second inputs' variances (P, M).
-        tab1: first inputs' tables.
+        tab1: first inputs' tables (shared with ``row``).
         tab2: second inputs' tables.
+        row: share the first input.
 
     Returns:
         ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))``.
@@ -212,39 +213,12 @@ def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00
     def one(s, a, b, ta, tb):
         return pair_kernels(duals, grid, sigma_w, sigma_v, head, s, a, b, ta, tb, ntk=want_ntk)
 
-    return jax.vmap(one)(s00, v1, v2, tab1, tab2)
-
-
-def traced_row(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00, v1, v2, tab1, tab2):
-    """:func:`pair_kernels` of one first input against a batch of second inputs (traceable; the
-    first input's variances and tables are shared, not broadcast).
-
-    Args:
-        duals: the duals.
-        unit: the time grid on [0, 1].
-        head: "linear" or "phi".
-        want_ntk: False skips the NTK's equation.
-        hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
-        s00: pair covariances (P,).
-        v1: the first input's variances (M,).
-        v2: second inputs' variances (P, M).
-        tab1: the first input's tables.
-        tab2: second inputs' tables.
-
-    Returns:
-        ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))``.
-    """
-    sigma_w, sigma_v, T = hyper
-    grid = scaled(unit, T)
-
-    def one(s, b, tb):
-        return pair_kernels(duals, grid, sigma_w, sigma_v, head, s, v1, b, tab1, tb, ntk=want_ntk)
-
-    return jax.vmap(one)(s00, v2, tab2)
+    first = None if row else 0
+    return jax.vmap(one, in_axes=(0, first, 0, first, 0))(s00, v1, v2, tab1, tab2)
 
 
 _singles_jit = jax.jit(traced_singles, static_argnums=(0, 1))
-_pairs_jit = jax.jit(traced_pairs, static_argnums=(0, 1, 2, 3))
+_pairs_jit = jax.jit(traced_pairs, static_argnums=(0, 1, 2, 3), static_argnames=("row",))
 
 
 def solve_singles(duals: Duals, unit: Grid, hyper, s00):

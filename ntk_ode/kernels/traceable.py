@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_depth, check_inputs, fail_if, is_traced
-from .core import traced_row, traced_singles
+from .core import traced_pairs, traced_singles
 from .duals import Duals, mehler_bound
 from .gets import GETS, parse_get, select
 from .grids import chebyshev_grid, resnet_grid
@@ -78,7 +78,7 @@ class _Static:
 
 def _kernels(static: _Static, hyper: dict, x1, x2):
     """All five kernels (nngp, ntk, ntk_U, ntk_W, ntk_v), each (N1, N2), and the flags: the
-    engine's traced core (:func:`ntk_ode.kernels.core.traced_singles`, ``traced_row``) on a
+    engine's traced core (:func:`ntk_ode.kernels.core.traced_singles`, ``traced_pairs``) on a
     fixed grid, row by row."""
     dt = x1.dtype
     unit = resnet_grid(static.depth, 1.0) if static.depth is not None else chebyshev_grid(static.nodes, 1.0)
@@ -91,7 +91,7 @@ def _kernels(static: _Static, hyper: dict, x1, x2):
 
     def row(args):
         s_row, va, ta = args
-        return traced_row(duals, unit, static.head, True, (sw, sv, T), s_row, va, v2, ta, tab2)
+        return traced_pairs(duals, unit, static.head, True, (sw, sv, T), s_row, va, v2, ta, tab2, row=True)
 
     nngp, ntk, blocks, ok = jax.lax.map(row, (s12, v1, tab1), batch_size=static.row_batch)
     kernels = (nngp, ntk, blocks[..., 0], blocks[..., 1], blocks[..., 2])

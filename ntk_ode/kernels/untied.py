@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .adapt import TERMS_LADDER
+from .adapt import pick_duals
 from .duals import Duals, mehler_certificate, quad_certificate
 
 __all__ = ["LIMIT_STEPS", "STEPS", "certified", "recursion", "step_size"]
@@ -154,9 +154,9 @@ def _variances(vmin: float, vmax: float) -> np.ndarray:
 def certified(model, x1, x2, depth, step: str, terms: int, rtol: float):
     """The untied kernels with certified duals and their error estimate (eager).
 
-    The duals: the first of ``terms`` and the larger ``TERMS_LADDER`` counts whose Parseval
-    certificate is below ``1e-3 rtol`` at every variance the recursion visits, else quadrature
-    duals if their certificate is smaller. The estimate: 4 times the certificate times the
+    The duals: the engine's ladder (:func:`ntk_ode.kernels.adapt.pick_duals`) with the Parseval
+    certificate (quadrature's for quadrature duals) below ``1e-3 rtol`` at every variance the
+    recursion visits. The estimate: 4 times the certificate times the
     measured response of the kernels to a relative dual perturbation, plus the limit's time-step
     bound and rounding.
 
@@ -173,28 +173,21 @@ def certified(model, x1, x2, depth, step: str, terms: int, rtol: float):
         ``(nngp, ntk, errors {"nngp", "ntk"}, delta)``: the kernels, their estimated max abs
         errors, and the relative dual error bound.
     """
-    act = model.activation
     eps = float(jnp.finfo(x1.dtype).eps)
-    s11, s22 = _initial(model, x1, x2)[:2]
-    vmin = float(min(jnp.min(s11), jnp.min(s22)))
-    target = max(1e-3 * rtol, 1e3 * eps)
-    duals, delta = Duals(act, int(terms)), 0.0
-    nngp, ntk, vmax, time_err = recursion(duals, model, x1, x2, depth, step)
-    if not duals.closed:
-        for k in [int(terms)] + [t for t in TERMS_LADDER if t > terms]:
-            if k != duals.terms:
-                duals = Duals(act, k)
-                nngp, ntk, vmax, time_err = recursion(duals, model, x1, x2, depth, step)
-            delta = mehler_certificate(duals, _variances(vmin, float(vmax)))
-            if delta <= target:
-                break
-        if delta > target:
-            quad = Duals(act, int(terms), quad=True)
-            delta_q = quad_certificate(quad, _variances(vmin, float(vmax)))
-            if delta_q < delta:
-                duals, delta = quad, delta_q
-                nngp, ntk, vmax, time_err = recursion(duals, model, x1, x2, depth, step, _QUAD_LIMIT_STEPS)
-    steps = _QUAD_LIMIT_STEPS if duals.quad else LIMIT_STEPS
+    X = jnp.concatenate([x1, x2])
+    vmin = float(jnp.min(_initial(model, X, X)[0]))
+    steps_of = lambda duals: _QUAD_LIMIT_STEPS if duals.quad else LIMIT_STEPS
+
+    def certify_fn(duals):
+        # the largest variance from each input's own (1 x 1) recursion: the diagonal of the full
+        # one at a fraction of its cost
+        diag = lambda r: recursion(duals, model, r[None], r[None], depth, step, steps_of(duals))[2]
+        v = _variances(vmin, float(jnp.max(jax.vmap(diag)(X))))
+        return quad_certificate(duals, v) if duals.quad else mehler_certificate(duals, v)
+
+    duals, delta = pick_duals(Duals(model.activation, int(terms)), certify_fn, max(1e-3 * rtol, 1e3 * eps))
+    steps = steps_of(duals)
+    nngp, ntk, _, time_err = recursion(duals, model, x1, x2, depth, step, steps)
     errs = {}
     if delta > 0:
         eta = 1e-6
