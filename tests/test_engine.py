@@ -141,3 +141,34 @@ def test_get_none_returns_every_kernel_as_in_neural_tangents():
     np.testing.assert_allclose(np.asarray(k.ntk), np.asarray(k.ntk_U + k.ntk_W + k.ntk_v), rtol=1e-12)
     u = no.untied.untied_kernel(no.NeuralODE("erf"), X, depth=2, get=None)
     assert u._fields == ("nngp", "ntk")
+
+
+def test_float32_untied_and_traceable_estimates_bound_their_errors():
+    # float32 (x64 off, in a fresh process) against the float64 kernels of this process
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import json, numpy as np, ntk_ode as no
+        from ntk_ode import hyper
+        from ntk_ode.untied import untied_kernel
+        x = np.random.default_rng(0).standard_normal((3, 4))
+        m = no.NeuralODE("tanh", sigma_w=1.5, T=1.0, head="phi")
+        k, e = untied_kernel(m, x, depth=8, step="1/sqrt(L)", get="ntk", with_error=True)
+        t, te = hyper.traceable_kernel_fn(m, 8)(hyper.hyperparameters(m), x, get="ntk", with_error=True)
+        assert k.dtype == np.float32 and t.dtype == np.float32
+        print(json.dumps([np.asarray(k, float).tolist(), float(e), np.asarray(t, float).tolist(), float(te)]))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    k, e, t, te = json.loads(r.stdout.strip().splitlines()[-1])
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    m = no.NeuralODE("tanh", sigma_w=1.5, T=1.0, head="phi")
+    k64 = np.asarray(no.untied.untied_kernel(m, x, depth=8, step="1/sqrt(L)", get="ntk"))
+    ref = np.asarray(no.kernel_fn(m, 8)(x, get="ntk"))
+    assert np.max(np.abs(np.asarray(k) - k64)) <= e <= 1e-3 * np.abs(k64).max()
+    assert np.max(np.abs(np.asarray(t) - ref)) <= te <= 1e-2 * np.abs(ref).max()

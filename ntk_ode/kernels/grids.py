@@ -91,9 +91,12 @@ def scaled(unit: Grid, T) -> Grid:
         T: the horizon (a number or a traced scalar).
 
     Returns:
-        The grid on [0, T] (its arrays are JAX arrays when ``T`` is).
+        The grid on [0, T], JAX arrays in the dtype of ``T`` (the operators are cast before the
+        product, so a grid built in float64 serves float32 solves as well).
     """
-    return Grid(t=unit.t * T, A=unit.A * T, B=unit.B * T, w=unit.w * T, shift=unit.shift)
+    T = jnp.asarray(T)
+    at = lambda a: jnp.asarray(a, T.dtype) * T
+    return Grid(t=at(unit.t), A=at(unit.A), B=at(unit.B), w=at(unit.w), shift=unit.shift)
 
 
 def shift(P):
