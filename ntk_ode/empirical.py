@@ -28,7 +28,6 @@ import math
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +35,7 @@ from jaxtyping import Array, Float
 
 from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if, is_traced
 from .gradients import ode_adjoint_states, resnet_adjoint_states
-from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve
+from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve, hyper_jit
 
 __all__ = [
     "empirical_ntk",
@@ -79,10 +78,10 @@ def _features(model, params, x, depth, solver, quad_nodes):
         mu = dt * jnp.swapaxes(lams[1:], 0, 1)
         ph = model.activation.fn(jnp.swapaxes(hs[:-1], 0, 1))
         return model.head_features(hs[-1]), lams[0], mu, ph, jnp.asarray(True)
-    tq, wq = gauss_legendre(quad_nodes, model.T)
-    ts = jnp.asarray(np.concatenate([[0.0], tq, [model.T]]), x.dtype)
+    tq, wq = gauss_legendre(quad_nodes, 1.0)  # on [0, 1], scaled by the (traced) T
+    ts = model.T * jnp.asarray(np.concatenate([[0.0], tq, [1.0]]), x.dtype)
     hs, lams, ok = ode_adjoint_states(model, params, x, ts, solver)  # (Q+2, N, n)
-    mu = jnp.asarray(wq, x.dtype)[None, :, None] * jnp.swapaxes(lams[1:-1], 0, 1)
+    mu = (model.T * jnp.asarray(wq, x.dtype))[None, :, None] * jnp.swapaxes(lams[1:-1], 0, 1)
     ph = model.activation.fn(jnp.swapaxes(hs[1:-1], 0, 1))
     return model.head_features(hs[-1]), lams[0], mu, ph, ok
 
@@ -145,7 +144,7 @@ def _upper_tiles(mu, p, b, nb):
     return jnp.swapaxes(out, 1, 2).reshape(nb * b, nb * b)[:N, :N]
 
 
-@eqx.filter_jit
+@hyper_jit
 def _structured_jit(model, params, x1, x2, depth, solver, quad_nodes):
     return structured_blocks(model, params, x1, x2, depth, solver, quad_nodes)
 
@@ -227,7 +226,7 @@ def empirical_ntk_fn(
     return ntk
 
 
-@eqx.filter_jit
+@hyper_jit
 def _generic_jit(model, params, x1, x2, depth, solver, method):
     impl = _jacobian_ntk if method == "jacobian" else _ntvp_ntk
     return impl(_out_fn(model, depth, solver), params, x1, x2)
@@ -462,7 +461,7 @@ def monte_carlo_kernels(
     }
 
 
-@eqx.filter_jit
+@hyper_jit
 def _mc_jit(model, keys, x1, x2, width, depth, solver, quad_nodes, batch_size):
     def one(key):
         p = model.init(key, x1.shape[1], width, x1.dtype)

@@ -32,13 +32,12 @@ import warnings
 from typing import Literal, get_args
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._checks import ArrayOrNumpy, check_depth, check_inputs
-from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve, check_times
+from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve, check_times, hyper_jit
 
 __all__ = [
     "grad",
@@ -234,7 +233,7 @@ def check_grad_method(method: str, allow_auto: bool = False) -> str:
     return method
 
 
-@eqx.filter_jit
+@hyper_jit
 def _grad_jit(model, params, x, depth, method, solver):
     if method == "backprop":
         return _backprop_grad(model, params, x, depth, solver)
@@ -289,7 +288,7 @@ def grad(
     return check_solve(g, ok, solver, "grad")
 
 
-@eqx.filter_jit
+@hyper_jit
 def _adjoint_traj_jit(model, params, x, ts, depth, solver):
     if depth is not None:
         hs, lams = resnet_adjoint_states(model, params, x, depth)

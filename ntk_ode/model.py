@@ -19,7 +19,7 @@ traceable ``(f(x), ok)``). Everything is pure JAX: ``apply`` and ``trajectory`` 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 from typing import Any, Literal, TypeAlias, get_args
 
@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if, is_traced
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, is_traced
 from .activations import Activation, get_activation
+from .solvers import RK4, SOLVERS, Solver, SolverName, check_solve, check_times
 
 __all__ = [
     "NeuralODE",
@@ -43,6 +44,8 @@ __all__ = [
     "InputScaling",
     "SolverName",
     "check_params",
+    "check_hyperparameter",
+    "hyper_jit",
     "check_inputs",
     "check_depth",
     "check_times",
@@ -51,7 +54,6 @@ __all__ = [
 
 Head = Literal["linear", "phi"]
 InputScaling = Literal["sqrt_d", "none"]
-SolverName = Literal["euler", "heun", "midpoint", "rk4", "tsit5", "dopri5", "dopri8"]
 HEADS: tuple[str, ...] = get_args(Head)
 INPUT_SCALINGS: tuple[str, ...] = get_args(InputScaling)
 
@@ -63,160 +65,6 @@ Built (and validated) by :meth:`NeuralODE.init` or :meth:`NeuralODE.params`; eve
 function validates the shapes again (:func:`check_params`). A plain dict keeps optax, jax.tree_util
 and neural-tangents-style code working unchanged.
 """
-
-
-# ----------------------------------------------------------------------------- solvers
-
-_rk4_tableau = diffrax.ButcherTableau(
-    a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
-    b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
-    b_error=np.zeros(4),
-    c=np.array([0.5, 0.5, 1.0]),
-)
-
-
-class RK4(diffrax.AbstractERK):
-    """The classical fourth-order Runge-Kutta method (fixed steps only; no error estimate)."""
-
-    tableau = _rk4_tableau
-    interpolation_cls = staticmethod(
-        lambda *, t0, t1, y0, y1, k: diffrax.LocalLinearInterpolation(t0=t0, t1=t1, y0=y0, y1=y1)
-    )
-
-    def order(self, terms: Any) -> int:
-        """The order of the method.
-
-        Args:
-            terms: unused (diffrax's interface).
-
-        Returns:
-            4.
-        """
-        del terms
-        return 4
-
-
-SOLVERS = {
-    "euler": (diffrax.Euler, False),
-    "heun": (diffrax.Heun, True),
-    "midpoint": (diffrax.Midpoint, True),
-    "rk4": (RK4, False),
-    "tsit5": (diffrax.Tsit5, True),
-    "dopri5": (diffrax.Dopri5, True),
-    "dopri8": (diffrax.Dopri8, True),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Solver:
-    """How to integrate an ODE: a method, fixed ``steps`` or tolerances, and a step budget.
-
-    ``steps=None`` selects adaptive step-size control with ``rtol``/``atol`` (defaults 1e-10 in
-    float64 and 1e-6 in float32), available for heun, midpoint, tsit5, dopri5 and dopri8.
-    Euler and RK4 carry no error estimate and need ``steps``.
-
-    Args:
-        name: the method (:data:`SolverName`).
-        steps: fixed steps, or None for adaptive steps.
-        rtol: relative tolerance (adaptive).
-        atol: absolute tolerance (adaptive).
-        max_steps: step budget; a solve that needs more fails loudly.
-        forward_mode: differentiate the solve in forward mode too (``diffrax.DirectAdjoint``).
-
-    Raises:
-        ValueError: an unknown method, bad steps or tolerances, or adaptive steps for a method
-            without an error estimate.
-    """
-
-    name: str = "dopri8"  # a SolverName
-    steps: int | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    max_steps: int = 16384
-    forward_mode: bool = False  # differentiate the solve in forward mode too (diffrax.DirectAdjoint)
-
-    def __post_init__(self):
-        if self.name not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got {self.name!r}")
-        if self.steps is not None and (int(self.steps) != self.steps or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
-        if self.steps is None and not SOLVERS[self.name][1]:
-            raise ValueError(f"solver {self.name!r} has no error estimate: pass steps=<int> for fixed steps")
-        for k in ("rtol", "atol"):
-            v = getattr(self, k)
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{k} must be a positive finite number, got {v!r}")
-        if int(self.max_steps) != self.max_steps or self.max_steps < 1:
-            raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
-
-    @classmethod
-    def make(cls, solver: Solver | str | None = None, **kw: Any) -> Solver:
-        """Build from a Solver, a name, or None (the default), overriding fields given in ``kw``.
-
-        Args:
-            solver: a Solver, a method name, or None.
-            **kw: fields to override (None values are ignored).
-
-        Returns:
-            The Solver.
-
-        Raises:
-            ValueError: ``solver`` is none of these, or a field is invalid.
-        """
-        kw = {k: v for k, v in kw.items() if v is not None}
-        if isinstance(solver, Solver):
-            return dataclasses.replace(solver, **kw) if kw else solver
-        if solver is None:
-            return cls(**kw)
-        if isinstance(solver, str):
-            return cls(name=solver, **kw)
-        raise ValueError(f"solver must be a Solver, a name in {sorted(SOLVERS)} or None, got {solver!r}")
-
-    def tolerances(self, dtype: Any) -> tuple[float, float]:
-        """``(rtol, atol)`` with the defaults of ``dtype`` (1e-10 in float64, 1e-6 otherwise).
-
-        Args:
-            dtype: the state's dtype.
-
-        Returns:
-            The tolerances.
-        """
-        default = 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-6
-        return (self.rtol or default, self.atol or default)
-
-    def diffrax_solver(self) -> diffrax.AbstractSolver:
-        """The diffrax solver object.
-
-        Returns:
-            A new instance of the method.
-        """
-        return SOLVERS[self.name][0]()
-
-    def controller(self, dtype: Any) -> diffrax.AbstractStepSizeController:
-        """The step-size controller: constant for fixed steps, PID with the tolerances otherwise.
-
-        Args:
-            dtype: the state's dtype (for the default tolerances).
-
-        Returns:
-            The controller.
-        """
-        if self.steps is not None:
-            return diffrax.ConstantStepSize()
-        rtol, atol = self.tolerances(dtype)
-        return diffrax.PIDController(rtol=rtol, atol=atol)
-
-    def dt0(self, t0: Any, t1: Any) -> Any:
-        """The initial step: ``(t1 - t0) / steps`` for fixed steps, None (automatic) otherwise.
-
-        Args:
-            t0: start time.
-            t1: end time.
-
-        Returns:
-            The step or None.
-        """
-        return None if self.steps is None else (t1 - t0) / self.steps
 
 
 # ----------------------------------------------------------------------------- validation
@@ -252,67 +100,59 @@ def check_params(params: Any) -> tuple[int, int]:
     return int(n), int(d)
 
 
-def check_times(ts: Any, T: float) -> Float[Array, " M"]:
-    """Validate save times: a non-empty, strictly increasing 1-d array within [0, T].
+def check_hyperparameter(name: str, val: Any) -> Any:
+    """A hyperparameter (T or a sigma) as a float, or a scalar tracer passed through unchecked.
 
     Args:
-        ts: the times.
-        T: the horizon.
+        name: the argument's name (for the message).
+        val: a real number, or a traced scalar (inside jit/vmap/grad).
 
     Returns:
-        ``ts`` as a float array.
+        ``float(val)``, or the tracer.
 
     Raises:
-        ValueError: ts is None, not 1-d, empty, not increasing or outside [0, T].
+        ValueError: not a real number, not finite, not > 0, or a traced value that is not a
+            real scalar.
     """
-    if ts is None:
-        raise ValueError("ts (the save times) must be given when depth is None")
-    ts = jnp.asarray(ts, jnp.result_type(float))
-    if ts.ndim != 1 or ts.size < 1:
-        raise ValueError(f"ts must be a non-empty 1-d array, got shape {ts.shape}")
-    if is_traced(ts):
-        return ts
-    if not bool(jnp.all(jnp.diff(ts) > 0)) or float(ts[0]) < 0 or float(ts[-1]) > T * (1 + 1e-12):
-        raise ValueError(f"ts must be strictly increasing within [0, T={T}]")
-    return ts
+    if is_traced(val):
+        if jnp.shape(val) != () or not jnp.issubdtype(jnp.result_type(val), jnp.floating):
+            raise ValueError(f"{name} must be a real scalar, got a traced {jnp.result_type(val)}{jnp.shape(val)}")
+        return val
+    if isinstance(val, bool) or not isinstance(val, (int, float, np.floating, np.integer)):
+        if not (isinstance(val, (np.ndarray, jax.Array)) and np.shape(val) == () and np.dtype(val.dtype).kind in "iuf"):
+            raise ValueError(f"{name} must be a real number, got {val!r}")
+    val = float(val)
+    if not (math.isfinite(val) and val > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {val!r}")
+    return val
 
 
-def check_solve(value: Any, ok: Any, solver: Solver, what: str, finite: Any = None) -> Any:
-    """Pass ``value`` on, failing loudly if the solve failed or the result is not finite.
+def hyper_jit(fn: Any) -> Any:
+    """``eqx.filter_jit(fn)`` that traces the hyperparameters of every :class:`NeuralODE` argument.
 
-    Works eagerly and under jit/vmap (see :func:`ntk_ode._checks.fail_if`).
+    ``eqx.filter_jit`` holds Python floats static, so a new sigma_w would recompile. Here each
+    model's float leaves become weakly typed scalar arrays first (dtype promotion is that of the
+    Python float: a float32 computation stays float32), so one compilation serves every setting
+    of an activation, head, input scaling and depth. Models nested in other pytrees (e.g. an
+    untied ResNet) are found too.
 
     Args:
-        value: the result (a pytree).
-        ok: the solve's success flag (scalar or batch).
-        solver: the solver used (named in the message).
-        what: what was computed (e.g. ``"apply"``, ``"empirical_ntk"``).
-        finite: the arrays whose finiteness is required (default: every leaf of ``value``).
+        fn: the function to compile.
 
     Returns:
-        ``value``.
-
-    Raises:
-        RuntimeError: the solve failed (step budget exhausted or step size collapsed).
-        FloatingPointError: a non-finite entry (the dynamics blew up).
+        The compiled function.
     """
-    value = fail_if(
-        value,
-        jnp.logical_not(ok),
-        f"{what}: the ODE solve failed ({solver.name}, steps={solver.steps}, "
-        f"max_steps={solver.max_steps}): the step budget was exhausted or the step size "
-        "collapsed. Raise max_steps, loosen rtol/atol, or check for blow-up (e.g. a "
-        "quadratic activation at large sigma_w T).",
-    )
-    leaves = jax.tree_util.tree_leaves(value if finite is None else finite)
-    bad = jnp.logical_not(jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in leaves])))
-    return fail_if(
-        value,
-        bad,
-        f"{what}: the result is not finite: the dynamics blew up (the hidden state "
-        "overflowed). Lower sigma_w T, the input norms, or the depth's step.",
-        FloatingPointError,
-    )
+    jitted = eqx.filter_jit(fn)
+
+    def lift(a: Any) -> Any:
+        return jax.tree.map(jnp.asarray, a) if isinstance(a, NeuralODE) else a
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = jax.tree.map(lift, (args, kwargs), is_leaf=lambda a: isinstance(a, NeuralODE))
+        return jitted(*args, **kwargs)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------- the model
@@ -331,15 +171,22 @@ class NeuralODE(eqx.Module):
         head: ``"linear"`` (``v . h_T``) or ``"phi"`` (``v . phi(h_T)``).
         input_scaling: ``"sqrt_d"`` (divide by sqrt(d)) or ``"none"``.
 
-    All fields are static: the model is hashable and can be closed over or passed to ``jit``
-    as a static argument.
+    The hyperparameters ``T``, ``sigma_w``, ``sigma_u`` and ``sigma_v`` are the model's pytree
+    leaves (Python floats, or tracers when the model is built inside a transformation); the
+    activation, head and input scaling are static. So a new hyperparameter never recompiles
+    ``apply``, ``grad`` or ``empirical_ntk`` (their jitted cores trace the leaves, see
+    :func:`hyper_jit`), a model built from a traced value works under ``jax.vmap``::
+
+        jax.vmap(lambda sw: NeuralODE("erf", sigma_w=sw).apply(params, x))(jnp.linspace(0.5, 2, 8))
+
+    and a model of Python floats stays hashable (usable as a static argument or a cache key).
     """
 
     activation: Activation = eqx.field(static=True)
-    T: float = eqx.field(static=True)
-    sigma_w: float = eqx.field(static=True)
-    sigma_u: float = eqx.field(static=True)
-    sigma_v: float = eqx.field(static=True)
+    T: float
+    sigma_w: float
+    sigma_u: float
+    sigma_v: float
     head: Head = eqx.field(static=True)
     input_scaling: InputScaling = eqx.field(static=True)
 
@@ -354,12 +201,10 @@ class NeuralODE(eqx.Module):
         input_scaling: InputScaling = "sqrt_d",
     ):
         self.activation = get_activation(activation)
-        for name, val in (("T", T), ("sigma_w", sigma_w), ("sigma_u", sigma_u), ("sigma_v", sigma_v)):
-            if isinstance(val, bool) or not isinstance(val, (int, float, np.floating, np.integer)):
-                raise ValueError(f"{name} must be a real number, got {val!r}")
-            if not (math.isfinite(val) and val > 0):
-                raise ValueError(f"{name} must be finite and > 0, got {val!r}")
-        self.T, self.sigma_w, self.sigma_u, self.sigma_v = float(T), float(sigma_w), float(sigma_u), float(sigma_v)
+        self.T, self.sigma_w, self.sigma_u, self.sigma_v = (
+            check_hyperparameter(name, val)
+            for name, val in (("T", T), ("sigma_w", sigma_w), ("sigma_u", sigma_u), ("sigma_v", sigma_v))
+        )
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if input_scaling not in INPUT_SCALINGS:
@@ -713,17 +558,17 @@ class NeuralODE(eqx.Module):
         return jnp.swapaxes(check_solve(hs, ok, solver, "trajectory"), 0, 1)
 
 
-@eqx.filter_jit
+@hyper_jit
 def _forward_jit(model, params, x, depth, solver):
     return model.forward(params, x, depth, solver)
 
 
-@eqx.filter_jit
+@hyper_jit
 def _resnet_states_jit(model, params, x, depth):
     return model.resnet_states(params, x, depth)
 
 
-@eqx.filter_jit
+@hyper_jit
 def _trajectory_jit(model, params, x, ts, solver):
     sol = model.solve(params["W"], model.embed(params, x), solver, diffrax.SaveAt(ts=ts), 0.0, model.T)
     return sol.ys, sol.result == diffrax.RESULTS.successful

@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Sequence
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +24,7 @@ import numpy as np
 from ._checks import ArrayOrNumpy
 from .empirical import structured_blocks
 from .kernels import kernel_fn
-from .model import NeuralODE, Solver, check_depth, check_inputs
+from .model import NeuralODE, Solver, check_depth, check_inputs, hyper_jit
 from .results import atomic_write_json, check_resume, exclusive, fingerprint, provenance, read_json
 
 __all__ = ["width_sweep", "fit_slope", "seed_keys"]
@@ -77,12 +76,12 @@ def _one_seed(model, key, x, width, depth, solver):
     return jnp.stack(bl), ok
 
 
-@eqx.filter_jit
+@hyper_jit
 def _blocks_over_seeds(model, keys, x, width, depth, solver, batch_size):
     return jax.lax.map(lambda k: _one_seed(model, k, x, width, depth, solver), keys, batch_size=batch_size)
 
 
-@eqx.filter_jit
+@hyper_jit
 def _blocks_over_seeds_vmapped(model, keys, x, width, depth, solver):
     return jax.vmap(lambda k: _one_seed(model, k, x, width, depth, solver))(keys)
 

@@ -16,7 +16,6 @@ import time
 import warnings
 from typing import Any, Literal
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +26,7 @@ from ._checks import ArrayOrNumpy, check_depth, check_inputs
 from .empirical import empirical_ntk
 from .gradients import GradMethod, batch_vjp, check_grad_method, warn_backprop_through_kinks
 from .kernels import kernel_fn
-from .model import NeuralODE, Params, Solver, SolverName, check_params
+from .model import NeuralODE, Params, Solver, SolverName, check_params, hyper_jit
 from .results import ResumeError, atomic_write_npz, check_resume, exclusive, fingerprint, provenance, read_npz
 
 __all__ = ["train", "TrainResult", "mse_loss", "resolve_grad_method"]
@@ -80,7 +79,7 @@ def _check_targets(y, N, name):
     return jnp.asarray(y)
 
 
-@eqx.filter_jit
+@hyper_jit
 def _run_chunk(model, params, opt_state, x, y, n_steps, depth, method, solver, optimizer):
     def step(carry, _):
         p, s, ok = carry

@@ -47,7 +47,7 @@ class UntiedResNet(eqx.Module):
         step: ``"1/L"`` (step T / L, as the tied ResNet) or ``"1/sqrt(L)"`` (step sqrt(T / L)).
     """
 
-    model: NeuralODE = eqx.field(static=True)
+    model: NeuralODE  # its hyperparameters are leaves, as in NeuralODE
     depth: int = eqx.field(static=True)
     step: str = eqx.field(static=True)
 

@@ -144,3 +144,80 @@ def test_blow_up_is_loud():
     model, params, x = setup(activation="quadratic", T=50.0, sigma_w=3.0)
     with pytest.raises((RuntimeError, FloatingPointError)):
         model.apply(params, x * 5, max_steps=2000)
+
+
+class _Lowerings:
+    """Counts in-process compilations (each lowers to MLIR, cached executable or not)."""
+
+    def __init__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self)
+
+    def __call__(self, event, duration, **_):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            self.count += 1
+
+
+_LOWERINGS = _Lowerings()
+
+
+def test_a_new_setting_of_the_finite_width_model_compiles_nothing():
+    _, params, x = setup(width=16, d=3)
+    calls = {
+        "apply": lambda m: m.apply(params, x),
+        "resnet": lambda m: m.apply(params, x, depth=4),
+        "grad": lambda m: no.grad(m, params, x),
+        "backprop": lambda m: no.grad(m, params, x, method="backprop"),
+        "empirical_ntk": lambda m: no.empirical_ntk(m, params, x),
+        "trajectory": lambda m: m.trajectory(params, x, ts=jnp.linspace(0.0, m.T, 3)),
+    }
+    first = no.NeuralODE("erf", T=0.7, sigma_w=1.1)
+    outs = {k: f(first) for k, f in calls.items()}
+    second = no.NeuralODE("erf", T=1.9, sigma_w=2.3, sigma_u=0.6, sigma_v=1.4)
+    for k, f in calls.items():
+        before = _LOWERINGS.count
+        out = f(second)
+        assert _LOWERINGS.count == before, f"{k}: {_LOWERINGS.count - before} compilations for a new setting"
+        a, b = jax.tree.leaves(outs[k])[0], jax.tree.leaves(out)[0]
+        assert not np.allclose(np.asarray(a), np.asarray(b)), k  # really another model
+
+
+def test_vmap_over_hyperparameters_equals_one_by_one_and_gradients_match_differences():
+    _, params, x = setup()
+    sws, Ts = jnp.array([0.6, 1.3, 2.1]), jnp.array([0.5, 1.0, 1.7])
+    for depth in (None, 6):
+        batched = jax.vmap(lambda sw, T: no.NeuralODE("tanh", T=T, sigma_w=sw).apply(params, x, depth=depth))(sws, Ts)
+        single = [
+            no.NeuralODE("tanh", T=float(T), sigma_w=float(sw)).apply(params, x, depth=depth) for sw, T in zip(sws, Ts)
+        ]
+        np.testing.assert_allclose(batched, np.stack(single), rtol=0, atol=1e-13)
+
+    # depth L is exact (no solver tolerance), so central differences are accurate to ~1e-10
+    def f(sw, su, sv, T):
+        return (
+            no.NeuralODE("softplus", T=T, sigma_w=sw, sigma_u=su, sigma_v=sv, head="phi")
+            .apply(params, x, depth=5)
+            .sum()
+        )
+
+    theta = (1.7, 0.8, 1.2, 1.4)
+    g = jax.grad(f, argnums=(0, 1, 2, 3))(*theta)
+    for i in range(4):
+        h = 1e-5
+        up, dn = list(theta), list(theta)
+        up[i] += h
+        dn[i] -= h
+        fd = (f(*up) - f(*dn)) / (2 * h)
+        np.testing.assert_allclose(g[i], fd, rtol=1e-8, atol=1e-10)
+
+
+def test_hyperparameters_are_validated_and_models_stay_hashable():
+    m = no.NeuralODE("erf", T=np.float32(1.5), sigma_w=jnp.asarray(2.0))
+    assert isinstance(m.T, float) and isinstance(m.sigma_w, float) and m.T == 1.5
+    assert hash(m) == hash(no.NeuralODE("erf", T=1.5, sigma_w=2.0))
+    assert m == no.NeuralODE("erf", T=1.5, sigma_w=2.0)
+    for bad in (jnp.ones(2), True, "1", 1 + 1j, np.asarray(True)):
+        with pytest.raises(ValueError, match="sigma_w"):
+            no.NeuralODE(sigma_w=bad)
+    with pytest.raises(ValueError, match="T must be a real scalar"):
+        jax.vmap(lambda T: no.NeuralODE(T=T))(jnp.ones((2, 3)))

@@ -8,14 +8,13 @@ import os
 import time
 from typing import Any, ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import NeuralODE, Solver, kernel_fn
 from ..data import digits
-from ..model import check_solve
+from ..model import check_solve, hyper_jit
 from .common import Cells, Preset, figure, loglog, save_results, savefig
 
 
@@ -32,7 +31,7 @@ class GaussianConfig(Preset):
     FULL: ClassVar[dict] = dict(widths=(4, 16, 64, 256, 1024), n_seeds=4000)
 
 
-@eqx.filter_jit
+@hyper_jit
 def _outputs(model, keys, x, width, solver):
     def one(k):
         p = model.init(k, x.shape[1], width, x.dtype)

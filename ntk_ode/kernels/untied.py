@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +46,7 @@ def step_size(T: float, depth: int, step: str) -> float:
     Returns:
         The step s.
     """
-    return T / depth if step == "1/L" else math.sqrt(T / depth)
+    return T / depth if step == "1/L" else (T / depth) ** 0.5
 
 
 def _layer(duals: Duals, c2, S11, S22, S12, Th11, Th22, Th12):
