@@ -43,6 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import gaussian
+from .closed_duals import (
+    as_float,
+    erf_ddual,
+    erf_dual,
+    identity_ddual,
+    identity_dual,
+    quadratic_ddual,
+    quadratic_dual,
+    relu_ddual,
+    relu_dual,
+    relu_family_duals,
+)
 
 __all__ = [
     "Activation",
@@ -153,7 +165,7 @@ class Activation:
     def _dual(self, f, closed, a, b, c, method):
         if method == "auto":
             method = "closed" if closed is not None else "quad"
-        a, b, c = _as_float(a, b, c)
+        a, b, c = as_float(a, b, c)
         if method == "closed":
             if closed is None:
                 raise ValueError(f"activation {self.name!r} has no closed-form dual (method='closed')")
@@ -187,115 +199,6 @@ class Activation:
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
-
-
-def _as_float(*xs):
-    dt = jnp.result_type(float, *xs)
-    return jnp.broadcast_arrays(*(jnp.asarray(x, dt) for x in xs))
-
-
-# ----------------------------------------------------------------------------- closed forms
-
-
-def _arccos_correlation(a, b, c):
-    """The correlation, snapped to +-1 within 8 ulps: an input with itself at equal times has
-    rho = 1 exactly, but rounding of c / sqrt(ab) leaves 1 - eps, which arccos turns into an
-    error of sqrt(2 eps) ~ 2e-8 in theta (and so in the order-0 kernel)."""
-    rho = gaussian.correlation(a, b, c)
-    tol = 8 * jnp.finfo(rho.dtype).eps
-    return jnp.where(jnp.abs(rho) >= 1 - tol, jnp.sign(rho), rho)
-
-
-@jax.custom_jvp
-def _relu_dual(a, b, c):
-    # arc-cosine kernel of order 1: J1 = (sqrt(ab - c^2) + (pi - theta) c) / (2 pi)
-    rho = _arccos_correlation(a, b, c)
-    theta = jnp.arccos(rho)
-    s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0))
-    return (s * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0)) + (jnp.pi - theta) * rho * s) / (2.0 * jnp.pi)
-
-
-@_relu_dual.defjvp
-def _relu_dual_jvp(primals, tangents):
-    # dJ1/dc = J0 = (pi - theta) / (2 pi), dJ1/da = sqrt(ab - c^2) / (4 pi a) (and b alike): finite
-    # at rho = +-1, where differentiating the formula above gives inf - inf
-    a, b, c = _as_float(*primals)
-    da, db, dc = (jnp.broadcast_to(jnp.asarray(t, a.dtype), a.shape) for t in tangents)
-    rho = _arccos_correlation(a, b, c)
-    s = jnp.sqrt(jnp.maximum(a, 0.0)) * jnp.sqrt(jnp.maximum(b, 0.0)) * jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
-    pos = (a > 0) & (b > 0)
-    inv = lambda z: jnp.where(pos, 1.0 / jnp.where(pos, z, 1.0), 0.0)
-    j0 = jnp.where(pos, (jnp.pi - jnp.arccos(rho)) / (2.0 * jnp.pi), 0.0)
-    dj1 = s / (4.0 * jnp.pi) * (da * inv(a) + db * inv(b)) + j0 * dc
-    return _relu_dual(a, b, c), dj1
-
-
-@jax.custom_jvp
-def _relu_ddual(a, b, c):
-    # arc-cosine kernel of order 0: (pi - theta) / (2 pi); relu'(0) = 0, so 0 at zero variance
-    rho = _arccos_correlation(a, b, c)
-    theta = jnp.arccos(rho)
-    return jnp.where((a > 0) & (b > 0), (jnp.pi - theta) / (2.0 * jnp.pi), 0.0)
-
-
-@_relu_ddual.defjvp
-def _relu_ddual_jvp(primals, tangents):
-    # dJ0 = drho / (2 pi sqrt(1 - rho^2)), drho = dc / sqrt(ab) - rho (da / a + db / b) / 2. At
-    # rho = +-1 exactly (an input with itself at equal times) every perturbation of the kernel's
-    # hyperparameters keeps rho there, so the derivative is taken as 0 (the one-sided limit)
-    a, b, c = _as_float(*primals)
-    da, db, dc = (jnp.broadcast_to(jnp.asarray(t, a.dtype), a.shape) for t in tangents)
-    rho = _arccos_correlation(a, b, c)
-    pos = (a > 0) & (b > 0)
-    a1, b1 = jnp.where(pos, a, 1.0), jnp.where(pos, b, 1.0)
-    drho = dc / (jnp.sqrt(a1) * jnp.sqrt(b1)) - 0.5 * rho * (da / a1 + db / b1)
-    gap = 1.0 - rho * rho
-    inner = pos & (gap > 0)
-    dj0 = jnp.where(inner, drho / (2.0 * jnp.pi * jnp.sqrt(jnp.where(inner, gap, 1.0))), 0.0)
-    return _relu_ddual(a, b, c), dj0
-
-
-def _relu_family_duals(pos: float, neg: float):
-    """Closed-form duals of ``phi(u) = pos max(u, 0) + neg min(u, 0)``.
-
-    With J1, J0 the arc-cosine kernels (relu's duals) and ``min(u, 0) = -max(-u, 0)``:
-    ``E phi phi = (pos^2 + neg^2) J1(c) - 2 pos neg J1(-c)`` and
-    ``E phi' phi' = (pos^2 + neg^2) J0(c) + 2 pos neg J0(-c)`` (phi'(0) = 0 by convention).
-    """
-
-    def dual(a, b, c):
-        return (pos * pos + neg * neg) * _relu_dual(a, b, c) - 2.0 * pos * neg * _relu_dual(a, b, -c)
-
-    def ddual(a, b, c):
-        return (pos * pos + neg * neg) * _relu_ddual(a, b, c) + 2.0 * pos * neg * _relu_ddual(a, b, -c)
-
-    return dual, ddual
-
-
-def _erf_dual(a, b, c):
-    return (2.0 / jnp.pi) * jnp.arcsin(jnp.clip(2.0 * c / jnp.sqrt((1.0 + 2.0 * a) * (1.0 + 2.0 * b)), -1.0, 1.0))
-
-
-def _erf_ddual(a, b, c):
-    # E[(2/sqrt(pi))^2 exp(-u^2 - v^2)] = (4/pi) det(I + 2 Sigma)^(-1/2)
-    det = (1.0 + 2.0 * a) * (1.0 + 2.0 * b) - 4.0 * c * c
-    return (4.0 / jnp.pi) / jnp.sqrt(det)
-
-
-def _identity_dual(a, b, c):
-    return c
-
-
-def _identity_ddual(a, b, c):
-    return jnp.ones_like(c)
-
-
-def _quadratic_dual(a, b, c):
-    return a * b + 2.0 * c * c  # E u^2 v^2 (Isserlis)
-
-
-def _quadratic_ddual(a, b, c):
-    return 4.0 * c  # E (2u)(2v)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -526,7 +429,7 @@ def relu_family(pos: float, neg: float, name: str | None = None) -> Activation:
     pos, neg = float(pos), float(neg)
     if not (math.isfinite(pos) and math.isfinite(neg)):
         raise ValueError(f"pos and neg must be finite, got {pos!r}, {neg!r}")
-    dual, ddual = _relu_family_duals(pos, neg)
+    dual, ddual = relu_family_duals(pos, neg)
 
     def fn(z):
         return pos * jnp.maximum(z, 0.0) + neg * jnp.minimum(z, 0.0)
@@ -557,8 +460,8 @@ _BUILTIN = [
         phi_lipschitz=True,
         dphi_lipschitz=False,
         polynomial=False,
-        closed_form_dual=_relu_dual,
-        closed_form_ddual=_relu_ddual,
+        closed_form_dual=relu_dual,
+        closed_form_ddual=relu_ddual,
         kinks=(0.0,),
         arccos_form=True,
     ),
@@ -576,8 +479,8 @@ _BUILTIN = [
         dphi_lipschitz=True,
         polynomial=False,
         odd=True,
-        closed_form_dual=_erf_dual,
-        closed_form_ddual=_erf_ddual,
+        closed_form_dual=erf_dual,
+        closed_form_ddual=erf_ddual,
     ),
     Activation(
         name="sigmoid", fn=jax.nn.sigmoid, dfn=_dsigmoid, phi_lipschitz=True, dphi_lipschitz=True, polynomial=False
@@ -591,8 +494,8 @@ _BUILTIN = [
         phi_lipschitz=False,
         dphi_lipschitz=True,
         polynomial=True,
-        closed_form_dual=_quadratic_dual,
-        closed_form_ddual=_quadratic_ddual,
+        closed_form_dual=quadratic_dual,
+        closed_form_ddual=quadratic_ddual,
     ),
     Activation(
         name="identity",
@@ -602,8 +505,8 @@ _BUILTIN = [
         dphi_lipschitz=True,
         polynomial=True,
         odd=True,
-        closed_form_dual=_identity_dual,
-        closed_form_ddual=_identity_ddual,
+        closed_form_dual=identity_dual,
+        closed_form_ddual=identity_ddual,
     ),
 ]
 for _a in _BUILTIN:

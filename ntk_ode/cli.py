@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import load_matrix
 from .results import prepare_output
 
 
@@ -39,207 +40,6 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _plot_loglog(path, x, ys, labels, xlabel, ylabel, title, theory_slope, errs=None):
-    from .experiments.common import figure, loglog, savefig
-
-    plt = figure()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for i, (y, lab) in enumerate(zip(ys, labels)):
-        loglog(ax, x, y, lab, theory_slope=theory_slope if i == 0 else None, err=None if errs is None else errs[i])
-    ax.plot([], [], "k--", lw=0.8, label=f"theory slope {theory_slope:g}")
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(fontsize=8)
-    savefig(fig, os.path.dirname(path), os.path.basename(path))
-    plt.close(fig)
-
-
-def cmd_demo(args) -> int:
-    """Quick E1 (ODE vs ResNet gaps), E2 (NTK vs width) and the K_inf spectrum on bundled digits."""
-    _enable_x64()
-    import jax
-    import jax.numpy as jnp
-
-    import ntk_ode as no
-    from ntk_ode.data import digits
-    from ntk_ode.experiments.common import seed_error
-    from ntk_ode.results import atomic_write_json, versions
-    from ntk_ode.sweep import fit_slope
-
-    out = args.out
-    if args.max_width < 256:
-        raise ValueError(f"--max-width must be at least 256, got {args.max_width}")
-    os.makedirs(out, exist_ok=True)
-    t_start = time.perf_counter()
-    x, y = digits((0, 1), n=args.n, seed=args.seed)
-    model = no.NeuralODE("softplus", T=1.0)
-    summary: dict[str, Any] = {
-        "config": {
-            "data": "sklearn digits 0 vs 1, centred, on the unit sphere",
-            "n_points": args.n,
-            "activation": "softplus",
-            "T": 1.0,
-            "seed": args.seed,
-        },
-        "versions": versions(),
-    }
-
-    # E1: the same weights in the ODE and in ResNets of depth L
-    print("[1/3] E1: Neural ODE vs weight-tied ResNet of depth L (softplus, width 256)", flush=True)
-    xs = x[:8]
-    params = model.init(jax.random.PRNGKey(args.seed), d=x.shape[1], width=256)
-    f = model.apply(params, xs, rtol=1e-12, atol=1e-12)
-    g = no.grad(model, params, xs, rtol=1e-12, atol=1e-12)
-    Ls = [8, 16, 32, 64, 128, 256]
-    out_gap, grad_gap = [], []
-    for L in Ls:
-        out_gap.append(float(jnp.max(jnp.abs(model.apply(params, xs, depth=L) - f))))
-        gL = no.grad(model, params, xs, depth=L, method="backprop")
-        grad_gap.append(float(jnp.sqrt(sum(jnp.sum((gL[k] - g[k]) ** 2) for k in "UWv"))))
-    s1 = [fit_slope(Ls, out_gap), fit_slope(Ls, grad_gap)]
-    summary["E1"] = {
-        "L": Ls,
-        "output_gap": out_gap,
-        "gradient_gap": grad_gap,
-        "slope_output": s1[0],
-        "slope_gradient": s1[1],
-    }
-    _plot_loglog(
-        os.path.join(out, "e1_gaps"),
-        Ls,
-        [out_gap, grad_gap],
-        [r"$\max_i |f^L(x_i) - f(x_i)|$", r"$\|\nabla_\theta f^L - \nabla_\theta f\|$"],
-        "depth $L$",
-        "gap",
-        "E1: ResNet $\\to$ Neural ODE (softplus)",
-        -1.0,
-    )
-
-    # E2: finite-width NTK -> K_inf
-    widths = [w for w in (128, 256, 512, 1024, 2048) if w <= args.max_width]
-    print(f"[2/3] E2: finite-width NTK vs K_inf over widths {widths[0]}..{widths[-1]} (6 seeds each)", flush=True)
-    sw = no.width_sweep(
-        model,
-        xs,
-        widths,
-        6,
-        seed=args.seed,
-        solver=no.Solver(rtol=1e-8, atol=1e-8),
-        out=os.path.join(out, "e2_sweep"),
-        progress=True,
-    )
-    summary["E2"] = {
-        "widths": sw["widths"].tolist(),
-        "mean_rel_distance": sw["mean_dist"].tolist(),
-        "slope": sw["slope"],
-    }
-    _plot_loglog(
-        os.path.join(out, "e2_width"),
-        sw["widths"],
-        [sw["mean_dist"]],
-        [r"$\|\Theta_n - K_\infty\|_F / \|K_\infty\|_F$"],
-        "width $n$",
-        "relative distance (mean $\\pm$ s.e. over 6 seeds)",
-        r"E2: NTK at width $n$ vs $K_\infty$",
-        -0.5,
-        [seed_error(sw["dist"])],
-    )
-
-    # K_inf on the training set: lambda_0 of Theorem 2
-    print(f"[3/3] K_inf on {len(x)} digits: lambda_0 = lambda_min", flush=True)
-    t0 = time.perf_counter()
-    K, err = no.kernel_fn(model, progress=True)(x, get="ntk", with_error=True)
-    ev = np.linalg.eigvalsh(np.asarray(K))
-    summary["kernel"] = {
-        "lambda_0": float(ev[0]),
-        "lambda_max": float(ev[-1]),
-        "condition": float(ev[-1] / ev[0]),
-        "error_estimate": float(err),
-        "time_s": time.perf_counter() - t0,
-    }
-    _plot_spectrum(os.path.join(out, "kernel_spectrum"), ev)
-    summary["time_s"] = time.perf_counter() - t_start
-    atomic_write_json(os.path.join(out, "summary.json"), summary)
-
-    print("\nsummary")
-    print(f"  E1 slope of output gap vs L      {s1[0]:+.3f}   (theory -1)")
-    print(f"  E1 slope of gradient gap vs L    {s1[1]:+.3f}   (theory -1)")
-    print(f"  E2 slope of ||Theta_n - K_inf||  {sw['slope']:+.3f}   (theory -1/2)")
-    print(f"  lambda_0 = lambda_min(K_inf)     {ev[0]:.4e}  (lambda_max {ev[-1]:.3e}, est. error {float(err):.1e})")
-    print(f"  total time                       {summary['time_s']:.1f} s; results in {out}/")
-    return 0
-
-
-def _plot_spectrum(path, ev):
-    from .experiments.common import figure, savefig
-
-    plt = figure()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.semilogy(np.arange(1, ev.size + 1), ev[::-1], "o-", ms=3)
-    ax.set(
-        xlabel="index $i$",
-        ylabel=r"eigenvalue $\lambda_i$ of $K_\infty$",
-        title=r"Spectrum of the limiting NTK ($\lambda_0$ = last)",
-    )
-    savefig(fig, os.path.dirname(path), os.path.basename(path))
-    plt.close(fig)
-
-
-def _load_matrix(path: str) -> np.ndarray:
-    """A data matrix from .npy (no pickles) or delimited text (header row and delimiter detected)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    if path.endswith(".npy"):
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(
-                f"{path} is not a numeric .npy array ({type(e).__name__}); save it with numpy.save from a float array"
-            ) from None
-    elif path.endswith((".csv", ".tsv", ".txt")):
-        x = _load_text(path)
-    else:
-        raise ValueError(f"{path}: expected a .npy, .csv, .tsv or .txt file")
-    if x.ndim != 2 or x.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{path}: expected a 2-d numeric array (one input per row), got shape {x.shape}, dtype {x.dtype}"
-        )
-    return x
-
-
-def _load_text(path: str) -> np.ndarray:
-    import csv
-
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise ValueError(f"{path} holds no data rows")
-    try:
-        delim = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t ").delimiter
-    except csv.Error:
-        delim = ","
-    rows = [
-        [c.strip() for c in csv.reader([ln], delimiter=delim, skipinitialspace=True).__next__() if c.strip()]
-        for ln in lines
-    ]
-
-    def numeric(row):
-        try:
-            [float(c) for c in row]
-            return True
-        except ValueError:
-            return False
-
-    if not numeric(rows[0]) and len(rows) > 1 and numeric(rows[1]):
-        rows = rows[1:]  # a header row
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)} (delimiter {delim!r})")
-    bad = next((i for i, r in enumerate(rows) if not numeric(r)), None)
-    if bad is not None:
-        raise ValueError(f"{path}: row {bad + 1} is not numeric: {rows[bad][:5]}")
-    return np.array([[float(c) for c in r] for r in rows])
-
-
 def _model_from(args):
     import ntk_ode as no
 
@@ -252,6 +52,15 @@ def _model_from(args):
         head=args.head,
         input_scaling=args.input_scaling,
     )
+
+
+def cmd_demo(args) -> int:
+    """Quick E1 (ODE vs ResNet gaps), E2 (NTK vs width) and the K_inf spectrum on bundled digits."""
+    _enable_x64()
+    from .experiments.demo import run_demo
+
+    run_demo(args.out, n=args.n, seed=args.seed, max_width=args.max_width)
+    return 0
 
 
 def cmd_kernel(args) -> int:
@@ -267,7 +76,7 @@ def cmd_kernel(args) -> int:
     if args.store is not None:
         return _kernel_to_store(args)
     prepare_output(args.out)
-    x = _load_matrix(args.data)
+    x = load_matrix(args.data)
     model = _model_from(args)
     t0 = time.perf_counter()
     k, err = no.kernel_fn(model, depth=args.depth, rtol=args.rtol, progress=True)(x, with_error=True)
@@ -311,7 +120,7 @@ def _kernel_to_store(args) -> int:
 
     from .tiles import kernel_to_disk
 
-    x = _load_matrix(args.data).astype(np.float64)
+    x = load_matrix(args.data).astype(np.float64)
     t0 = time.perf_counter()
     store = kernel_to_disk(
         _model_from(args),

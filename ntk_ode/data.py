@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 from jaxtyping import ArrayLike
 
-__all__ = ["to_sphere", "digits", "sphere", "teacher", "binary_task", "train_test_split", "mnist", "cifar10"]
+__all__ = [
+    "load_matrix",
+    "load_text",
+    "to_sphere",
+    "digits",
+    "sphere",
+    "teacher",
+    "binary_task",
+    "train_test_split",
+    "mnist",
+    "cifar10",
+]
 
 
 def to_sphere(x: ArrayLike) -> np.ndarray:
@@ -247,3 +260,82 @@ def cifar10(folder: str, split: Literal["train", "test"] = "train") -> tuple[np.
         ys.append(rec[:, 0].astype(int))
         xs.append(rec[:, 1:].astype(float) / 255.0)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def load_matrix(path: str) -> np.ndarray:
+    """A data matrix (one input per row) from .npy (no pickles) or delimited text.
+
+    Text files (.csv, .tsv, .txt): the delimiter (``,``, ``;``, tab or space) and a header row
+    are detected; ``#`` lines are comments.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The 2-d numeric array.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another extension, a pickle or a non-numeric, ragged or non-2-d array.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.endswith(".npy"):
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(
+                f"{path} is not a numeric .npy array ({type(e).__name__}); save it with numpy.save from a float array"
+            ) from None
+    elif path.endswith((".csv", ".tsv", ".txt")):
+        x = load_text(path)
+    else:
+        raise ValueError(f"{path}: expected a .npy, .csv, .tsv or .txt file")
+    if x.ndim != 2 or x.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{path}: expected a 2-d numeric array (one input per row), got shape {x.shape}, dtype {x.dtype}"
+        )
+    return x
+
+
+def load_text(path: str) -> np.ndarray:
+    """A numeric matrix from delimited text (see :func:`load_matrix`).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The 2-d float array.
+
+    Raises:
+        ValueError: no rows, ragged rows or a non-numeric row (named by its number).
+    """
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ValueError(f"{path} holds no data rows")
+    try:
+        delim = csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t ").delimiter
+    except csv.Error:
+        delim = ","
+    rows = [
+        [c.strip() for c in csv.reader([ln], delimiter=delim, skipinitialspace=True).__next__() if c.strip()]
+        for ln in lines
+    ]
+
+    def numeric(row):
+        try:
+            [float(c) for c in row]
+            return True
+        except ValueError:
+            return False
+
+    if not numeric(rows[0]) and len(rows) > 1 and numeric(rows[1]):
+        rows = rows[1:]  # a header row
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)} (delimiter {delim!r})")
+    bad = next((i for i, r in enumerate(rows) if not numeric(r)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: row {bad + 1} is not numeric: {rows[bad][:5]}")
+    return np.array([[float(c) for c in r] for r in rows])

@@ -42,7 +42,7 @@ def test_kernel_command(tmp_path, capsys):
 
 
 def test_text_data_with_header_and_other_delimiters(tmp_path, capsys):
-    from ntk_ode.cli import _load_matrix
+    from ntk_ode.data import load_matrix
 
     x = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -3.0]])
     for name, text in {
@@ -52,7 +52,7 @@ def test_text_data_with_header_and_other_delimiters(tmp_path, capsys):
         "d.txt": "# comment\n0.5 -1.0 2.0\n1.5 0.25 -3.0\n",
     }.items():
         (tmp_path / name).write_text(text)
-        np.testing.assert_array_equal(_load_matrix(str(tmp_path / name)), x)
+        np.testing.assert_array_equal(load_matrix(str(tmp_path / name)), x)
     (tmp_path / "bad.csv").write_text("1,2\n3\n")
     assert main(["kernel", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "k.npz")]) == 2
     assert "different numbers of columns" in capsys.readouterr().err
