@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ArrayOrNumpy", "check_depth", "check_inputs", "fail_if", "is_traced"]
+__all__ = ["ArrayOrNumpy", "check_depth", "check_inputs", "check_params", "fail_if", "is_traced"]
 
 A = TypeVar("A")
 ArrayOrNumpy: TypeAlias = jax.Array | np.ndarray
@@ -114,3 +114,33 @@ def check_inputs(x: Any, d: int | None = None, name: str = "x", expected_by: str
             + (f" after conversion to {np.dtype(dtype).name}" if np.all(np.isfinite(raw)) else "")
         )
     return jnp.asarray(x, dtype=dtype)
+
+
+def check_params(params: Any) -> tuple[int, int]:
+    """Validate ``{"U": (n, d), "W": (n, n), "v": (n,)}``.
+
+    Args:
+        params: the parameters (traced leaves are checked for shape only).
+
+    Returns:
+        ``(n, d)``: width and input dimension.
+
+    Raises:
+        ValueError: wrong keys, shapes or non-finite entries, naming the leaf.
+    """
+    if not isinstance(params, dict) or set(params) != {"U", "W", "v"}:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must be a dict with keys 'U', 'W', 'v', got {got}")
+    U, W, v = params["U"], params["W"], params["v"]
+    if jnp.ndim(U) != 2:
+        raise ValueError(f"params['U'] must have shape (n, d), got {jnp.shape(U)}")
+    n, d = jnp.shape(U)
+    if jnp.shape(W) != (n, n):
+        raise ValueError(f"params['W'] must have shape (n, n) = ({n}, {n}) to match U, got {jnp.shape(W)}")
+    if jnp.shape(v) != (n,):
+        raise ValueError(f"params['v'] must have shape (n,) = ({n},) to match U, got {jnp.shape(v)}")
+    if not is_traced(U, W, v):
+        for k in ("U", "W", "v"):
+            if not np.all(np.isfinite(np.asarray(params[k]))):
+                raise ValueError(f"params['{k}'] contains non-finite values")
+    return int(n), int(d)

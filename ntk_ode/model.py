@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import ArrayOrNumpy, check_depth, check_inputs, is_traced
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, check_params, is_traced
 from .activations import Activation, get_activation
 from .solvers import RK4, SOLVERS, Solver, SolverName, check_solve, check_times
 
@@ -68,36 +68,6 @@ and neural-tangents-style code working unchanged.
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def check_params(params: Any) -> tuple[int, int]:
-    """Validate ``{"U": (n, d), "W": (n, n), "v": (n,)}``.
-
-    Args:
-        params: the parameters (traced leaves are checked for shape only).
-
-    Returns:
-        ``(n, d)``: width and input dimension.
-
-    Raises:
-        ValueError: wrong keys, shapes or non-finite entries, naming the leaf.
-    """
-    if not isinstance(params, dict) or set(params) != {"U", "W", "v"}:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"params must be a dict with keys 'U', 'W', 'v', got {got}")
-    U, W, v = params["U"], params["W"], params["v"]
-    if jnp.ndim(U) != 2:
-        raise ValueError(f"params['U'] must have shape (n, d), got {jnp.shape(U)}")
-    n, d = jnp.shape(U)
-    if jnp.shape(W) != (n, n):
-        raise ValueError(f"params['W'] must have shape (n, n) = ({n}, {n}) to match U, got {jnp.shape(W)}")
-    if jnp.shape(v) != (n,):
-        raise ValueError(f"params['v'] must have shape (n,) = ({n},) to match U, got {jnp.shape(v)}")
-    if not is_traced(U, W, v):
-        for k in ("U", "W", "v"):
-            if not np.all(np.isfinite(np.asarray(params[k]))):
-                raise ValueError(f"params['{k}'] contains non-finite values")
-    return int(n), int(d)
 
 
 def check_hyperparameter(name: str, val: Any) -> Any:
