@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if, is_traced
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if
+from .batching import tile_starts, tiled
 from .gradients import ode_adjoint_states, resnet_adjoint_states
 from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve, hyper_jit
 
@@ -130,7 +131,7 @@ def _upper_tiles(mu, p, b, nb):
     N, Q, _ = mu.shape
     pad = lambda a: jnp.concatenate([a, jnp.zeros((nb * b - N,) + a.shape[1:], a.dtype)])
     mu, p = pad(mu), pad(p)
-    rows, cols = np.triu_indices(nb)
+    rows, cols = np.asarray(tile_starts(nb, nb, 1, True)).T  # the one tiler, tiles of one row
 
     def tile(ij):
         i, j = ij
@@ -230,64 +231,6 @@ def empirical_ntk_fn(
 def _generic_jit(model, params, x1, x2, depth, solver, method):
     impl = _jacobian_ntk if method == "jacobian" else _ntvp_ntk
     return impl(_out_fn(model, depth, solver), params, x1, x2)
-
-
-def tiled(fn: Callable, x1, x2, batch_size: int) -> tuple:
-    """Evaluate a kernel ``fn(a, b)`` (an array or a tuple of arrays, each (len(a), len(b))) tile
-    by tile over ``x1`` x ``x2`` (``x2=None``: x1 with itself, only tiles on and above the
-    diagonal, mirrored). Tiles are padded to ``batch_size`` rows, so one shape is compiled.
-
-    Args:
-        fn: the kernel of two input batches.
-        x1: inputs (N1, d).
-        x2: inputs (N2, d) or None.
-        batch_size: rows and columns per tile.
-
-    Returns:
-        A tuple of the assembled (N1, N2) arrays (numpy eagerly, JAX under tracing).
-    """
-    sym = x2 is None
-    xb = x1 if sym else x2
-    traced = is_traced(x1, xb)
-    b = batch_size
-    pad = lambda x: x if x.shape[0] == b else jnp.concatenate([x, jnp.repeat(x[-1:], b - x.shape[0], 0)])
-    starts1, starts2 = range(0, x1.shape[0], b), range(0, xb.shape[0], b)
-    out = None
-    rows: list = []
-    for i in starts1:
-        a = x1[i : i + b]
-        row: list[tuple | None] = []
-        for j in starts2:
-            c = xb[j : j + b]
-            if sym and j < i:
-                row.append(None)
-                continue
-            vals = fn(pad(a), pad(c))
-            vals = vals if isinstance(vals, tuple) else (vals,)
-            vals = tuple(v[: a.shape[0], : c.shape[0]] for v in vals)
-            if traced:
-                row.append(vals)
-                continue
-            if out is None:
-                out = tuple(np.empty((x1.shape[0], xb.shape[0]), np.asarray(v).dtype) for v in vals)
-            for o, v in zip(out, vals):
-                v = np.asarray(v)
-                o[i : i + a.shape[0], j : j + c.shape[0]] = v
-                if sym and j > i:
-                    o[j : j + c.shape[0], i : i + a.shape[0]] = v.T
-        rows.append(row)
-    if not traced:
-        assert out is not None
-        return out
-    n_out = len(next(t for t in rows[0] if t is not None))
-    full = []
-    for k in range(n_out):
-        grid = [
-            [rows[r][c][k] if rows[r][c] is not None else rows[c][r][k].T for c in range(len(starts2))]
-            for r in range(len(starts1))
-        ]
-        full.append(jnp.block(grid))
-    return tuple(full)
 
 
 # ----------------------------------------------------------------------------- public

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .batching import pad_rows, tile_starts
 from .distributed import split
 from .harmonics import zonal_kernel
 from .kernels import kernel_fn, norm_angle_kernel, parse_get
@@ -88,29 +89,6 @@ class KernelStore:
             The (N1, N2) array.
         """
         return np.load(self.path(name), mmap_mode="r" if mmap else None)
-
-
-def tile_starts(n1: int, n2: int, tile: int, symmetric: bool) -> list[tuple[int, int]]:
-    """The tiles' top-left corners in the order they are computed (row-major; for a symmetric
-    kernel only the tiles on and above the diagonal).
-
-    Args:
-        n1: rows.
-        n2: columns.
-        tile: tile edge.
-        symmetric: only tiles with ``column >= row``.
-
-    Returns:
-        ``[(row, column), ...]``.
-    """
-    return [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile) if not symmetric or j >= i]
-
-
-def _padded(a: np.ndarray, tile: int) -> np.ndarray:
-    """Rows padded to ``tile`` with copies of the first row (one compiled shape; no zero norms)."""
-    if a.shape[0] == tile:
-        return a
-    return np.concatenate([a, np.repeat(a[:1], tile - a.shape[0], axis=0)])
 
 
 def tile_kernel(
@@ -186,7 +164,7 @@ def tile_kernel(
 
     def fast(a, b):
         na, nb = a.shape[0], b.shape[0]
-        out = np.asarray(gram(_padded(a, tile), _padded(b, tile)))[:, :na, :nb]
+        out = np.asarray(gram(pad_rows(a, tile), pad_rows(b, tile)))[:, :na, :nb]
         return dict(zip(names, out)), errors
 
     return method, fast
