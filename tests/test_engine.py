@@ -13,28 +13,13 @@ jax.config.update("jax_enable_x64", True)
 X = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (6, 4)))
 
 
-class _Compilations:
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self)
-
-    def __call__(self, event, duration, **_):
-        # lowerings: every in-process compilation lowers, whether or not the persistent
-        # compilation cache (tests/conftest.py) then serves the executable
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            self.count += 1
-
-
-_COUNTER = _Compilations()
-
-
 @pytest.mark.parametrize("activation, depth", [("erf", None), ("relu", 8)])
-def test_a_new_sigma_w_or_T_compiles_nothing(activation, depth):
+def test_a_new_sigma_w_or_T_compiles_nothing(activation, depth, compilations):
     first = no.kernel_fn(no.NeuralODE(activation, sigma_w=1.0, T=1.0), depth)(X, get=("nngp", "ntk"))
-    before = _COUNTER.count
+    before = compilations.count
     other = no.NeuralODE(activation, sigma_w=1.37, T=0.61, sigma_v=1.2)
     second = no.kernel_fn(other, depth)(X, get=("nngp", "ntk"))
-    assert _COUNTER.count == before, f"{_COUNTER.count - before} compilations for a new setting"
+    assert compilations.count == before, f"{compilations.count - before} compilations for a new setting"
     assert not np.allclose(np.asarray(first.ntk), np.asarray(second.ntk))  # really another kernel
 
 

@@ -146,22 +146,7 @@ def test_blow_up_is_loud():
         model.apply(params, x * 5, max_steps=2000)
 
 
-class _Lowerings:
-    """Counts in-process compilations (each lowers to MLIR, cached executable or not)."""
-
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self)
-
-    def __call__(self, event, duration, **_):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            self.count += 1
-
-
-_LOWERINGS = _Lowerings()
-
-
-def test_a_new_setting_of_the_finite_width_model_compiles_nothing():
+def test_a_new_setting_of_the_finite_width_model_compiles_nothing(compilations):
     _, params, x = setup(width=16, d=3)
     calls = {
         "apply": lambda m: m.apply(params, x),
@@ -175,9 +160,9 @@ def test_a_new_setting_of_the_finite_width_model_compiles_nothing():
     outs = {k: f(first) for k, f in calls.items()}
     second = no.NeuralODE("erf", T=1.9, sigma_w=2.3, sigma_u=0.6, sigma_v=1.4)
     for k, f in calls.items():
-        before = _LOWERINGS.count
+        before = compilations.count
         out = f(second)
-        assert _LOWERINGS.count == before, f"{k}: {_LOWERINGS.count - before} compilations for a new setting"
+        assert compilations.count == before, f"{k}: {compilations.count - before} compilations for a new setting"
         a, b = jax.tree.leaves(outs[k])[0], jax.tree.leaves(out)[0]
         assert not np.allclose(np.asarray(a), np.asarray(b)), k  # really another model
 
