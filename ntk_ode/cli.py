@@ -69,6 +69,18 @@ def cmd_kernel(args) -> int:
     import ntk_ode as no
     from ntk_ode.results import atomic_write_npz, fingerprint, provenance
 
+    if (args.verify or args.repair) and args.store is None:
+        raise ValueError("--verify and --repair need --store FOLDER")
+    if args.verify:
+        from .store import verify
+
+        report = verify(args.store)
+        if not report.ok:
+            raise ValueError(f"{args.store} is damaged: {report.message()} (rerun the computation with --repair)")
+        print(f"{args.store}: intact (checksums of every array and tile match)")
+        return 0
+    if args.data is None:
+        raise ValueError("the data file is required (only --verify runs without it)")
     if args.processes is not None:
         if args.store is None:
             raise ValueError("--processes needs --store (each process writes its tiles into the folder)")
@@ -132,6 +144,7 @@ def _kernel_to_store(args) -> int:
         rtol=args.rtol if args.rtol is not None else 1e-8,
         method=args.method,
         progress=jax.process_index() == 0,
+        repair=args.repair,
     )
     if jax.process_index() == 0:
         errs = ", ".join(f"{n} {e:.1e}" for n, e in store.error.items())
@@ -314,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "infinite-width NNGP and NTK of a data set (.npy, or .csv with or without a header "
         "row, separated by commas, semicolons, tabs or spaces) -> .npz with provenance",
     )
-    k.add_argument("data", help="the data file, one input per row")
+    k.add_argument("data", nargs="?", default=None, help="the data file, one input per row (not with --verify)")
     k.add_argument("--out", default="kernel.npz", help="output .npz file (parent folders are created)")
     _model_args(k)
     k.add_argument("--rtol", type=float, default=None, help="target relative accuracy; none: 1e-8 in float64")
@@ -338,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="with --store: run as this many local processes under jax.distributed, splitting the tiles",
+    )
+    k.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --store: check the folder against its checksums without computing (exit 2 naming what is damaged)",
+    )
+    k.add_argument(
+        "--repair", action="store_true", help="with --store: recompute the tiles of a finished store that are damaged"
     )
     k.set_defaults(func=cmd_kernel)
 

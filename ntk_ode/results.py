@@ -83,7 +83,12 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
     """
     lock_path = os.fspath(path) + ".lock"
     prepare_output(lock_path)
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, FILE_MODE)
+    try:
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, FILE_MODE)
+    except OSError as e:
+        if os.path.islink(lock_path):
+            raise OSError(f"{lock_path} is a symbolic link: refusing to create or lock through it") from e
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -198,7 +203,7 @@ def prepare_output(path: str | os.PathLike) -> str:
         Its folder (absolute).
 
     Raises:
-        OSError: the folder cannot be created, is not writable, or ``path`` is a folder.
+        OSError: the folder cannot be created, is not writable, or ``path`` is a folder or a link.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -206,6 +211,8 @@ def prepare_output(path: str | os.PathLike) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise OSError(f"cannot create the output folder {folder!r} for {path!r}: {e.strerror or e}") from e
+    if os.path.islink(path):
+        raise OSError(f"{path!r} is a symbolic link: refusing to write through it (remove it or give another path)")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a folder; give a file path")
     if not os.access(folder, os.W_OK):

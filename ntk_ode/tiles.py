@@ -23,7 +23,6 @@ Tile kernels (``method``):
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -42,6 +41,16 @@ from .kernels.interpolants import clenshaw, cosine_to_u, cosines
 from .kernels.strategy import TABLE_MIN_PAIRS, choose, same_norm
 from .model import NeuralODE
 from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
+from .store import (
+    StoreError,
+    file_checksum,
+    marker_path,
+    open_nofollow,
+    read_markers,
+    safe_path,
+    tile_checksums,
+    verify,
+)
 
 METHODS = ("auto", "zonal", "table", "direct")
 DTYPES = ("float64", "float32")
@@ -170,15 +179,30 @@ def tile_kernel(
     return method, fast
 
 
-def _open_store(folder, names, shape, dtype):
-    """Create the ``.npy`` files at full size, reserving their disk space (a full disk fails here)."""
+MARKER_BYTES = 4096  # disk space of one tile marker (one file-system block)
+
+
+def _open_store(folder, names, shape, dtype, n_tiles):
+    """Create the ``.npy`` files at full size, reserving their disk space, and check the space of
+    the ``n_tiles`` markers too (a full disk fails here, before any computation)."""
+    import shutil
+
+    need = n_tiles * MARKER_BYTES
+    if shutil.disk_usage(folder).free < need + len(names) * math.prod(shape) * np.dtype(dtype).itemsize:
+        free = shutil.disk_usage(folder).free
+        raise OSError(
+            28,
+            f"{folder}: {free / 1e9:.2f} GB free, but the store needs "
+            f"{(need + len(names) * math.prod(shape) * np.dtype(dtype).itemsize) / 1e9:.2f} GB "
+            f"(arrays and {n_tiles} tile markers); nothing was computed",
+        )
     for n in names:
-        path = os.path.join(folder, f"{n}.npy")
+        path = safe_path(folder, f"{n}.npy")
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
         offset = arr.offset
         del arr
         size = offset + math.prod(shape) * np.dtype(dtype).itemsize
-        fd = os.open(path, os.O_RDWR)
+        fd = open_nofollow(path, os.O_RDWR)
         try:
             os.posix_fallocate(fd, 0, size)
         except OSError as e:
@@ -203,19 +227,6 @@ def _write_block(fd: int, offset: int, n2: int, row: int, col: int, block: np.nd
             data, pos = data[written:], pos + written
 
 
-def _marker(folder: str, i: int, j: int) -> str:
-    return os.path.join(folder, "tiles", f"{i}_{j}.json")
-
-
-def _finished(folder: str) -> dict:
-    done = {}
-    for path in glob.glob(os.path.join(folder, "tiles", "*.json")):
-        i, j = (int(v) for v in os.path.basename(path)[:-5].split("_"))
-        with open(path) as f:
-            done[(i, j)] = json.load(f)
-    return done
-
-
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -236,6 +247,7 @@ def kernel_to_disk(
     rtol: float = 1e-8,
     method: str = "auto",
     progress: bool = False,
+    repair: bool = False,
 ) -> KernelStore:
     """Write the infinite-width kernels of ``x1`` (and ``x2``) to ``folder``, tile by tile.
 
@@ -258,6 +270,8 @@ def kernel_to_disk(
         rtol: target relative accuracy of the tile kernel (default 1e-8, as kernel_fn in float64).
         method: one of ``METHODS`` (see the module's docstring).
         progress: a progress bar over this process's tiles.
+        repair: on a rerun of a finished store that fails verification
+            (:func:`ntk_ode.store.verify`), recompute the damaged tiles instead of refusing.
 
     Returns:
         A :class:`KernelStore`.
@@ -268,6 +282,8 @@ def kernel_to_disk(
             differing fields).
         OSError: the folder is not writable, the disk is too small (checked before computing),
             or a write failed (finished tiles are kept).
+        StoreError: a path inside the store is a symbolic link, or a finished store is
+            damaged (truncated, edited or deleted files, named) and ``repair`` is False.
     """
     names, _ = parse_get(get)
     if isinstance(tile, bool) or int(tile) != tile or tile < 1:
@@ -276,6 +292,9 @@ def kernel_to_disk(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is not None and np.asarray(x).dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a real (float or integer) array, got dtype {np.asarray(x).dtype}")
     x1 = np.asarray(x1, np.float64)
     symmetric = x2 is None
     x2 = x1 if symmetric else np.asarray(x2, np.float64)
@@ -297,23 +316,26 @@ def kernel_to_disk(
         "shape": shape,
         "inputs": fingerprint(x1, None if symmetric else x2),
     }
-    manifest = os.path.join(folder, "manifest.json")
+    manifest = safe_path(folder, "manifest.json")
+    starts = tile_starts(*shape, int(tile), symmetric)
     if jax.process_index() == 0:
         if os.path.exists(manifest):
-            with open(manifest) as f:
-                saved = json.load(f)
+            saved = _read_manifest(manifest)
             check_resume(manifest, saved["config"], config)
+            if saved.get("checksums"):  # a finished store: verify it, repair on request
+                _check_finished(folder, starts, repair, names, shape, dtype)
         else:
             if os.path.isdir(folder) and os.listdir(folder):
                 raise ResumeError(f"{folder} is not empty and holds no manifest.json: give a new or empty folder")
-            os.makedirs(os.path.join(folder, "tiles"), exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             if not os.access(folder, os.W_OK):
                 raise PermissionError(f"the output folder {folder!r} is not writable")
-            _open_store(folder, names, shape, dtype)
-            atomic_write_json(manifest, {"config": config, "versions": versions()})
+            _open_store(folder, names, shape, dtype, len(starts))  # a full disk leaves the folder empty
+            os.makedirs(safe_path(folder, "tiles"), exist_ok=True)
+            saved = {"config": config, "versions": versions(), "symmetric": symmetric}
+            atomic_write_json(manifest, saved)
     _barrier("ntk_ode.tiles.created")
-    starts = tile_starts(*shape, int(tile), symmetric)
-    done = _finished(folder)
+    done = read_markers(folder)
     mine = [s for s in split(starts) if s not in done]
     if mine:
         resolved, tile_fn = tile_kernel(
@@ -322,11 +344,16 @@ def kernel_to_disk(
         job = _Job(folder, names, shape, dtype, int(tile), symmetric, resolved)
         _compute(job, x1, x2, mine, tile_fn, progress, len(starts) - len(mine))
     _barrier("ntk_ode.tiles.finished")
-    done = _finished(folder)
+    done = read_markers(folder)
     missing = [s for s in starts if s not in done]
     if missing:
         raise RuntimeError(f"kernel_to_disk: {len(missing)} tiles of {folder} are not finished (first {missing[0]})")
-    error = {n: max(done[s]["error"][n] for s in starts) for n in names}
+    if jax.process_index() == 0:
+        saved = _read_manifest(manifest)  # (repair dropped its checksums)
+        if not saved.get("checksums"):  # finished now: record the whole files' checksums
+            sums = {n: file_checksum(safe_path(folder, f"{n}.npy")) for n in names}
+            atomic_write_json(manifest, {**saved, "symmetric": symmetric, "checksums": sums})
+    error = {n: _max_error([done[s]["error"].get(n, math.nan) for s in starts], n, folder) for n in names}
     methods = {done[s]["method"] for s in starts}
     return KernelStore(folder, names, shape, error, "+".join(sorted(methods)))
 
@@ -344,8 +371,8 @@ class _Job:
 
 def _compute(job: _Job, x1, x2, mine, f, progress, already) -> None:
     folder, names, shape, dtype, tile, symmetric = job.folder, job.names, job.shape, job.dtype, job.tile, job.symmetric
-    fds = {n: os.open(os.path.join(folder, f"{n}.npy"), os.O_RDWR) for n in names}
-    offsets = {n: np.load(os.path.join(folder, f"{n}.npy"), mmap_mode="r").offset for n in names}
+    fds = {n: open_nofollow(safe_path(folder, f"{n}.npy"), os.O_RDWR) for n in names}
+    offsets = {n: np.load(safe_path(folder, f"{n}.npy"), mmap_mode="r").offset for n in names}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -355,13 +382,15 @@ def _compute(job: _Job, x1, x2, mine, f, progress, already) -> None:
         for i, j in mine:
             blocks, errors = f(x1[i : i + tile], x2[j : j + tile])
             try:
+                written = {}
                 for n in names:
-                    block = blocks[n].astype(dtype)
+                    block = written[n] = blocks[n].astype(dtype)
                     _write_block(fds[n], offsets[n], shape[1], i, j, block)
                     if symmetric and i != j:
                         _write_block(fds[n], offsets[n], shape[1], j, i, block.T)
                     os.fdatasync(fds[n])
-                atomic_write_json(_marker(folder, i, j), {"error": errors, "method": job.method})
+                marker = {"error": errors, "method": job.method, "checksums": tile_checksums(written)}
+                atomic_write_json(marker_path(folder, i, j), marker)
             except OSError as e:
                 raise OSError(
                     e.errno,
@@ -375,6 +404,66 @@ def _compute(job: _Job, x1, x2, mine, f, progress, already) -> None:
             os.close(fd)
         if bar is not None:
             bar.close()
+
+
+def _read_manifest(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path} is unreadable or not JSON ({e}); move the folder away and start a new one") from e
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise StoreError(f"{path} is not a kernel store's manifest (no 'config')")
+    return saved
+
+
+def _check_finished(folder, starts, repair, names, shape, dtype) -> None:
+    """Verify a finished store; with ``repair``, drop the damaged tiles' markers (and recreate a
+    missing or truncated array) so that they are computed again."""
+    report = verify(folder, starts)
+    if report.ok:
+        return
+    if not repair:
+        raise StoreError(
+            f"{folder} is damaged: {report.message()}. Rerun with repair=True (ntk-ode kernel ... --repair) "
+            "to recompute the damaged tiles"
+        )
+    import logging
+
+    logging.getLogger("ntk_ode").warning("repairing %s: %s", folder, report.message())
+    for n in names:
+        path = safe_path(folder, f"{n}.npy")
+        try:
+            ok = np.load(path, mmap_mode="r", allow_pickle=False).shape == tuple(shape)
+        except (OSError, ValueError, EOFError):
+            ok = False
+        if not ok:  # the whole array is gone: every tile again
+            if os.path.exists(path):
+                os.unlink(path)
+            _open_store(folder, (n,), shape, dtype, 0)
+    for i, j in report.damaged:
+        p = marker_path(folder, i, j)
+        if os.path.exists(p):
+            os.unlink(p)
+    saved = _read_manifest(safe_path(folder, "manifest.json"))
+    saved.pop("checksums", None)
+    atomic_write_json(safe_path(folder, "manifest.json"), saved)
+
+
+def _max_error(errors: list, name: str, folder: str) -> float:
+    """The largest tile error; NaN (with a warning) when a tile's error is unknown, never dropped."""
+    arr = np.asarray(errors, float)
+    if np.any(np.isnan(arr)):
+        import warnings
+
+        warnings.warn(
+            f"{folder}: {int(np.sum(np.isnan(arr)))} tiles have no finite error estimate of {name}; "
+            "the store's error is reported as NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return math.nan
+    return float(arr.max())
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
