@@ -85,7 +85,8 @@ def check_inputs(x: Any, d: int | None = None, name: str = "x", expected_by: str
         expected_by: who requires ``d`` (for the message).
 
     Returns:
-        ``x`` as a floating JAX array (in the default float dtype if it was an integer array);
+        ``x`` as a floating JAX array (in the default float dtype if it was an integer or a
+        half-precision array);
         tracers pass through unchecked.
 
     Raises:
@@ -105,7 +106,9 @@ def check_inputs(x: Any, d: int | None = None, name: str = "x", expected_by: str
         raise ValueError(f"{name} must have at least one row and one column, got shape {raw.shape}")
     if d is not None and raw.shape[1] != d:
         raise ValueError(f"{name} has d={raw.shape[1]} features but {expected_by} d={d}")
-    dtype = jax.dtypes.canonicalize_dtype(raw.dtype) if raw.dtype.kind == "f" else jnp.result_type(float)
+    # integers and half precision (float16, bfloat16: 3 digits) compute in the default float
+    low = raw.dtype.kind != "f" or raw.dtype.itemsize < 4
+    dtype = jnp.result_type(float) if low else jax.dtypes.canonicalize_dtype(raw.dtype)
     with np.errstate(over="ignore"):
         finite = np.isfinite(raw.astype(dtype))  # after the cast: 1e39 overflows float32
     if not np.all(finite):
@@ -139,6 +142,9 @@ def check_params(params: Any) -> tuple[int, int]:
         raise ValueError(f"params['W'] must have shape (n, n) = ({n}, {n}) to match U, got {jnp.shape(W)}")
     if jnp.shape(v) != (n,):
         raise ValueError(f"params['v'] must have shape (n,) = ({n},) to match U, got {jnp.shape(v)}")
+    for k in ("U", "W", "v"):
+        if np.dtype(jnp.result_type(params[k])).kind not in "biuf":
+            raise ValueError(f"params['{k}'] must be a real array, got dtype {jnp.result_type(params[k])}")
     if not is_traced(U, W, v):
         for k in ("U", "W", "v"):
             if not np.all(np.isfinite(np.asarray(params[k]))):

@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import ArrayLike
 
 __all__ = [
+    "positive_int",
     "load_matrix",
     "load_text",
     "to_sphere",
@@ -24,6 +25,24 @@ __all__ = [
 ]
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` as an int, refusing anything but a positive integer.
+
+    Args:
+        name: the argument's name (for the message).
+        value: the value.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: not a positive integer (bools, fractions, 0 and negatives included).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def to_sphere(x: ArrayLike) -> np.ndarray:
     """Rows scaled to unit Euclidean norm.
 
@@ -34,11 +53,13 @@ def to_sphere(x: ArrayLike) -> np.ndarray:
         The rows divided by their norms (float64).
 
     Raises:
-        ValueError: x is not 2-d or has an all-zero row.
+        ValueError: x is not 2-d, is not finite or has an all-zero row.
     """
     x = np.asarray(x, float)
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, d), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x contains non-finite values")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ValueError("x has an all-zero row, which cannot be put on the sphere")
@@ -77,6 +98,7 @@ def digits(
     y = np.where(t == classes[0], 1.0, -1.0)
     idx = np.random.default_rng(seed).permutation(len(x))
     if n is not None:
+        n = positive_int("n", n)
         if n > len(x):
             raise ValueError(f"n={n} exceeds the {len(x)} available digits of classes {classes}")
         idx = idx[:n]
@@ -93,7 +115,11 @@ def sphere(N: int, d: int, seed: int = 0) -> np.ndarray:
 
     Returns:
         Points (N, d).
+
+    Raises:
+        ValueError: N or d is not a positive integer.
     """
+    N, d = positive_int("N", N), positive_int("d", d)
     return to_sphere(np.random.default_rng(seed).standard_normal((N, d)))
 
 
@@ -108,7 +134,12 @@ def teacher(N: int, d: int, seed: int = 0, noise: float = 0.0) -> tuple[np.ndarr
 
     Returns:
         ``(x (N, d), y (N,))``.
+
+    Raises:
+        ValueError: N or d is not a positive integer, or noise is negative or not finite.
     """
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite standard deviation >= 0, got {noise!r}")
     rng = np.random.default_rng(seed)
     x = sphere(N, d, seed)
     a, b = rng.standard_normal(d), rng.standard_normal(d)
@@ -291,6 +322,8 @@ def load_matrix(path: str) -> np.ndarray:
         x = load_text(path)
     else:
         raise ValueError(f"{path}: expected a .npy, .csv, .tsv or .txt file")
+    if x.ndim == 2 and x.dtype.kind == "f" and x.dtype.itemsize < 8:
+        x = x.astype(np.float64)  # float16/float32 files: computed in float64 from the stored values
     if x.ndim != 2 or x.dtype.kind not in "biuf":
         raise ValueError(
             f"{path}: expected a 2-d numeric array (one input per row), got shape {x.shape}, dtype {x.dtype}"

@@ -165,7 +165,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch_local(argv: Sequence[str], processes: int, *, timeout_s: int = 60, python: str | None = None) -> int:
+def launch_local(
+    argv: Sequence[str], processes: int, *, timeout_s: int = 60, python: str | None = None, force: bool = False
+) -> int:
     """Run ``python -m ntk_ode.cli *argv`` as ``processes`` local processes under jax.distributed.
 
     Each process gets the coordinator address, the process count and its id in the environment
@@ -177,21 +179,42 @@ def launch_local(argv: Sequence[str], processes: int, *, timeout_s: int = 60, py
         processes: how many processes (>= 1).
         timeout_s: the coordinator's wait for all processes to join.
         python: the interpreter (default this one).
+        force: allow more than 4 processes per local CPU core.
 
     Returns:
         0 if all succeeded, else the first failing exit status (a process JAX stopped because
         the others never joined exits with a "Deadline Exceeded" message).
+
+    Raises:
+        ValueError: ``processes`` is not a positive integer, or above 4 per CPU core without
+            ``force``.
+        OSError: a process could not be started (those already started are stopped first).
     """
     if isinstance(processes, bool) or int(processes) != processes or processes < 1:
         raise ValueError(f"processes must be a positive integer, got {processes!r}")
+    cap = 4 * (os.cpu_count() or 1)
+    if processes > cap and not force:
+        raise ValueError(
+            f"processes={processes} exceeds 4 per local CPU core ({cap}); each process holds a JAX runtime. "
+            "Pass force=True if you mean it"
+        )
     env = dict(os.environ)
     env[ENV_COORDINATOR] = f"127.0.0.1:{free_port()}"
     env[ENV_NUM_PROCESSES] = str(processes)
     env[ENV_TIMEOUT] = str(int(timeout_s))
-    procs = []
-    for i in range(int(processes)):
-        env_i = dict(env, **{ENV_PROCESS_ID: str(i)})
-        procs.append(subprocess.Popen([python or sys.executable, "-m", "ntk_ode.cli", *argv], env=env_i))
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(int(processes)):
+            env_i = dict(env, **{ENV_PROCESS_ID: str(i)})
+            procs.append(subprocess.Popen([python or sys.executable, "-m", "ntk_ode.cli", *argv], env=env_i))
+    except OSError as e:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise OSError(
+            e.errno, f"could not start process {len(procs)} of {processes} ({e}); the others were stopped"
+        ) from e
     status = 0
     try:
         while any(p.poll() is None for p in procs):

@@ -200,7 +200,13 @@ def predicted_lambda_min(spectrum: Spectrum, N: int) -> dict:
 
     Returns:
         ``{"rank_N": ..., "tail": ..., "k_star": ...}`` (nan when k_max is too small).
+
+    Raises:
+        ValueError: N is not a positive integer.
     """
+    if isinstance(N, bool) or int(N) != N or N < 1:
+        raise ValueError(f"N (the number of points) must be a positive integer, got {N!r}")
+    N = int(N)
     ev = np.repeat(spectrum.mu, spectrum.multiplicity.astype(int))
     ev = np.sort(ev)[::-1]
     rank = float(N * ev[N - 1]) if ev.size >= N else float("nan")

@@ -46,6 +46,7 @@ __all__ = [
     "Gaussian",
     "max_learning_rate",
     "kernel_solve",
+    "check_symmetric",
     "kernel_matvec",
     "KernelSolve",
 ]
@@ -188,6 +189,10 @@ def gradient_descent_mse(
     ) -> Any:
         """Outputs at time(s) ``t`` (steps; None = infinity); see :func:`gradient_descent_mse`."""
         kte = default_kte if k_test_train is None else k_test_train
+        if t is not None and not is_traced(t):
+            ta = np.asarray(t, np.float64)
+            if not np.all(np.isfinite(ta)) or np.any(ta < 0):
+                raise ValueError(f"t must be None (infinite time) or finite times >= 0, got {t!r}")
         if fx_test_0 is not None and kte is None:
             raise ValueError("fx_test_0 was given but no k_test_train: pass k_test_train (M, N) for test outputs")
         f0 = jnp.zeros_like(y, dtype=K.dtype) if fx_train_0 is None else jnp.broadcast_to(fx_train_0, y.shape)
@@ -195,9 +200,11 @@ def gradient_descent_mse(
         z = _matvec(V.T, r0, y.ndim)  # eigen-coordinates (N, *k)
         extra = (None,) * (y.ndim - 1)
         if t is None:
-            fx_train = jnp.broadcast_to(y, y.shape).astype(K.dtype)
-            # K^-1 r0 on the range of K (a singular kernel interpolates what it can reach)
+            # the limit t -> infinity: the residual's component in the range of K is gone, the
+            # one in its null space never moves (a singular kernel fits only what it can reach)
             tiny = jnp.finfo(K.dtype).eps * jnp.maximum(ev[-1], jnp.finfo(K.dtype).tiny) * K.shape[0]
+            stays = jnp.where(ev > tiny, 0.0, 1.0)
+            fx_train = y + _matvec(V, stays[(slice(None),) + extra] * z, y.ndim)
             g = jnp.where(ev > tiny, 1.0 / jnp.where(ev > tiny, ev, 1.0), 0.0)
             coef = g[(slice(None),) + extra] * z
         else:
@@ -315,6 +322,41 @@ def kernel_matvec(k: Any, v: Any, block: int = 4096) -> np.ndarray:
     return out
 
 
+def check_symmetric(k: Any, rtol: float = 1e-8, samples: int = 4096) -> None:
+    """Refuse a kernel that is not symmetric: all entries when it is small, else ``samples``
+    random pairs ``(i, j)`` and ``(j, i)`` (a memory-mapped K is never read whole here).
+
+    Args:
+        k: (N, N) array or ``numpy.memmap``.
+        rtol: tolerated ``|K_ij - K_ji|`` relative to the largest entry compared.
+        samples: pairs compared when N^2 exceeds 4 ``samples``.
+
+    Raises:
+        ValueError: an asymmetry above ``rtol``, with its size and place.
+    """
+    N = k.shape[0]
+    if N * N <= 4 * samples:
+        K = np.asarray(k, np.float64)
+        i, j = np.triu_indices(N, 1)
+        a, b = K[i, j], K[j, i]
+    else:
+        rng = np.random.default_rng(0)
+        i, j = rng.integers(0, N, samples), rng.integers(0, N, samples)
+        a = np.array([float(k[p, q]) for p, q in zip(i, j)])
+        b = np.array([float(k[q, p]) for p, q in zip(i, j)])
+    if a.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(a - b)
+        scale = max(float(np.nanmax(np.abs(np.concatenate([a, b])))), 1e-300)
+    worst = int(np.nanargmax(gap)) if np.any(np.isfinite(gap)) else 0
+    if np.nanmax(gap, initial=0.0) > rtol * scale:
+        raise ValueError(
+            f"k is not symmetric: |K[{i[worst]}, {j[worst]}] - K[{j[worst]}, {i[worst]}]| = {gap[worst]:.3g} "
+            f"(relative {gap[worst] / scale:.1e}); a kernel matrix must be symmetric"
+        )
+
+
 def kernel_solve(
     k: Any,
     y: Any,
@@ -348,8 +390,8 @@ def kernel_solve(
         A :class:`KernelSolve`.
 
     Raises:
-        ValueError: bad shapes or options, or a Cholesky factorization that fails (not positive
-            definite: add ``ridge``).
+        ValueError: bad shapes or options, a complex, non-finite or non-symmetric k, non-finite
+            y, or a Cholesky factorization that fails (not positive definite: add ``ridge``).
 
     Warns:
         RuntimeWarning: CG did not reach ``tol``.
@@ -358,17 +400,32 @@ def kernel_solve(
         raise ValueError(f"method must be 'auto', 'cholesky' or 'cg', got {method!r}")
     if not (np.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    if k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"k must be a square (N, N) matrix, got shape {k.shape}")
+    if not (np.isfinite(tol) and 0 < tol < 1):
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    if not hasattr(k, "ndim"):
+        k = np.asarray(k)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
+        raise ValueError(f"k must be a square (N, N) matrix with N >= 1, got shape {k.shape}")
+    if np.dtype(k.dtype).kind not in "biuf":
+        raise ValueError(f"k must be a real array, got dtype {k.dtype}")
     N = k.shape[0]
-    y = np.asarray(y, np.float64)
-    if y.shape[0] != N or y.ndim not in (1, 2):
+    y = np.asarray(y)
+    if np.dtype(y.dtype).kind not in "biuf":
+        raise ValueError(f"y must be a real array, got dtype {y.dtype}")
+    y = y.astype(np.float64)
+    if y.ndim not in (1, 2) or y.shape[0] != N:
         raise ValueError(f"y must have shape ({N},) or ({N}, c), got {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains non-finite values")
     Y = y.reshape(N, -1)
+    check_symmetric(k)
     if method == "auto":
         method = "cholesky" if 8.0 * N * N <= memory_limit else "cg"
     if method == "cholesky":
-        K = np.array(k, np.float64) + ridge * np.eye(N)
+        K = np.array(k, np.float64)
+        if not np.all(np.isfinite(K)):
+            raise ValueError("k contains non-finite values")
+        K = 0.5 * (K + K.T) + ridge * np.eye(N)
         try:
             C = np.linalg.cholesky(K)
         except np.linalg.LinAlgError:
@@ -380,9 +437,17 @@ def kernel_solve(
         return KernelSolve(A.reshape(y.shape), res, 0, "cholesky")
     maxiter = 10 * N if maxiter is None else int(maxiter)
     diag = np.array([float(k[i, i]) for i in range(N)]) + ridge
+    if not np.all(np.isfinite(diag)):
+        raise ValueError("k has a non-finite diagonal entry")
     if np.any(diag <= 0):
         raise ValueError("k has a non-positive diagonal entry (plus ridge): not positive definite")
-    op = lambda v: kernel_matvec(k, v, block) + ridge * v
+
+    def op(v):
+        out = kernel_matvec(k, v, block) + ridge * v
+        if not np.all(np.isfinite(out)):
+            raise ValueError("k contains non-finite values (a product with it is not finite)")
+        return out
+
     X = np.zeros_like(Y)
     R = Y.copy()
     Z = R / diag[:, None]

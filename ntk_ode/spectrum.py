@@ -39,8 +39,8 @@ def symmetric_part(K: ArrayLike, name: str = "K") -> np.ndarray:
         ValueError: K is not square or has non-finite entries.
     """
     K = np.asarray(K, float)
-    if K.ndim != 2 or K.shape[0] != K.shape[1]:
-        raise ValueError(f"{name} must be a square matrix, got shape {K.shape}")
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty square matrix, got shape {K.shape}")
     if not np.all(np.isfinite(K)):
         raise ValueError(f"{name} contains non-finite values")
     return 0.5 * (K + K.T)
@@ -106,7 +106,13 @@ def check_psd(K: ArrayLike, rtol: float = 1e-10, name: str = "K") -> float:
     Raises:
         ValueError: K is not symmetric or not PSD to the tolerance.
     """
+    if not (isinstance(rtol, (int, float, np.floating)) and math.isfinite(rtol) and rtol >= 0):
+        raise ValueError(f"rtol must be a finite number >= 0, got {rtol!r}")
     K = np.asarray(K, float)
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty square matrix, got shape {K.shape}")
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"{name} contains non-finite values")
     scale = max(np.max(np.abs(K)), 1e-300)
     if np.max(np.abs(K - K.T)) > rtol * scale:
         raise ValueError(f"{name} is not symmetric (max asymmetry {np.max(np.abs(K - K.T)):.2e})")

@@ -92,6 +92,7 @@ class UntiedResNet(eqx.Module):
 
         Raises:
             ValueError: bad inputs or a W that is not (L, n, n).
+            FloatingPointError: the output is not finite (blow-up).
         """
         x = check_inputs(x, params["U"].shape[1], "x", expected_by="params['U'] has")
         W = params["W"]
@@ -105,7 +106,14 @@ class UntiedResNet(eqx.Module):
             return h + c * m.activation.fn(h) @ Wl.T, None
 
         hL, _ = jax.lax.scan(layer, h0, W)
-        return m.readout(params["v"], hL)
+        out = m.readout(params["v"], hL)
+        return fail_if(
+            out,
+            jnp.logical_not(jnp.all(jnp.isfinite(out))),
+            "UntiedResNet.apply: the output is not finite: the hidden state overflowed (lower sigma_w, T "
+            "or the input norms)",
+            FloatingPointError,
+        )
 
 
 def untied_kernel(

@@ -196,7 +196,13 @@ def _probe_rows():
 def test_the_probe_table_in_the_docs_holds(probe, exc, fragment, tmp_path, monkeypatch):
     import ntk_ode
     import ntk_ode.data
+    import ntk_ode.distributed
     import ntk_ode.results  # the probes name these submodules
+    import ntk_ode.spectrum
+    import ntk_ode.sphere
+    import ntk_ode.store
+    import ntk_ode.tiles
+    import ntk_ode.untied
 
     monkeypatch.chdir(tmp_path)
     m = no.NeuralODE()

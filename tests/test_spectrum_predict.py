@@ -159,3 +159,21 @@ def test_predict_bad_input_and_stability_warning():
     with pytest.warns(RuntimeWarning, match="stability limit"):
         gradient_descent_mse(K, y, 2.5 * eta, discrete=True, normalization="sum")
     assert 2.0 / np.linalg.eigvalsh(K)[-1] == pytest.approx(max_learning_rate(K, normalization="sum"))
+
+
+def test_infinite_time_is_the_limit_also_for_a_singular_kernel():
+    from ntk_ode import predict
+
+    K = np.ones((2, 2))  # rank one: the residual's component along (1, -1) never moves
+    y = np.array([1.0, -1.0])
+    for f0 in (0.0, np.array([0.3, 0.1])):
+        f = predict.gradient_descent_mse(K, y, learning_rate=1.0)
+        np.testing.assert_allclose(f(None, fx_train_0=f0), f(1e8, fx_train_0=f0), atol=1e-12)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((5, 3))
+    K, y = A @ A.T, rng.standard_normal(5)  # rank 3 of 5
+    f = predict.gradient_descent_mse(K, y)
+    kte = rng.standard_normal((2, 3)) @ A.T
+    a, b = f(None, 0.0, 0.0, k_test_train=kte), f(1e6, 0.0, 0.0, k_test_train=kte)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-8)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-8)
