@@ -1,4 +1,4 @@
-"""Compilations and time per new hyperparameter setting of kernel_fn.
+"""Compilations and time per new hyperparameter setting of kernel_fn and of the finite-width model.
 
     python benchmarks/compilations.py [--out results/bench]
 
@@ -46,6 +46,34 @@ def measure(activation: str, depth, x) -> list[dict]:
         np.asarray(k)
         rows.append(dict(sigma_w=sigma_w, T=T, compilations=_COMPILES[0] - c0, seconds=time.perf_counter() - t0))
     return rows
+
+
+def finite_width(x, width: int = 32) -> dict:
+    """Compilations of the finite-width model per new setting: apply (ODE and depth 8), grad
+    (adjoint) and empirical_ntk, for the first model and then each new setting."""
+    calls = {
+        "apply ODE": lambda m, p: m.apply(p, x),
+        "apply depth 8": lambda m, p: m.apply(p, x, depth=8),
+        "grad (adjoint)": lambda m, p: no.grad(m, p, x),
+        "empirical_ntk": lambda m, p: no.empirical_ntk(m, p, x),
+    }
+    params = no.NeuralODE("tanh").init(jax.random.PRNGKey(0), x.shape[1], width)
+    res = {}
+    for name, f in calls.items():
+        rows = []
+        for sigma_w, T in SETTINGS:
+            model = no.NeuralODE("tanh", sigma_w=sigma_w, T=T)
+            c0, t0 = _COMPILES[0], time.perf_counter()
+            jax.block_until_ready(f(model, params))
+            rows.append(dict(compilations=_COMPILES[0] - c0, seconds=time.perf_counter() - t0))
+        res[name] = rows
+        new = rows[1:]
+        print(
+            f"{name:>16} (tanh, width {width}) | first {rows[0]['compilations']:>3d} compiles "
+            f"{rows[0]['seconds']:6.2f} s | new setting {np.mean([r['compilations'] for r in new]):5.1f} compiles "
+            f"{np.mean([r['seconds'] for r in new]):6.2f} s"
+        )
+    return res
 
 
 def vmapped_grid(x, side: int = 8) -> dict:
@@ -101,6 +129,7 @@ def main() -> None:
                 f"{act:>10} {str(depth):>5} | {rows[0]['compilations']:>15d} {rows[0]['seconds']:>6.2f} | "
                 f"{np.mean([r['compilations'] for r in new]):>13.1f} {np.mean([r['seconds'] for r in new]):>6.2f}"
             )
+    out["finite_width"] = finite_width(x)
     if hasattr(no.hyper, "traceable_kernel_fn"):
         out["vmapped_grid"] = vmapped_grid(x)
     os.makedirs(args.out, exist_ok=True)

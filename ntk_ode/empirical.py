@@ -189,7 +189,11 @@ def _ntvp_ntk(f, params, x1, x2):
 
 
 def empirical_ntk_fn(
-    f: Callable[[Any, Any], Array], method: Literal["jacobian", "ntvp"] = "jacobian"
+    f: Callable[[Any, Any], Array],
+    method: Literal["jacobian", "ntvp"] = "jacobian",
+    *,
+    trace_axes: tuple = (-1,),
+    vmap_axes: Any = None,
 ) -> Callable[..., Array]:
     """``ntk(x1, x2, params)`` for any ``f(params, x) -> (N, ...)``.
 
@@ -200,15 +204,25 @@ def empirical_ntk_fn(
     Args:
         f: the network, ``f(params, x)``.
         method: "jacobian" (jacrev, contracted leaf by leaf) or "ntvp" (NTK-vector products).
+        trace_axes: accepted for neural-tangents code: only the default (every output axis
+            after the batch axis traced: ``(-1,)`` for (N, k) outputs) is supported.
+        vmap_axes: accepted for neural-tangents code: only None is supported.
 
     Returns:
         ``ntk(x1, x2, params) -> (N1, N2)``.
 
     Raises:
-        ValueError: an unknown method.
+        ValueError: an unknown method, or ``trace_axes`` / ``vmap_axes`` other than the
+            supported ones.
     """
     if method not in ("jacobian", "ntvp"):
         raise ValueError(f"method must be 'jacobian' or 'ntvp', got {method!r}")
+    if tuple(trace_axes) != (-1,) or vmap_axes is not None:
+        raise ValueError(
+            f"empirical_ntk_fn traces every output axis after the batch axis (neural-tangents' "
+            f"trace_axes=(-1,) for (N, k) outputs) and does not take vmap_axes; got trace_axes={trace_axes!r}, "
+            f"vmap_axes={vmap_axes!r}"
+        )
     impl = _jacobian_ntk if method == "jacobian" else _ntvp_ntk
 
     @jax.jit

@@ -108,7 +108,22 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: fl
         problem.duals = duals  # the single-input solutions are kept per duals
         return certify(duals, problem, grid, inputs)
 
-    duals, delta = pick_duals(duals0, certify_on_problem, target)
+    if duals0.closed:
+        problem.duals = duals0
+        return duals0, 0.0
+    # the Mehler rungs are certified at the node variances of one solve (the first rung's), not
+    # one solve per rung; the choice is then certified again at its own solution
+    problem.duals = duals0
+    v0 = problem.probed_variances(grid, inputs)
+
+    def certify_at_v0(duals):
+        return certify_on_problem(duals) if duals.quad else mehler_certificate(duals, v0)
+
+    duals, delta = pick_duals(duals0, certify_at_v0, target)
+    if not duals.quad and duals.terms != duals0.terms:
+        delta = certify_on_problem(duals)
+        if delta > target:  # the variances moved with the duals: the full ladder from here
+            duals, delta = pick_duals(duals, certify_on_problem, target)
     problem.duals = duals
     if duals.closed or duals.quad or delta > target:
         return duals, delta

@@ -138,6 +138,27 @@ def _zonal(problem: Problem, grid, tol, block_size, shard, max_nodes):
     return zonal_values(tab, u), err
 
 
+def _stage_logger(progress: bool):
+    """A logger of the engine's stages (INFO on the "ntk_ode" logger), or a no-op."""
+    if not progress:
+        return lambda msg: None
+    import logging
+    import time
+
+    log, t0 = logging.getLogger("ntk_ode"), time.perf_counter()
+
+    def say(msg: str) -> None:
+        line = f"kernel_fn [{time.perf_counter() - t0:.1f} s]: {msg}"
+        if log.handlers:
+            log.info(line)
+        else:  # no logging set up (a script): the same stream as the progress bars
+            import sys
+
+            print(line, file=sys.stderr, flush=True)
+
+    return say
+
+
 def pair_kernels(
     model,
     duals0: Duals,
@@ -181,7 +202,14 @@ def pair_kernels(
     # the duals first (on the first grid: it sees the whole range of variances), then the time
     # grid with those duals, then the duals' certificate again on the chosen grid
     grid0 = first_grid(depth, nodes)
+    say = _stage_logger(progress)
+    say(f"certifying the duals on {inputs.size} probe inputs (largest variance first)")
     problem.duals, delta = choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
+    d = problem.duals
+    say(
+        f"duals: {'closed forms' if d.closed else 'quadrature (slow)' if d.quad else f'{d.terms} Mehler terms'}"
+        f" (relative bound {delta:.1e}); choosing the time grid"
+    )
     # kinked activations, the ODE: identical inputs give dPhi a kink along t = s, which
     # collocation resolves only algebraically; those pairs are extrapolated from the exact
     # depth-L recursions instead (Richardson) and left out of the collocation probe. Not with
@@ -190,6 +218,7 @@ def pair_kernels(
     same_input = identical_pairs(problem) if kinked and not problem.duals.quad else np.zeros(0, int)
     pick = probe_pairs(problem, exclude=same_input)
     grid, err = choose_grid(problem, depth, nodes, tol, pick, len(GETS))
+    say(f"time grid: {grid.size} nodes; solving {problem.i1.size} pairs")
     if grid is not grid0:
         delta = max(delta, certify(problem.duals, problem, grid, inputs))
     dual_err = None  # per unit kernel scale, or absolute when measured
