@@ -269,7 +269,13 @@ def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown in the help, and the epilog kept as written."""
+    """Defaults shown in the help (not for on/off flags, whose default is off), and the epilog
+    kept as written."""
+
+    def _get_help_string(self, action):
+        if isinstance(action, argparse._StoreTrueAction) or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _model_args(p: argparse.ArgumentParser, with_sigmas: bool = True) -> None:
@@ -369,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("names", nargs="+", metavar="NAME", help="experiment names E1..E12, or 'all'")
     g = r.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="small sizes (the default)")
+    g.add_argument(
+        "--quick", action="store_true", help="small sizes; the default when neither --quick nor --full is given"
+    )
     g.add_argument("--full", action="store_true", help="the larger sizes")
     r.add_argument("--out", default="results", help="output folder (created if missing)")
     r.add_argument("--data", default=None, help="folder with MNIST's IDX files (E4 and E8 then use MNIST)")
