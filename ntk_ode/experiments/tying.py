@@ -96,11 +96,11 @@ def run(cfg: TyingConfig, out: str, name: str = "E10") -> dict:
         "depth": {},
     }
     for act in cfg.activations:
-        res["vs_T"][act] = [
-            cells.get(f"{act} T={T} sw=1", functools.partial(_compare, act, T, 1.0, x)) for T in cfg.horizons
-        ]
+        # one key per (T, sigma_w), formatted one way: the cell at T = sigma_w = 1 is shared
+        key = lambda T, sw: f"{act} T={float(T):g} sw={float(sw):g}"  # noqa: B023 - used at once
+        res["vs_T"][act] = [cells.get(key(T, 1.0), functools.partial(_compare, act, T, 1.0, x)) for T in cfg.horizons]
         res["vs_sigma_w"][act] = [
-            cells.get(f"{act} T=1 sw={sw}", functools.partial(_compare, act, 1.0, sw, x)) for sw in cfg.sigmas
+            cells.get(key(1.0, sw), functools.partial(_compare, act, 1.0, sw, x)) for sw in cfg.sigmas
         ]
         res["depth"][act] = cells.get(f"{act} depths", functools.partial(_depth_convergence, act, cfg.depths, x))
     save_results(out, name, cfg, res, t0)
