@@ -2,7 +2,8 @@
 included, alternating, best of --repeat), on the docs/benchmarks.md rows: N = 100 general inputs
 and N = 1000 equal-norm inputs (softplus, T = 1, d = 8, float64, default rtol 1e-8), and with
 --table the N = 8000 (norm, norm, angle) table row (softplus ODE, d = 10, norms in
-[0.5, 2] sqrt(d), kernel_fn(table=True)).
+[0.5, 2] sqrt(d), kernel_fn(table=True)), and with --disk a store of N = 4000 equal-norm inputs
+in d = 64 (erf ODE, zonal tiles of 1024, checksums included in the new checkout).
 
     git worktree add /tmp/ntk_ode_old <revision>
     python benchmarks/kernel_speed_vs.py /tmp/ntk_ode_old . [--table]
@@ -27,7 +28,15 @@ elif table:
 else:
     X = rng.normal(size=(1000, 8)); X /= np.linalg.norm(X, axis=1, keepdims=True)
 t = time.perf_counter()
-no.kernel_fn(no.NeuralODE("softplus", T=1.0), table=True if table else "auto")(X, get="ntk").block_until_ready()
+if sys.argv[1] == "disk":  # equal-norm inputs in d = 64 to a store of zonal tiles (erf ODE)
+    import tempfile
+    from ntk_ode.tiles import kernel_to_disk
+    X = rng.normal(size=(4000, 64)); X /= np.linalg.norm(X, axis=1, keepdims=True)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        kernel_to_disk(no.NeuralODE("erf", T=1.0), X, folder=d + "/k", tile=1024)
+else:
+    no.kernel_fn(no.NeuralODE("softplus", T=1.0), table=True if table else "auto")(X, get="ntk").block_until_ready()
 print(time.perf_counter() - t)
 """
 
@@ -46,8 +55,11 @@ def main():
     ap.add_argument("new")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--table", action="store_true", help="also the N = 8000 table row (minutes)")
+    ap.add_argument("--disk", action="store_true", help="also an N = 4000 store of zonal tiles on disk")
+    ap.add_argument("--only", nargs="+", default=None, help="just these cases")
     args = ap.parse_args()
-    cases = ("general", "equal_norm", "table") if args.table else ("general", "equal_norm")
+    cases = ["general", "equal_norm"] + (["table"] if args.table else []) + (["disk"] if args.disk else [])
+    cases = args.only or cases
     res = {}
     for _ in range(args.repeat):
         for label, path in (("old", args.old), ("new", args.new)):
