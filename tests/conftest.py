@@ -39,24 +39,44 @@ def compilations():
 
 
 # The slow tier: `make test-slow` (and CI) runs these, `make test` leaves them out so that the
-# README's test command stays near 10 minutes on 2 cores. Each took over a minute on 2 loaded
-# cores (pytest --durations); they are end-to-end runs (demo, tutorials, kill-and-resume,
-# subprocess clusters) and the longest accuracy checks, each with a faster sibling in the
+# README's test command stays near 10 minutes on 2 cores. They are the 30 longest tests of a full
+# run (pytest --durations=30: each over 35 s on 2 cores), plus the two tests that share the
+# training fixture of the longest: end-to-end runs (demo, tutorials, kill-and-resume, training,
+# subprocess clusters) and the longest accuracy checks, each module keeping faster checks in the
 # default tier.
 SLOW = (
     "tests/test_tutorials.py::test_tutorial_runs[06_fit_hyperparameters]",
-    "tests/test_tutorials.py::test_tutorial_runs[04_activation_comparison]",
-    "tests/test_cli.py::test_demo_smallest",
-    "tests/test_docs.py::test_python_blocks_in_the_docs_run[README.md#0]",
     "tests/test_limits.py::test_ode_kernel_matches_richardson_of_resnet_kernels_and_rate",
-    "tests/test_limits.py::test_relu_closed_form_vs_quadrature",
-    "tests/test_untied.py::test_kernels_match_monte_carlo_of_finite_networks[tanh]",
     "tests/test_faults.py::test_killed_sweep_resumes_to_the_uninterrupted_result",
+    "tests/test_faults.py::test_killed_training_resumes_bit_identically",
+    "tests/test_untied.py::test_kernels_match_monte_carlo_of_finite_networks[tanh]",
+    "tests/test_model.py::test_a_new_setting_of_the_finite_width_model_compiles_nothing",
     "tests/test_limits_accuracy.py::test_relu_ode_kernel_reaches_1e8_with_honest_estimate",
     "tests/test_traceable.py::test_jit_and_vmap_over_parameters_equal_eager[None]",
+    "tests/test_docs.py::test_python_blocks_in_the_docs_run[README.md#0]",
+    "tests/test_cli.py::test_demo_smallest",
     "tests/test_empirical.py::test_batched_empirical_ntk_equals_the_unbatched_call",
-    "tests/test_tiles.py::test_two_processes_deal_the_seeds_of_a_width_sweep",
     "tests/test_untied.py::test_certified_untied_kernels_match_an_independent_recursion[gelu-1/sqrt(L)-phi-16-3.0-2.5-1.5]",
+    "tests/test_tiles.py::test_two_processes_deal_the_seeds_of_a_width_sweep",
+    "tests/test_empirical.py::test_width_sweep_slope_and_resume",
+    "tests/test_limits.py::test_symmetry_rectangular_and_psd",
+    "tests/test_limits.py::test_relu_closed_form_vs_quadrature",
+    "tests/test_tables.py::test_table_path_matches_direct_solves_within_its_bound[erf-None]",
+    "tests/test_limits_accuracy.py::test_registered_kinked_activation_kernel_estimate_is_honest",
+    "tests/test_experiments.py::test_experiment_runs_and_resumes[E7]",
+    "tests/test_empirical.py::test_monte_carlo_mean_matches_kernel_fn[tanh-linear]",
+    "tests/test_train.py::test_adjoint_and_backprop_training_agree_and_resume",
+    "tests/test_experiments.py::test_experiment_runs_and_resumes[E6]",
+    "tests/test_untied.py::test_certified_untied_kernels_match_an_independent_recursion[tanh-1/sqrt(L)-phi-16-3.0-2.5-3.0]",
+    "tests/test_tiles.py::test_two_processes_write_the_same_kernel_as_one",
+    "tests/test_empirical.py::test_three_methods_agree[linear-None]",
+    "tests/test_tutorials.py::test_tutorial_runs[04_activation_comparison]",
+    "tests/test_empirical.py::test_width_sweep_sharded_over_devices_equals_single_device",
+    "tests/test_empirical.py::test_monte_carlo_mean_matches_kernel_fn[tanh-phi]",
+    "tests/test_empirical.py::test_three_methods_agree[phi-None]",
+    "in",
+    "tests/test_train.py::test_ntk_stays_near_initialization",
+    "tests/test_train.py::test_infinite_width_prediction_improves_with_width",
 )
 
 
