@@ -35,7 +35,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CHECKSUM_KEY",
     "FILE_MODE",
+    "check_payload",
+    "payload_checksum",
     "LockedError",
     "exclusive",
     "ResumeError",
@@ -53,6 +56,7 @@ __all__ = [
 ]
 
 FILE_MODE = 0o644
+CHECKSUM_KEY = "__checksum__"  # the field of a JSON record that seals its payload
 log = logging.getLogger("ntk_ode")
 
 
@@ -263,8 +267,51 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> str:
     Raises:
         OSError: the file cannot be written.
     """
-    text = json.dumps(jsonable(obj), indent=1, allow_nan=True)
+    obj = jsonable(obj)
+    if isinstance(obj, dict):  # a results record: sealed by the checksum of its payload
+        obj = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+        obj[CHECKSUM_KEY] = payload_checksum(obj)
+    text = json.dumps(obj, indent=1, allow_nan=True)
     return atomic_write_bytes(path, text.encode())
+
+
+def payload_checksum(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a JSON record without its own checksum field (keys sorted, floats as JSON
+    writes them, so a record read back hashes the same).
+
+    Args:
+        record: a JSON-able dict.
+
+    Returns:
+        The hex digest.
+    """
+    body = {k: v for k, v in jsonable(dict(record)).items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def check_payload(record: Any, path: str) -> Any:
+    """Refuse a JSON record whose checksum field does not match its payload (edited by hand or
+    damaged after it was written); records without one (older files) pass.
+
+    Args:
+        record: the parsed JSON.
+        path: its file (named in the message).
+
+    Returns:
+        The record without its checksum field.
+
+    Raises:
+        ResumeError: the checksum does not match.
+    """
+    if not isinstance(record, dict) or CHECKSUM_KEY not in record:
+        return record
+    if record[CHECKSUM_KEY] != payload_checksum(record):
+        raise ResumeError(
+            f"{path} was changed after ntk_ode wrote it (its {CHECKSUM_KEY} does not match its contents), so it "
+            "is not used: restore it, or delete it to compute again (read_json(path, verify=False) reads it "
+            "for inspection)"
+        )
+    return {k: v for k, v in record.items() if k != CHECKSUM_KEY}
 
 
 def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> str:
@@ -295,18 +342,20 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], meta: M
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def read_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a JSON results file, refusing a truncated or foreign one.
+def read_json(path: str | os.PathLike, required: Iterable[str] = (), verify: bool = True) -> dict[str, Any]:
+    """Read a JSON results file, refusing a truncated, foreign or hand-edited one.
 
     Args:
         path: the file.
         required: top-level keys it must have.
+        verify: check the payload against its checksum (False: read it for inspection).
 
     Returns:
-        The parsed dict.
+        The parsed dict (without its checksum field).
 
     Raises:
-        ResumeError: the file is unreadable, not JSON, not an object or lacks a required key.
+        ResumeError: the file is unreadable, not JSON, not an object, lacks a required key, or
+            (with ``verify``) was changed after it was written.
     """
     path = os.fspath(path)
     try:
@@ -314,6 +363,10 @@ def read_json(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ResumeError(f"{path} is not a readable results file ({e}); move it away or delete it") from e
+    if verify:
+        data = check_payload(data, path)
+    elif isinstance(data, dict):
+        data.pop(CHECKSUM_KEY, None)
     missing = [k for k in required if not isinstance(data, dict) or k not in data]
     if missing:
         raise ResumeError(

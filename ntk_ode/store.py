@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .results import ResumeError, check_payload
+
 __all__ = [
     "StoreError",
     "Verification",
@@ -169,6 +171,10 @@ def read_marker(path: str) -> dict[str, Any]:
             marker = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StoreError(f"tile marker {path} is unreadable or not JSON ({e}); delete it to recompute the tile") from e
+    try:
+        marker = check_payload(marker, path)
+    except ResumeError as e:
+        raise StoreError(f"tile marker {path} was changed after it was written; delete it to recompute the tile") from e
     if not isinstance(marker, dict) or not isinstance(marker.get("error"), dict) or "method" not in marker:
         raise StoreError(f"tile marker {path} lacks its 'error' and 'method' fields; delete it to recompute the tile")
     return marker
@@ -266,9 +272,10 @@ def verify(folder: str | os.PathLike, starts: list | None = None) -> Verificatio
     try:
         with open(manifest_path, encoding="utf-8") as f:
             manifest = json.load(f)
+        manifest = check_payload(manifest, manifest_path)
         config = manifest["config"]
         names, shape, tile, dtype = list(config["get"]), tuple(config["shape"]), int(config["tile"]), config["dtype"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:  # ResumeError too
         raise StoreError(f"{manifest_path} is missing or damaged ({e}); {folder} cannot be verified") from e
     problems: list[str] = []
     damaged: set = set()

@@ -40,7 +40,16 @@ from .kernels import kernel_fn, norm_angle_kernel, parse_get
 from .kernels.interpolants import clenshaw, cosine_to_u, cosines
 from .kernels.strategy import TABLE_MIN_PAIRS, choose, same_norm
 from .model import NeuralODE
-from .results import ResumeError, atomic_write_json, check_resume, fingerprint, jsonable, versions
+from .results import (
+    ResumeError,
+    atomic_write_json,
+    check_payload,
+    check_resume,
+    fingerprint,
+    jsonable,
+    read_json,
+    versions,
+)
 from .store import (
     StoreError,
     file_checksum,
@@ -412,6 +421,10 @@ def _read_manifest(path: str) -> dict[str, Any]:
             saved = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StoreError(f"{path} is unreadable or not JSON ({e}); move the folder away and start a new one") from e
+    try:
+        saved = check_payload(saved, path)
+    except ResumeError as e:
+        raise StoreError(str(e)) from e
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise StoreError(f"{path} is not a kernel store's manifest (no 'config')")
     return saved
@@ -475,5 +488,4 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     Returns:
         ``{"config": {...}, "versions": {...}}``.
     """
-    with open(os.path.join(os.fspath(folder), "manifest.json")) as f:
-        return jsonable(json.load(f))
+    return jsonable(read_json(os.path.join(os.fspath(folder), "manifest.json"), verify=False))

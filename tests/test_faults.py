@@ -211,3 +211,16 @@ def test_the_probe_table_in_the_docs_holds(probe, exc, fragment, tmp_path, monke
         eval(probe, scope)
     assert type(info.value).__name__ == exc, (type(info.value).__name__, str(info.value))
     assert fragment in str(info.value), str(info.value)
+
+
+def test_a_hand_edited_results_file_is_refused_by_name_and_still_readable(tmp_path):
+    from ntk_ode.results import CHECKSUM_KEY, ResumeError, atomic_write_json, read_json
+
+    path = tmp_path / "sweep.json"
+    atomic_write_json(path, {"config": {"seed": 0}, "state": {"mean": 0.361, "nan": float("nan")}})
+    assert read_json(path, required=("config", "state"))["state"]["mean"] == 0.361
+    assert CHECKSUM_KEY not in read_json(path)
+    path.write_text(path.read_text().replace("0.361", "0.271"))
+    with pytest.raises(ResumeError, match="sweep.json was changed after ntk_ode wrote it"):
+        read_json(path, required=("config", "state"))
+    assert read_json(path, verify=False)["state"]["mean"] == 0.271  # inspection stays possible

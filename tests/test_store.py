@@ -142,3 +142,12 @@ def test_garbage_markers_and_manifests_are_named(reference, tmp_path):
     (work2 / "manifest.json").write_text("{")
     with pytest.raises(StoreError, match="manifest.json"):
         _store(work2)
+
+
+def test_a_hand_edited_marker_is_named(reference, tmp_path):
+    folder, _ = reference
+    work = _copy(folder, tmp_path / "k")
+    path = work / "tiles" / "0_4.json"
+    path.write_text(path.read_text().replace('"method": "direct"', '"method": "zonal"'))
+    with pytest.raises(StoreError, match="0_4.json was changed after it was written"):
+        _store(work)
