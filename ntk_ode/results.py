@@ -221,6 +221,12 @@ def prepare_output(path: str | os.PathLike) -> str:
         raise IsADirectoryError(f"{path!r} is a folder; give a file path")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"the output folder {folder!r} is not writable")
+    try:  # a real write: some folders pass the access check and refuse files (/proc, read-only mounts)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".ntk_ode_probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"cannot write files into the output folder {folder!r} ({e.strerror})") from e
     return folder
 
 
@@ -247,6 +253,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(e.errno, f"writing {path} failed: {e.strerror or e} (nothing was replaced)") from e
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
