@@ -40,7 +40,7 @@ def compilations():
 
 # The slow tier: `make test-slow` (and CI) runs these, `make test` leaves them out so that the
 # README's test command stays near 10 minutes on 2 cores. They are the 30 longest tests of a full
-# run (pytest --durations=30: each over 35 s on 2 cores), plus the two tests that share the
+# run (pytest --durations=30: each over 35 s on 2 cores), plus the three tests that share the
 # training fixture of the longest: end-to-end runs (demo, tutorials, kill-and-resume, training,
 # subprocess clusters) and the longest accuracy checks, each module keeping faster checks in the
 # default tier.
@@ -75,6 +75,8 @@ SLOW = (
     "tests/test_empirical.py::test_monte_carlo_mean_matches_kernel_fn[tanh-phi]",
     "tests/test_empirical.py::test_three_methods_agree[phi-None]",
     "in",
+    "tests/test_train.py::test_loss_below_theory_bound_and_geometric",
+    "tests/test_limits_accuracy.py::test_relu_near_duplicate_inputs_estimate_is_honest",
     "tests/test_train.py::test_ntk_stays_near_initialization",
     "tests/test_train.py::test_infinite_width_prediction_improves_with_width",
 )
