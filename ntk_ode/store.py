@@ -34,6 +34,7 @@ __all__ = [
     "marker_path",
     "open_nofollow",
     "read_marker",
+    "read_record",
     "read_markers",
     "safe_path",
     "tile_checksums",
@@ -154,6 +155,31 @@ def file_checksum(path: str, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
+def read_record(path: str, what: str, remedy: str) -> Any:
+    """A JSON record of a store (manifest or marker), checked against its payload checksum.
+
+    Args:
+        path: the file.
+        what: what it is (for the message).
+        remedy: what the user can do (for the message).
+
+    Returns:
+        The parsed record without its checksum field.
+
+    Raises:
+        StoreError: unreadable, not JSON, or changed after it was written (the file is named).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreError(f"{what} {path} is unreadable or not JSON ({e}); {remedy}") from e
+    try:
+        return check_payload(record, path)
+    except ResumeError as e:
+        raise StoreError(f"{what} {path} was changed after it was written; {remedy}") from e
+
+
 def read_marker(path: str) -> dict[str, Any]:
     """One tile marker, validated.
 
@@ -166,15 +192,7 @@ def read_marker(path: str) -> dict[str, Any]:
     Raises:
         StoreError: unreadable, not JSON, or without its fields (the file is named).
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            marker = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"tile marker {path} is unreadable or not JSON ({e}); delete it to recompute the tile") from e
-    try:
-        marker = check_payload(marker, path)
-    except ResumeError as e:
-        raise StoreError(f"tile marker {path} was changed after it was written; delete it to recompute the tile") from e
+    marker = read_record(path, "tile marker", "delete it to recompute the tile")
     if not isinstance(marker, dict) or not isinstance(marker.get("error"), dict) or "method" not in marker:
         raise StoreError(f"tile marker {path} lacks its 'error' and 'method' fields; delete it to recompute the tile")
     return marker

@@ -23,7 +23,6 @@ Tile kernels (``method``):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -43,7 +42,6 @@ from .model import NeuralODE
 from .results import (
     ResumeError,
     atomic_write_json,
-    check_payload,
     check_resume,
     fingerprint,
     jsonable,
@@ -56,6 +54,7 @@ from .store import (
     marker_path,
     open_nofollow,
     read_markers,
+    read_record,
     safe_path,
     tile_checksums,
     verify,
@@ -416,15 +415,7 @@ def _compute(job: _Job, x1, x2, mine, f, progress, already) -> None:
 
 
 def _read_manifest(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StoreError(f"{path} is unreadable or not JSON ({e}); move the folder away and start a new one") from e
-    try:
-        saved = check_payload(saved, path)
-    except ResumeError as e:
-        raise StoreError(str(e)) from e
+    saved = read_record(path, "the manifest", "move the folder away and start a new one")
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise StoreError(f"{path} is not a kernel store's manifest (no 'config')")
     return saved
