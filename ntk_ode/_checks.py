@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ArrayOrNumpy", "check_depth", "check_inputs", "check_params", "fail_if", "is_traced"]
+__all__ = ["ArrayOrNumpy", "check_depth", "check_inputs", "check_params", "fail_if", "is_traced", "positive_int"]
 
 A = TypeVar("A")
 ArrayOrNumpy: TypeAlias = jax.Array | np.ndarray
@@ -150,3 +150,21 @@ def check_params(params: Any) -> tuple[int, int]:
             if not np.all(np.isfinite(np.asarray(params[k]))):
                 raise ValueError(f"params['{k}'] contains non-finite values")
     return int(n), int(d)
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int, refusing anything but a positive integer.
+
+    Args:
+        name: the argument's name (for the message).
+        value: the value.
+
+    Returns:
+        ``int(value)``.
+
+    Raises:
+        ValueError: not a positive integer (bools, fractions, 0 and negatives included).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

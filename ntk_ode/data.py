@@ -10,8 +10,9 @@ from typing import Literal
 import numpy as np
 from jaxtyping import ArrayLike
 
+from ._checks import positive_int
+
 __all__ = [
-    "positive_int",
     "load_matrix",
     "load_text",
     "to_sphere",
@@ -23,24 +24,6 @@ __all__ = [
     "mnist",
     "cifar10",
 ]
-
-
-def positive_int(name: str, value) -> int:
-    """``value`` as an int, refusing anything but a positive integer.
-
-    Args:
-        name: the argument's name (for the message).
-        value: the value.
-
-    Returns:
-        ``int(value)``.
-
-    Raises:
-        ValueError: not a positive integer (bools, fractions, 0 and negatives included).
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def to_sphere(x: ArrayLike) -> np.ndarray:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, fail_if, positive_int
 from .batching import tile_starts, tiled
 from .gradients import ode_adjoint_states, resnet_adjoint_states
 from .model import NeuralODE, Params, Solver, SolverName, check_params, check_solve, hyper_jit
@@ -304,8 +304,7 @@ def empirical_ntk(
     x1 = check_inputs(x1, d, "x1")
     x2 = None if x2 is None else check_inputs(x2, d, "x2")
     depth = check_depth(depth)
-    if isinstance(quad_nodes, bool) or int(quad_nodes) != quad_nodes or quad_nodes < 1:
-        raise ValueError(f"quad_nodes must be a positive integer, got {quad_nodes!r}")
+    quad_nodes = positive_int("quad_nodes", quad_nodes)
     solver = Solver.make(solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
     if batch_size is not None:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
@@ -402,8 +401,7 @@ def monte_carlo_kernels(
     """
     if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2, got {n_samples!r}")
-    if isinstance(width, bool) or int(width) != width or width < 1:
-        raise ValueError(f"width must be a positive integer, got {width!r}")
+    width = positive_int("width", width)
     x1 = check_inputs(x1, None, "x1")
     x2 = None if x2 is None else check_inputs(x2, x1.shape[1], "x2")
     depth = check_depth(depth)

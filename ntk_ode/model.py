@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import ArrayOrNumpy, check_depth, check_inputs, check_params, is_traced
+from ._checks import ArrayOrNumpy, check_depth, check_inputs, check_params, is_traced, positive_int
 from .activations import Activation, get_activation
 from .solvers import RK4, SOLVERS, Solver, SolverName, check_solve, check_times
 
@@ -215,9 +215,7 @@ class NeuralODE(eqx.Module):
         Raises:
             ValueError: d or width not a positive integer.
         """
-        for name, val in (("d", d), ("width", width)):
-            if isinstance(val, bool) or int(val) != val or val < 1:
-                raise ValueError(f"{name} must be a positive integer, got {val!r}")
+        d, width = positive_int("d", d), positive_int("width", width)
         dtype = dtype or jnp.result_type(float)
         ku, kw, kv = jax.random.split(key, 3)
         n, d = int(width), int(d)
