@@ -206,3 +206,13 @@ def test_hyperparameters_are_validated_and_models_stay_hashable():
             no.NeuralODE(sigma_w=bad)
     with pytest.raises(ValueError, match="T must be a real scalar"):
         jax.vmap(lambda T: no.NeuralODE(T=T))(jnp.ones((2, 3)))
+
+
+def test_traced_hyperparameters_keep_float32_computations_in_float32():
+    model, params, x = setup(width=16, d=3, activation="tanh", sigma_w=1.7, T=0.8)
+    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    x32 = x.astype(jnp.float32)
+    y32 = model.apply(p32, x32)  # the weakly typed hyperparameters must not promote to float64
+    assert y32.dtype == jnp.float32
+    np.testing.assert_allclose(y32, model.apply(params, x), rtol=2e-4, atol=2e-5)  # float32 accuracy
+    assert no.grad(model, p32, x32)["W"].dtype == jnp.float32
