@@ -179,3 +179,43 @@ def test_float32_duals_with_honest_estimates(name):
         )
         assert np.all(true <= 1e-5 * scale**2 + 1e-30), (name, true / scale**2)
         assert np.all(np.asarray(e, np.float64) >= true), (name, true, e)
+
+
+# (a, b, rho) across the range the Mehler ladder covers and beyond it (where it must hand over)
+LADDER_CASES = [
+    (0.5, 2.0, -1.0),
+    (9.0, 9.0, 1.0),
+    (30.0, 45.0, 0.999),
+    (45.0, 45.0, -1.0),
+    (120.0, 60.0, 0.3),
+    (1e4, 1e4, 1.0),
+]
+
+
+@pytest.mark.parametrize("name", QUAD)
+def test_engine_duals_at_any_variance_match_the_reference_within_their_certificate(name):
+    """The duals the engine picks (Mehler up to 4096 terms, screened in one table, else
+    quadrature) at a pair of node variances, against the nested adaptive reference: within their
+    certified relative bound (1e-11 wanted), both derivatives, rho = +-1 included."""
+    from ntk_ode.kernels.adapt import TERMS_LADDER, pick_duals
+    from ntk_ode.kernels.duals import Duals, mehler_certificate, mehler_screen, quad_certificate
+
+    act = A.get_activation(name)
+    used = set()
+    for a, b, rho in LADDER_CASES:
+        v = np.array([a, b])
+        certify = lambda d, v=v: quad_certificate(d, v) if d.quad else mehler_certificate(d, v)
+        duals, bound = pick_duals(Duals(act, 192), certify, 1e-11, screen=lambda ks, v=v: mehler_screen(act, v, ks))
+        used.add("quad" if duals.quad else duals.terms)
+        va, vb, S = (jnp.asarray([x], jnp.float64) for x in (a, b, rho * math.sqrt(a * b)))
+        ta, tb = duals.tables(va), duals.tables(vb)
+        for which, fs in enumerate(SCALAR[name]):
+            got = float((duals.dphi if which else duals.phi)(va, vb, S[:, None], ta, tb)[0, 0])
+            ref = reference(fs, fs, a, b, rho, act.breakpoints)
+            scale = math.sqrt(second_moment(fs, a, act.breakpoints) * second_moment(fs, b, act.breakpoints))
+            true = abs(got - ref) / scale
+            assert true <= 1e-11, (name, which, (a, b, rho), duals, true)
+            assert bound + 2e-14 >= true, (name, which, (a, b, rho), duals, bound, true)  # reference: ~1e-14
+    # the ladder was climbed (at least one rung past 640) and handed over to quadrature at 1e4
+    assert "quad" in used and any(k != "quad" and k > 640 for k in used), used
+    assert max(TERMS_LADDER) == 4096

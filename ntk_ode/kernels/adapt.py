@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .duals import Duals, mehler_certificate, quad_certificate, trim_terms
+from .duals import Duals, mehler_certificate, mehler_screen, quad_certificate, trim_terms
 from .grids import Grid, chebyshev_grid, resnet_grid
 from .problem import Problem
 
@@ -36,9 +36,11 @@ __all__ = [
     "richardson_pairs",
 ]
 
-# Mehler terms tried when the duals cannot be certified with fewer. The coefficient tables cost
-# K (2 K + 64) per input and node; past 640 terms the quadrature duals are the cheaper way.
-TERMS_LADDER = (192, 384, 640)
+# Mehler terms tried when the duals cannot be certified with fewer. A rung costs K (K + 1024)
+# per table of an input and node, and K per dual at a grid point (a 2-D quadrature costs ~3e5):
+# the series is the cheap certified dual up to the variances where 4096 terms converge (tanh:
+# ~60; softplus: ~200; docs/theory.md section 4); beyond, the quadrature duals take over.
+TERMS_LADDER = (192, 384, 640, 1024, 1536, 2048, 3072, 4096)
 NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
 _SAFETY = 4.0  # error of rung M <= |K(M) - K(M')| / (1 - (M / M')) for convergence of order >= 1
 RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024)
@@ -62,7 +64,7 @@ def certify(duals: Duals, problem: Problem, grid: Grid, inputs) -> float:
     return quad_certificate(duals, v) if duals.quad else mehler_certificate(duals, v)
 
 
-def pick_duals(duals0: Duals, certify_fn, target: float):
+def pick_duals(duals0: Duals, certify_fn, target: float, screen=None):
     """The engine's ladder of duals: ``duals0.terms`` Mehler terms, then the larger counts of
     ``TERMS_LADDER``, the first whose bound ``certify_fn(duals)`` is at most ``target``; else
     the quadrature duals when their bound is smaller; else the last series.
@@ -71,14 +73,23 @@ def pick_duals(duals0: Duals, certify_fn, target: float):
         duals0: the first duals tried (closed forms: returned with bound 0).
         certify_fn: ``duals -> relative error bound`` where the caller's variances live.
         target: the relative dual error wanted.
+        screen: optional ``counts -> predicted bounds`` (:func:`ntk_ode.kernels.duals.mehler_screen`
+            at variances near the caller's): rungs predicted to miss the target are skipped
+            without a certificate of their own.
 
     Returns:
         ``(duals, bound)``.
     """
     if duals0.closed:
         return duals0, 0.0
-    for terms in [duals0.terms] + [k for k in TERMS_LADDER if k > duals0.terms]:
+    ladder = [duals0.terms] + [k for k in TERMS_LADDER if k > duals0.terms]
+    predicted = list(screen(ladder)) if screen is not None else [None] * len(ladder)
+    duals, delta = duals0, math.inf
+    for terms, guess in zip(ladder, predicted):
         duals = Duals(duals0.act, terms)
+        if guess is not None and guess > target:
+            delta = float(guess)
+            continue
         delta = certify_fn(duals)
         if delta <= target:
             return duals, delta
@@ -119,11 +130,14 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: fl
     def certify_at_v0(duals):
         return certify_on_problem(duals) if duals.quad else mehler_certificate(duals, v0)
 
-    duals, delta = pick_duals(duals0, certify_at_v0, target)
+    duals, delta = pick_duals(duals0, certify_at_v0, target, screen=lambda ks: mehler_screen(duals0.act, v0, ks))
     if not duals.quad and duals.terms != duals0.terms:
         delta = certify_on_problem(duals)
-        if delta > target:  # the variances moved with the duals: the full ladder from here
-            duals, delta = pick_duals(duals, certify_on_problem, target)
+        if delta > target:  # the variances moved with the duals: the ladder from here, screened there
+            v1 = problem.probed_variances(grid, inputs)
+            duals, delta = pick_duals(
+                duals, certify_on_problem, target, screen=lambda ks: mehler_screen(duals.act, v1, ks)
+            )
     problem.duals = duals
     if duals.closed or duals.quad or delta > target:
         return duals, delta

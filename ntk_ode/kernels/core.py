@@ -42,6 +42,7 @@ from .grids import Grid, scaled, shift
 
 __all__ = [
     "MAX_ITER",
+    "PAIR_TABLE_BYTES",
     "hyperparameters",
     "traced_pairs",
     "traced_singles",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 MAX_ITER = 400
+PAIR_TABLE_BYTES = 2**30  # coefficient tables gathered for one block of pairs
 
 
 def picard(update, init, tol):
@@ -101,10 +103,11 @@ def single_variances(duals: Duals, grid: Grid, sigma_w, s00):
     """
     A = jnp.asarray(grid.A, s00.dtype)
     c = sigma_w**2
+    basis = duals.basis(s00.dtype)  # the tables move with v; their basis does not
 
     def update(S):
         v = jnp.diagonal(S)
-        tab = duals.tables(v)
+        tab = duals.tables(v, basis)
         return s00 + c * A @ duals.phi(v, v, S, tab, tab) @ A.T
 
     S, ok = picard(update, jnp.full((grid.size, grid.size), s00), _tol(s00.dtype))
@@ -270,6 +273,9 @@ def solve_pairs(duals, unit, hyper, head, s00, i1, i2, v, tabs, block_size, prog
     P = s00.shape[0]
     sharding, ndev = _mesh_sharding() if shard else (None, 1)
     bs = 1 if duals.per_input_batch else block_size
+    if tabs:  # both inputs' (phi, phi') tables are gathered per pair: a block holds at most ~1 GiB
+        per_pair = 4 * tabs[0].shape[-2] * tabs[0].shape[-1] * tabs[0].dtype.itemsize
+        bs = min(bs, max(1, PAIR_TABLE_BYTES // per_pair))
     if P < bs:  # a few padded sizes, so that probes of different sizes reuse their compilations
         bs = min(bs, 2 ** math.ceil(math.log2(P)))
     bs = int(math.ceil(bs / ndev) * ndev)

@@ -31,7 +31,9 @@ __all__ = [
     "check_duals",
     "is_kinked",
     "mehler_bound",
+    "mehler_bounds",
     "mehler_certificate",
+    "mehler_screen",
     "mehler_grid",
     "quad_certificate",
     "round_terms",
@@ -63,20 +65,36 @@ class Duals:
         """Whether the activation's duals are closed forms."""
         return self.act.has_closed_form
 
-    def tables(self, v):
+    def basis(self, dtype):
+        """The Hermite basis behind :meth:`tables` (None for closed forms and quadrature), to be
+        built once outside a loop that recomputes the tables.
+
+        Args:
+            dtype: working dtype.
+
+        Returns:
+            :func:`ntk_ode.gaussian.hermite_basis` of ``terms``, or None.
+        """
+        if self.closed or self.quad:
+            return None
+        return gaussian.hermite_basis(self.terms, gaussian.hermite_order(self.terms), dtype)
+
+    def tables(self, v, basis=None):
         """Hermite coefficient tables (phi, phi') for variances v (empty for closed forms).
 
         Args:
             v: variances (...,).
+            basis: :meth:`basis` of v's dtype, when the caller reuses one.
 
         Returns:
             ``()`` or two arrays (..., terms).
         """
         if self.closed or self.quad:
             return ()
+        basis = self.basis(jnp.asarray(v).dtype) if basis is None else basis
         return (
-            gaussian.hermite_coefficients(self.act.fn, v, self.terms),
-            gaussian.hermite_coefficients(self.act.dfn, v, self.terms),
+            gaussian.hermite_coefficients(self.act.fn, v, self.terms, basis=basis),
+            gaussian.hermite_coefficients(self.act.dfn, v, self.terms, basis=basis),
         )
 
     def phi(self, v1, v2, S, tab1, tab2):
@@ -195,8 +213,9 @@ def round_terms(k: int) -> int:
     return int(step * math.ceil(k / step))
 
 
-def mehler_bound(duals: Duals, v):
-    """Bound on the relative error of the Mehler duals at the node variances ``v`` (traceable).
+def mehler_bounds(act: Activation, v, terms: tuple):
+    """Bounds on the relative error of the Mehler duals of ``act`` at the node variances ``v``,
+    one per term count in ``terms``, all from the coefficient tables of the largest (traceable).
 
     Parseval: ``sum_k c_k(a)^2 = E f(sqrt(a) Z)^2``, so the truncated tail satisfies
     ``sum_{k>=K} c_k^2 = E f^2 - sum_{k<K} c_k^2``, and by Cauchy-Schwarz the Mehler error at
@@ -206,29 +225,69 @@ def mehler_bound(duals: Duals, v):
     in the dtype of ``v`` (plus 4 K eps for the rounding of the K-term sums).
 
     Args:
-        duals: Mehler duals (0 is returned for closed forms).
+        act: the activation (without closed-form duals).
+        v: node variances (any shape).
+        terms: term counts.
+
+    Returns:
+        (len(terms),) bounds.
+    """
+    v = jnp.asarray(v)
+    eps = jnp.finfo(v.dtype).eps
+    counts = np.asarray(terms, int)
+    worst = jnp.zeros(counts.size, v.dtype)
+    for f in (act.fn, act.dfn):
+        tab = gaussian.hermite_coefficients(f, v, int(counts.max()))
+        m2, m2err = gaussian.expect_1d_quad(gaussian.squared(f), v, act.breakpoints)
+        partial = jnp.cumsum(tab**2, axis=-1)[..., counts - 1]  # (..., len(terms))
+        rel = (jnp.abs(m2[..., None] - partial) + m2err[..., None]) / jnp.maximum(
+            m2[..., None], jnp.finfo(v.dtype).tiny
+        ) + 4 * jnp.asarray(counts, v.dtype) * eps
+        rel = jnp.where(m2[..., None] > 0, rel, 0.0).reshape(-1, counts.size)
+        worst = jnp.maximum(worst, jnp.max(rel, axis=0))
+    return worst
+
+
+def mehler_bound(duals: Duals, v):
+    """:func:`mehler_bounds` of ``duals.terms`` (traceable; 0 for closed forms).
+
+    Args:
+        duals: Mehler duals.
         v: node variances (any shape).
 
     Returns:
         A scalar.
     """
-    v = jnp.asarray(v)
     if duals.closed:
-        return jnp.zeros((), v.dtype)
-    eps = jnp.finfo(v.dtype).eps
-    worst = jnp.zeros((), v.dtype)
-    for f in (duals.act.fn, duals.act.dfn):
-        tab = gaussian.hermite_coefficients(f, v, duals.terms)
-        m2, m2err = gaussian.expect_1d_quad(gaussian.squared(f), v, duals.act.breakpoints)
-        partial = jnp.sum(tab**2, axis=-1)
-        rel = (jnp.abs(m2 - partial) + m2err) / jnp.maximum(m2, jnp.finfo(v.dtype).tiny) + 4 * tab.shape[-1] * eps
-        worst = jnp.maximum(worst, jnp.max(jnp.where(m2 > 0, rel, 0.0)))
-    return worst
+        return jnp.zeros((), jnp.asarray(v).dtype)
+    return mehler_bounds(duals.act, v, (duals.terms,))[0]
+
+
+def mehler_screen(act: Activation, v, terms) -> np.ndarray:
+    """:func:`mehler_bounds` at the node variances ``v`` for every count in ``terms``, in float64
+    whatever the working precision (it measures truncation, not rounding): one table, so a
+    ladder of counts is screened for the price of its largest rung.
+
+    Args:
+        act: the activation (closed forms: zeros).
+        v: node variances (any shape).
+        terms: term counts.
+
+    Returns:
+        The bounds, one per count.
+    """
+    terms = tuple(int(k) for k in terms)
+    if act.has_closed_form:
+        return np.zeros(len(terms))
+    v = np.asarray(v, np.float64).reshape(-1)
+    n = 2 ** math.ceil(math.log2(max(v.size, 1)))  # padded to a power of two: few compiled shapes
+    with jax.enable_x64(True):
+        padded = jnp.asarray(np.concatenate([v, np.full(n - v.size, v[-1])]), jnp.float64)
+        return np.asarray(_mehler_bounds_jit(act, padded, terms))
 
 
 def mehler_certificate(duals: Duals, v) -> float:
-    """:func:`mehler_bound` at the node variances ``v``, in float64 whatever the working precision
-    (it measures truncation, not rounding).
+    """:func:`mehler_bound` at the node variances ``v``, in float64 (:func:`mehler_screen`).
 
     Args:
         duals: the duals (0 is returned for closed forms).
@@ -237,16 +296,10 @@ def mehler_certificate(duals: Duals, v) -> float:
     Returns:
         The bound.
     """
-    if duals.closed:
-        return 0.0
-    v = np.asarray(v, np.float64).reshape(-1)
-    n = 2 ** math.ceil(math.log2(max(v.size, 1)))  # padded to a power of two: few compiled shapes
-    with jax.enable_x64(True):
-        padded = jnp.asarray(np.concatenate([v, np.full(n - v.size, v[-1])]), jnp.float64)
-        return float(_mehler_bound_jit(duals, padded))
+    return 0.0 if duals.closed else float(mehler_screen(duals.act, v, (duals.terms,))[0])
 
 
-_mehler_bound_jit = jax.jit(mehler_bound, static_argnums=0)
+_mehler_bounds_jit = jax.jit(mehler_bounds, static_argnums=(0, 2))
 
 
 def quad_certificate(duals: Duals, v) -> float:

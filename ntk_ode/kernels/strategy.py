@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_inputs
-from .adapt import certify, choose_grid, choose_terms, dual_sensitivity, first_grid, richardson_pairs
+from .adapt import TERMS_LADDER, certify, choose_grid, choose_terms, dual_sensitivity, first_grid, richardson_pairs
 from .core import raise_on_failure, solve_pairs
 from .duals import Duals, is_kinked
 from .gets import GETS
@@ -159,6 +159,26 @@ def _stage_logger(progress: bool):
     return say
 
 
+def _note_slow_duals(model, problem, grid, inputs) -> None:
+    """One line (a warning on the "ntk_ode" logger) when no Mehler series is certified: the
+    quadrature duals then cost minutes per pair, and the line names the cause and the remedies."""
+    import logging
+
+    v = float(np.max(problem.probed_variances(grid, inputs)))
+    s00 = float(np.max(problem.input_s00))
+    logging.getLogger("ntk_ode").warning(
+        "kernel_fn: the node variances reach %.3g (largest input variance input_scale^2 |x|^2 = %.3g, "
+        "sigma_w T = %.3g), beyond the %d-term Mehler series of %r: the duals fall back to quadrature at "
+        "every grid point, which can take minutes per pair. Normalise the inputs (or set input_scaling), "
+        "lower sigma_w T, or loosen rtol.",
+        v,
+        s00,
+        model.sigma_w * model.T,
+        TERMS_LADDER[-1],
+        model.activation.name,
+    )
+
+
 def pair_kernels(
     model,
     duals0: Duals,
@@ -206,6 +226,8 @@ def pair_kernels(
     say(f"certifying the duals on {inputs.size} probe inputs (largest variance first)")
     problem.duals, delta = choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
     d = problem.duals
+    if d.quad:
+        _note_slow_duals(model, problem, grid0, inputs)
     say(
         f"duals: {'closed forms' if d.closed else 'quadrature (slow)' if d.quad else f'{d.terms} Mehler terms'}"
         f" (relative bound {delta:.1e}); choosing the time grid"
