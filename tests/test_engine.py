@@ -90,7 +90,9 @@ def test_traceable_errors_under_vmap_equal_one_by_one_and_gradients_match_differ
     for i in range(2):
         k, e = tk({**h0, "sigma_w": batch["sigma_w"][i]}, X, get="ntk", with_error=True)
         assert np.max(np.abs(np.asarray(ks[i]) - np.asarray(k))) <= 1e-13 * np.abs(np.asarray(k)).max()
-        assert abs(float(es[i]) - float(e)) <= 1e-10 * float(e)
+        # the estimate's dual part divides a kernel difference by eta = 1e-6: batched and single
+        # rounding (~1e-16 of K) move it by ~1e-10 of itself, so agreement is asked to 1e-8
+        assert abs(float(es[i]) - float(e)) <= 1e-8 * float(e)
     # reverse-mode derivatives in every hyperparameter against central differences (h = 1e-5:
     # truncation ~ h^2 |K'''| and rounding ~ eps |K| / h, both below 1e-7 relative here)
     f = lambda h: jnp_sum(tk(h, X, get="ntk"))

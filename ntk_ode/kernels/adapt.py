@@ -244,7 +244,7 @@ def richardson_pairs(problem: Problem, sel, tol, progress=False):
     return prev, est
 
 
-def choose_grid(problem: Problem, depth, nodes, tol, pick, n_gets: int = 5):
+def choose_grid(problem: Problem, depth, nodes, tol, pick, n_gets: int = 5, report=None):
     """The grid to use (on [0, 1]) and an error estimate of its time discretisation (max abs,
     per kernel).
 
@@ -255,6 +255,7 @@ def choose_grid(problem: Problem, depth, nodes, tol, pick, n_gets: int = 5):
         tol: relative target.
         pick: the probe pairs.
         n_gets: the number of kernel columns.
+        report: optional ``str -> None`` told each rung of the ladder as it is solved.
 
     Returns:
         ``(grid, error (n_gets,))``.
@@ -270,6 +271,9 @@ def choose_grid(problem: Problem, depth, nodes, tol, pick, n_gets: int = 5):
         cur = problem.solve(chebyshev_grid(M, 1.0), sel=pick, shard=False)
         if prev is not None:
             diff = np.max(np.abs(cur - prev[1]), axis=0)
+            if report is not None:
+                change = np.max(diff[problem.main] / np.max(np.abs(cur[:, problem.main]), axis=0))
+                report(f"time grid: {prev[0]} -> {M} Chebyshev intervals change the kernels by {change:.1e} (relative)")
             if np.all(_SAFETY * diff[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
                 return chebyshev_grid(prev[0], 1.0), _SAFETY * diff
         prev = (M, cur)

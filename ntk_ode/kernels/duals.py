@@ -239,7 +239,8 @@ def mehler_bounds(act: Activation, v, terms: tuple):
     for f in (act.fn, act.dfn):
         tab = gaussian.hermite_coefficients(f, v, int(counts.max()))
         m2, m2err = gaussian.expect_1d_quad(gaussian.squared(f), v, act.breakpoints)
-        partial = jnp.cumsum(tab**2, axis=-1)[..., counts - 1]  # (..., len(terms))
+        sq = tab**2
+        partial = jnp.stack([jnp.sum(sq[..., :k], axis=-1) for k in counts], axis=-1)  # (..., len(terms))
         rel = (jnp.abs(m2[..., None] - partial) + m2err[..., None]) / jnp.maximum(
             m2[..., None], jnp.finfo(v.dtype).tiny
         ) + 4 * jnp.asarray(counts, v.dtype) * eps

@@ -239,7 +239,7 @@ def pair_kernels(
     # estimate says how far collocation got.
     same_input = identical_pairs(problem) if kinked and not problem.duals.quad else np.zeros(0, int)
     pick = probe_pairs(problem, exclude=same_input)
-    grid, err = choose_grid(problem, depth, nodes, tol, pick, len(GETS))
+    grid, err = choose_grid(problem, depth, nodes, tol, pick, len(GETS), report=say)
     say(f"time grid: {grid.size} nodes; solving {problem.i1.size} pairs")
     if grid is not grid0:
         delta = max(delta, certify(problem.duals, problem, grid, inputs))
