@@ -345,8 +345,11 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, Any], meta: M
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     if "__meta__" in arrays:
         raise ValueError("'__meta__' is reserved for the metadata record")
+    if CHECKSUM_KEY in arrays:
+        raise ValueError(f"{CHECKSUM_KEY!r} is reserved for the archive's checksum")
     if meta is not None:
         arrays["__meta__"] = np.frombuffer(json.dumps(jsonable(meta)).encode(), dtype=np.uint8)
+    arrays[CHECKSUM_KEY] = np.frombuffer(_arrays_checksum(arrays).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
@@ -385,17 +388,32 @@ def read_json(path: str | os.PathLike, required: Iterable[str] = (), verify: boo
     return data
 
 
-def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+def _arrays_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names sorted; each name, dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name};{arr.dtype.str};{arr.shape};".encode())
+        h.update(arr.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def read_npz(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
     """Read an ``.npz`` written by :func:`atomic_write_npz` (never unpickling anything).
+
+    The archive carries a SHA-256 of its entries (``__checksum__``); an archive rewritten or edited
+    after ntk_ode wrote it is refused (archives without one, from older versions, pass).
 
     Args:
         path: the file.
+        verify: check the entries against the checksum (False: read it for inspection).
 
     Returns:
         ``(arrays, meta)``; ``meta`` is None when the file has no ``__meta__`` record.
 
     Raises:
-        ResumeError: the file is truncated, not an npz archive, or holds object arrays.
+        ResumeError: the file is truncated, not an npz archive, holds object arrays, or (with
+            ``verify``) was changed after it was written.
     """
     path = os.fspath(path)
     try:
@@ -405,6 +423,13 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, 
         raise ResumeError(
             f"{path} is not a readable .npz archive of ours ({type(e).__name__}: {e}); move it away or delete it"
         ) from e
+    stored = arrays.pop(CHECKSUM_KEY, None)
+    if verify and stored is not None and stored.tobytes().decode(errors="replace") != _arrays_checksum(arrays):
+        raise ResumeError(
+            f"{path} was changed after ntk_ode wrote it (its {CHECKSUM_KEY} does not match its arrays), so it is "
+            "not used: restore it, or delete it to compute again (read_npz(path, verify=False) reads it for "
+            "inspection)"
+        )
     raw = arrays.pop("__meta__", None)
     if raw is None:
         return arrays, None

@@ -74,7 +74,6 @@ SLOW = (
     "tests/test_empirical.py::test_width_sweep_sharded_over_devices_equals_single_device",
     "tests/test_empirical.py::test_monte_carlo_mean_matches_kernel_fn[tanh-phi]",
     "tests/test_empirical.py::test_three_methods_agree[phi-None]",
-    "in",
     "tests/test_train.py::test_loss_below_theory_bound_and_geometric",
     "tests/test_limits_accuracy.py::test_relu_near_duplicate_inputs_estimate_is_honest",
     "tests/test_train.py::test_ntk_stays_near_initialization",

@@ -123,6 +123,17 @@ def test_truncated_or_foreign_files_are_refused_by_name(tmp_path):
     ck = str(tmp_path / "ck")
     run = _tiny_training(tmp_path, checkpoint=ck)
     run()
+    from ntk_ode.results import read_npz
+
+    with np.load(ck + ".npz") as z:  # a checkpoint re-saved with one array edited, the rest intact
+        entries = {k: z[k] for k in z.files}
+    arrays, meta = read_npz(ck + ".npz")
+    edited = next(k for k in entries if not k.startswith("__") and entries[k].dtype.kind == "f" and entries[k].size)
+    entries[edited] = entries[edited] + 1.0
+    np.savez(ck + ".npz", **entries)
+    with pytest.raises(ResumeError, match="changed after ntk_ode wrote it"):
+        run()
+    assert read_npz(ck + ".npz", verify=False)[1] == meta  # still readable for inspection
     raw = open(ck + ".npz", "rb").read()
     open(ck + ".npz", "wb").write(raw[: len(raw) // 2])  # truncated
     with pytest.raises(ResumeError, match="ck.npz"):
