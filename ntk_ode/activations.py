@@ -128,7 +128,9 @@ class Activation:
         """``E phi'(u) phi'(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise (see :meth:`dual`).
 
         Args:
-            a, b, c: the variances of u and v and their covariance, as in :meth:`dual`.
+            a: the variance of u.
+            b: the variance of v.
+            c: the covariance of u and v.
             method: as in :meth:`dual`.
 
         Returns:
@@ -142,7 +144,9 @@ class Activation:
         Rounding for closed forms, quadrature error otherwise; nan for "hermite"/"gh2d".
 
         Args:
-            a, b, c: the variances of u and v and their covariance, as in :meth:`dual`.
+            a: the variance of u.
+            b: the variance of v.
+            c: the covariance of u and v.
             method: as in :meth:`dual`.
 
         Returns:
@@ -154,7 +158,9 @@ class Activation:
         """``(E phi'(u) phi'(v), error estimate)`` (see :meth:`dual_and_error`).
 
         Args:
-            a, b, c: the variances of u and v and their covariance, as in :meth:`dual`.
+            a: the variance of u.
+            b: the variance of v.
+            c: the covariance of u and v.
             method: as in :meth:`dual`.
 
         Returns:
@@ -226,9 +232,13 @@ def register_activation(
         name: registry key.
         fn: phi, elementwise on JAX arrays.
         dfn: phi'; autodiff of ``fn`` when None.
-        dual, ddual: optional closed forms ``(a, b, c) -> E phi(u) phi(v)`` / ``E phi'(u) phi'(v)``;
-            without them the duals come from the robust quadrature (see the module docstring).
-        phi_lipschitz, dphi_lipschitz, polynomial, odd: properties the theory asks about.
+        dual: optional closed form ``(a, b, c) -> E phi(u) phi(v)``; without it the duals come
+            from the robust quadrature (see the module docstring).
+        ddual: optional closed form ``(a, b, c) -> E phi'(u) phi'(v)`` (likewise).
+        phi_lipschitz: phi is Lipschitz (a property the theory asks about).
+        dphi_lipschitz: phi' is Lipschitz.
+        polynomial: phi is a polynomial.
+        odd: phi is odd.
         kinks: points where phi or phi' is not smooth; the quadrature splits there. ``()``
             declares phi and phi' smooth. ``None`` (default): without closed forms, phi' is
             probed (:func:`probe_kinks`) and what is found is used, with a warning.

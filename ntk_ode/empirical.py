@@ -282,7 +282,10 @@ def empirical_ntk(
         solver: as in :meth:`NeuralODE.apply`.
         quad_nodes: Gauss-Legendre nodes in time (``depth=None``, ``method="structured"``).
         blocks: return ``(Theta_U, Theta_W, Theta_v)`` (structured only), summing to Theta.
-        steps, rtol, atol, max_steps: override the solver\'s fields.
+        steps: override the solver's number of fixed steps.
+        rtol: override the solver's relative tolerance.
+        atol: override the solver's absolute tolerance.
+        max_steps: override the solver's step budget.
         batch_size: compute Theta in tiles of ``batch_size`` x ``batch_size`` inputs (as
             neural-tangents' ``batch``): memory per tile instead of for all pairs, one compiled
             tile shape (the last tiles are padded), and for ``x2=None`` only the tiles on and

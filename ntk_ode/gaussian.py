@@ -157,8 +157,11 @@ def expect_2d(f, g, a, b, c, order: int = DEFAULT_ORDER):
     exact-in-structure at ``|c| = sqrt(ab)`` and at ``a = 0`` or ``b = 0``.
 
     Args:
-        f, g: elementwise functions of u and of v.
-        a, b, c: the variances of u and v and their covariance (broadcast together).
+        f: elementwise function of u.
+        g: elementwise function of v.
+        a: the variance of u (broadcast with b and c).
+        b: the variance of v.
+        c: the covariance of u and v.
         order: Gauss-Hermite nodes per axis.
 
     Returns:
@@ -277,8 +280,11 @@ def expect_2d_mehler(f, g, a, b, c, terms: int = DEFAULT_TERMS):
     """``E f(u) g(v)`` by the Mehler series of :func:`hermite_coefficients` (elementwise).
 
     Args:
-        f, g: elementwise functions of u and of v.
-        a, b, c: the variances of u and v and their covariance (broadcast together).
+        f: elementwise function of u.
+        g: elementwise function of v.
+        a: the variance of u (broadcast with b and c).
+        b: the variance of v.
+        c: the covariance of u and v.
         terms: series terms.
 
     Returns:
@@ -431,8 +437,11 @@ def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: 
     over variances 1e-8..1e4 and every correlation (``tests/test_activations.py``).
 
     Args:
-        f, g: elementwise functions of u and of v.
-        a, b, c: the variances of u and v and their covariance (broadcast together).
+        f: elementwise function of u.
+        g: elementwise function of v.
+        a: the variance of u (broadcast with b and c).
+        b: the variance of v.
+        c: the covariance of u and v.
         breaks_f: kinks of f.
         breaks_g: kinks of g.
         batch_size: elements per batch.

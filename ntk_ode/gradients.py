@@ -267,7 +267,10 @@ def grad(
         method: "adjoint" (continuous adjoint for ``depth=None``, hand-written discrete adjoint
             for ``depth=L``) or "backprop" (autodiff through the solver).
         solver: as in :meth:`NeuralODE.apply`.
-        steps, rtol, atol, max_steps: override the solver\'s fields.
+        steps: override the solver's number of fixed steps.
+        rtol: override the solver's relative tolerance.
+        atol: override the solver's absolute tolerance.
+        max_steps: override the solver's step budget.
 
     Returns:
         The parameters' structure with a leading axis N: ``{"U": (N, n, d), "W": (N, n, n),
@@ -319,7 +322,10 @@ def adjoint_trajectory(
         depth: None (the ODE and its continuous adjoint, from one forward and one backward
             diffrax solve) or L (layers l = 0..L and the exact discrete adjoint).
         solver: as in :meth:`NeuralODE.apply`.
-        steps, rtol, atol, max_steps: override the solver\'s fields.
+        steps: override the solver's number of fixed steps.
+        rtol: override the solver's relative tolerance.
+        atol: override the solver's absolute tolerance.
+        max_steps: override the solver's step budget.
 
     Returns:
         ``(h, lambda)``, each (N, M, n).

@@ -464,8 +464,10 @@ class NeuralODE(eqx.Module):
             depth: None (the Neural ODE) or L (the weight-tied Euler ResNet ``f^L``, exactly).
             solver: a :class:`Solver`, a solver name, or None (Dopri8, rtol = atol = 1e-10 in
                 float64, 1e-6 in float32).
-            steps, rtol, atol, max_steps: override the solver's fields (fixed steps, tolerances,
-                step budget).
+            steps: override the solver's number of fixed steps.
+            rtol: override the solver's relative tolerance.
+            atol: override the solver's absolute tolerance.
+            max_steps: override the solver's step budget.
 
         Returns:
             Outputs (N,).
@@ -503,7 +505,10 @@ class NeuralODE(eqx.Module):
             ts: save times (ascending, in [0, T]); must be None for depth=L.
             depth: None (the ODE) or L (all ResNet states ``h^0..h^L``, M = L + 1).
             solver: as in :meth:`apply`.
-            steps, rtol, atol, max_steps: override the solver\'s fields.
+            steps: override the solver's number of fixed steps.
+            rtol: override the solver's relative tolerance.
+            atol: override the solver's absolute tolerance.
+            max_steps: override the solver's step budget.
 
         Returns:
             States (N, M, n).

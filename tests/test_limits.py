@@ -172,9 +172,16 @@ def test_blow_up_is_named():
         kernel_fn(model, nodes=16)(X * 3)
 
 
-def test_float32_kernel():
-    # float32 inputs keep the whole solve in float32 (default rtol 1e-5 there)
-    k32 = kernel_fn(no.NeuralODE("softplus"))(jnp.asarray(X, jnp.float32), get="ntk")
+def test_float32_kernel(caplog, monkeypatch):
+    # float32 inputs keep the whole solve in float32 (default rtol 1e-5 there), and say so once
+    from ntk_ode.kernels import api
+
+    monkeypatch.setattr(api, "_FLOAT32_NOTED", [])
+    with caplog.at_level("WARNING", logger="ntk_ode"):
+        k32 = kernel_fn(no.NeuralODE("softplus"))(jnp.asarray(X, jnp.float32), get="ntk")
+        kernel_fn(no.NeuralODE("erf"), depth=2)(jnp.asarray(X, jnp.float32), get="ntk")
+    notes = [r.getMessage() for r in caplog.records if "64-bit floats are off" in r.getMessage()]
+    assert len(notes) == 1 and "rtol 1e-5" in notes[0] and "jax_enable_x64" in notes[0]
     assert k32.dtype == jnp.float32
     k64 = kernel_fn(no.NeuralODE("softplus"))(X, get="ntk")
     assert np.max(np.abs(np.asarray(k32) - np.asarray(k64))) / np.max(np.abs(k64)) < 1e-5

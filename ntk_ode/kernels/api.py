@@ -6,6 +6,7 @@ the strategies, the adaptivity and the one core live in the modules beside this 
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import jax
@@ -21,6 +22,19 @@ from .problem import Problem
 from .strategy import choose, direct_result, norm_angle_tables, table_kernels
 
 __all__ = ["kernel_fn", "norm_angle_kernel"]
+
+_FLOAT32_NOTED: list[bool] = []  # the float32 note is logged once per process
+
+
+def _note_float32():
+    """One warning per process that float32 kernels aim at 1e-5, not the 1e-8 of float64."""
+    if not _FLOAT32_NOTED:
+        _FLOAT32_NOTED.append(True)
+        logging.getLogger("ntk_ode").warning(
+            "ntk_ode: 64-bit floats are off, so kernels are computed in float32 to rtol 1e-5 (about 1e-5 "
+            "relative accuracy, not the 1e-8 of float64); jax.config.update('jax_enable_x64', True) before "
+            "any computation gives float64"
+        )
 
 
 def _check_x(x, name, d=None):
@@ -108,6 +122,8 @@ def kernel_fn(
         x2c = x1 if symmetric else _check_x(x2, "x2", x1.shape[1])
         eps = float(jnp.finfo(x1.dtype).eps)
         tol = rtol if rtol is not None else (1e-8 if eps < 1e-10 else 1e-5)
+        if rtol is None and eps > 1e-10:
+            _note_float32()
         check_duals(model.activation)
         problem = Problem(model, duals0, x1, x2c, symmetric, want_ntk=names != ("nngp",))
         norms = np.linalg.norm(np.asarray(problem.X), axis=1)
