@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 
@@ -27,18 +28,37 @@ TINY = {
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_experiment_runs_and_resumes(name, tmp_path):
+def test_experiment_runs_and_resumes(name, tmp_path, caplog):
     e = EXPERIMENTS[name]
     cfg = e.config_cls.quick(**TINY[name])
     out = str(tmp_path)
-    res = e.run(cfg, out)
+    with caplog.at_level("INFO", logger="ntk_ode"):
+        res = e.run(cfg, out)
+    # progress counts "cell k of n" with n the number of cells the run stores, and estimates the rest
+    # (E2 is a width sweep: its runs resume through the sweep's own results file)
+    cells = [f for f in os.listdir(out) if f.startswith(f".{name}_cells.") and f.endswith(".json")]
+    assert len(cells) == (name != "E2")
+    for cells_file in cells:
+        with open(os.path.join(out, cells_file)) as f:
+            n_cells = len(json.load(f)["cells"])
+        done = [
+            re.search(r"cell (\d+) of (\d+) .* done in [\d.]+ s; (about \d+ s left|the last cell)", r.getMessage())
+            for r in caplog.records
+            if " done in " in r.getMessage()
+        ]
+        assert done and all(done), [r.getMessage() for r in caplog.records]
+        assert {int(m.group(2)) for m in done} == {n_cells} and max(int(m.group(1)) for m in done) == n_cells
+        assert done[-1].group(3) == "the last cell"
     e.plot(res, out)
+    for line in e.summary(res) if e.summary else ():  # E12: accuracies with binomial standard errors
+        for acc, se in re.findall(r" (\d\.\d{3}) \+- (\d\.\d{3})", line):
+            assert abs(float(se) - (float(acc) * (1 - float(acc)) / cfg.n_test) ** 0.5) <= 1e-3
+        assert len(re.findall(r"\d \+- \d", line)) == 3, line
     data = load_results(os.path.join(out, f"{name}.json"))
     assert data["experiment"] == name and "versions" in data and data["time_s"] > 0
     assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
     assert os.path.exists(os.path.join(out, f"{name}.pdf"))
     # a second run reuses every finished cell (same results, no recomputation)
-    cells = [f for f in os.listdir(out) if f.endswith("_cells.json")]
     before = {f: os.path.getmtime(os.path.join(out, f)) for f in cells}
     res2 = e.run(cfg, out)
     assert {f: os.path.getmtime(os.path.join(out, f)) for f in cells} == before

@@ -80,6 +80,7 @@ EXPERIMENTS = {
         classification.ClassificationConfig,
         classification.run,
         classification.plot,
+        classification.summary,
     ),
 }
 
@@ -130,6 +131,8 @@ def reproduce(
         log(f"[{n}] {e.title} ({preset})")
         res = e.run(cfg, out)
         e.plot(res, out)
+        for line in e.summary(res) if e.summary else ():
+            log(f"[{n}] {line}")
         log(f"[{n}] done in {time.perf_counter() - t:.1f} s -> {out}/{n}.json, {n}.png")
         done[n] = res
     return done

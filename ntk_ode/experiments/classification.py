@@ -148,12 +148,15 @@ def run(cfg: ClassificationConfig, out: str, name: str = "E12") -> dict:
     """Run E12 (resumable cells) and write the results file; returns the results."""
     t0 = time.perf_counter()
     os.makedirs(out, exist_ok=True)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(
+        os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(cfg.activations) * len(cfg.Ts)
+    )
     res: dict[str, Any] = {"activations": list(cfg.activations), "Ts": list(cfg.Ts), "cells": {}}
     for act in cfg.activations:
         for T in cfg.Ts:
             key = f"{act} T={T:g}"
             res["cells"][key] = cells.get(key, functools.partial(_cell, act, T, cfg, out))
+    res["n_test"] = cfg.n_test
     res["table"] = [
         {
             "activation": key.split()[0],
@@ -168,23 +171,63 @@ def run(cfg: ClassificationConfig, out: str, name: str = "E12") -> dict:
     return res
 
 
+def accuracy_se(acc: float, n: int) -> float:
+    """The binomial standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` on ``n`` test points.
+
+    Args:
+        acc: the accuracy.
+        n: the number of test points.
+
+    Returns:
+        The standard error.
+    """
+    return float(np.sqrt(max(acc * (1.0 - acc), 0.0) / n))
+
+
+KINDS = (("ntk", "NTK regression"), ("nngp", "NNGP posterior mean"), ("network", "trained network"))
+
+
+def summary(res: dict) -> list[str]:
+    """One line per (activation, T): the three test accuracies with their binomial standard errors.
+
+    Args:
+        res: E12's results.
+
+    Returns:
+        The lines.
+    """
+    n = int(res.get("n_test", ClassificationConfig.quick().n_test))
+    return [
+        f"{r['activation']} T={r['T']:g}: "
+        + ", ".join(f"{label} {r[k]:.3f} +- {accuracy_se(r[k], n):.3f}" for k, label in KINDS)
+        + f" (test accuracy +- binomial s.e., {n} test points)"
+        for r in res["table"]
+    ]
+
+
 def plot(res, out, name="E12"):
-    """Plot E12 into ``out``: test accuracy per activation and T, kernels against networks."""
+    """Plot E12 into ``out``: test accuracy per activation and T, kernels against networks.
+
+    Dots with +-1 binomial standard error bars (one split, one seed), so an axis that does not
+    start at 0 does not exaggerate the differences.
+    """
     plt = figure()
     rows = res["table"]
+    n = int(res.get("n_test", ClassificationConfig.quick().n_test))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(rows) + 2), 3.6))
     pos = np.arange(len(rows))
-    for i, (k, label) in enumerate(
-        (("ntk", "NTK regression"), ("nngp", "NNGP posterior mean"), ("network", "trained network"))
-    ):
-        ax.bar(pos + (i - 1) * 0.27, [r[k] for r in rows], 0.27, label=label)
+    for i, (k, label) in enumerate(KINDS):
+        acc = np.array([r[k] for r in rows])
+        se = np.array([accuracy_se(a, n) for a in acc])
+        ax.errorbar(pos + (i - 1) * 0.2, acc, yerr=se, fmt="o", ms=4, capsize=3, label=label)
     ax.set_xticks(pos, [f"{r['activation']}\nT={r['T']:g}" for r in rows], fontsize=7)
-    lo = min(min(r[k] for k in ("ntk", "nngp", "network")) for r in rows)
+    lo = min(min(r[k] - 2 * accuracy_se(r[k], n) for k, _ in KINDS) for r in rows)
     ax.set(
         ylabel="test accuracy (10 classes)",
-        title=f"{name}: digits, infinite width vs trained",
-        ylim=(max(0.0, lo - 0.05), 1.0),
+        ylim=(max(0.0, lo - 0.02), 1.0),
     )
+    ax.set_title(f"{name}: digits, infinite width vs trained\n({n} test points; bars: +-1 binomial s.e.)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     savefig(fig, out, name)
     plt.close(fig)

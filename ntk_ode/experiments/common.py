@@ -66,13 +66,20 @@ class Cells:
     a file whose stored config differs from the one it is named after is refused (the resume
     policy of :mod:`ntk_ode.results`).
 
+    Progress goes to the ``ntk_ode`` logger: "cell k of n" with the cell's time and, from the
+    cells computed so far, an estimate of the time left.
+
     Args:
         path: ``<folder>/<stem>.json``; the config's fingerprint is inserted before ``.json``.
         config: the experiment's config (JSON-able).
+        total: the number of distinct cells the run will ask for (None: not reported).
     """
 
-    def __init__(self, path: str, config: dict):
+    def __init__(self, path: str, config: dict, total: int | None = None):
         self.config = jsonable(config)
+        self.total = total
+        self._seen: list[str] = []
+        self._times: list[float] = []
         stem = path[:-5] if path.endswith(".json") else path
         self.path = f"{stem}.{config_fingerprint(self.config)}.json"
         self.data: dict = {}
@@ -102,25 +109,44 @@ class Cells:
         Returns:
             The value (as JSON stores it: lists for arrays).
         """
+        if key not in self._seen:
+            self._seen.append(key)
+        name = os.path.basename(self.path)
         if key not in self.data:
-            log.info("%s: computing cell %r", os.path.basename(self.path), key)
+            log.info("%s: computing cell %s%r", name, self._count(key), key)
             t = time.perf_counter()
             val = fn()
-            self.data[key] = {"value": jsonable(val), "time_s": time.perf_counter() - t}
-            log.info("%s: cell %r done in %.1f s", os.path.basename(self.path), key, time.perf_counter() - t)
+            elapsed = time.perf_counter() - t
+            self.data[key] = {"value": jsonable(val), "time_s": elapsed}
             atomic_write_json(self.path, {**provenance(self.config), "cells": self.data})
+            self._times.append(elapsed)
+            log.info("%s: cell %s%r done in %.1f s%s", name, self._count(key), key, elapsed, self._eta())
         return self.data[key]["value"]
+
+    def _count(self, key: str) -> str:
+        """``"k of n "`` for cell ``key`` (``"k "`` when the total is unknown)."""
+        k = self._seen.index(key) + 1
+        return f"{k} of {self.total} " if self.total else f"{k} "
+
+    def _eta(self) -> str:
+        """``"; about S s left"``: the mean time of the cells computed so far times those to come."""
+        if not self.total or not self._times:
+            return ""
+        left = max(self.total - len(self._seen), 0)
+        return f"; about {left * sum(self._times) / len(self._times):.0f} s left" if left else "; the last cell"
 
 
 @dataclasses.dataclass
 class Experiment:
-    """Name, title, config class with ``quick()``/``full()``, ``run(cfg, out) -> results``, ``plot``."""
+    """Name, title, config class with ``quick()``/``full()``, ``run(cfg, out) -> results``, ``plot``,
+    and optionally ``summary(results) -> lines`` that ``reproduce`` prints at the end."""
 
     name: str
     title: str
     config_cls: type
     run: Callable[..., dict]
     plot: Callable[..., None]
+    summary: Callable[[dict], list[str]] | None = None
 
 
 def save_results(out: str, name: str, config: Any, results: dict, t0: float) -> str:

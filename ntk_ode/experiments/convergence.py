@@ -46,7 +46,7 @@ def run(cfg: ConvergenceConfig, out: str, name: str = "E4") -> dict:
         x, y = digits(cfg.classes, n=cfg.n_points, seed=cfg.seed)
     xtr, ytr, xte, yte = train_test_split(x, y, 0.25, seed=cfg.seed)
     model = NeuralODE(cfg.activation)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(cfg.widths))
     K = np.asarray(kernel_fn(model, depth=cfg.depth)(xtr, get="ntk"))
     ev = np.linalg.eigvalsh(K)
     res: dict[str, Any] = {

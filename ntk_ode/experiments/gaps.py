@@ -54,7 +54,7 @@ def run(cfg: GapConfig, out: str, name: str = "E1") -> dict:
     os.makedirs(out, exist_ok=True)
     x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
     model = NeuralODE(cfg.activation, T=cfg.T, sigma_w=cfg.sigma_w)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(cfg.widths))
     res: dict[str, Any] = {
         "depths": list(cfg.depths),
         "widths": list(cfg.widths),

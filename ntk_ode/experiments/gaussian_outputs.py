@@ -57,7 +57,7 @@ def run(cfg: GaussianConfig, out: str, name: str = "E9") -> dict:
     x, _ = digits((0, 1), n=cfg.n_inputs, seed=cfg.seed)
     model = NeuralODE(cfg.activation)
     nngp = np.asarray(kernel_fn(model)(x, get="nngp"))
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(cfg.widths))
     res: dict[str, Any] = {
         "widths": list(cfg.widths),
         "nngp": nngp,

@@ -32,7 +32,7 @@ def run_horizon(cfg: HorizonConfig, out: str, name: str = "E5") -> dict:
     """lambda_0 and the condition number of K_inf vs T, sigma_w = 1 fixed vs sigma_w = 1/T."""
     t0 = time.perf_counter()
     x, _ = digits((0, 1), n=cfg.n_points, seed=cfg.seed)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=2 * len(cfg.horizons))
     res: dict[str, Any] = {"T": list(cfg.horizons)}
     for label, sw in (("fixed", lambda T: 1.0), ("scaled", lambda T: 1.0 / T)):
         rows = []
@@ -97,7 +97,9 @@ def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
     """Spectra of K_inf on N > d sphere points: polynomial activations give (near-)singular kernels."""
     t0 = time.perf_counter()
     x = sphere(cfg.n_points, cfg.d, cfg.seed)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(
+        os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(cfg.activations) * len(cfg.depths)
+    )
     res: dict[str, Any] = {
         "activations": list(cfg.activations),
         "depths": [str(L) for L in cfg.depths],
@@ -161,7 +163,9 @@ def run_activations(cfg: ActivationsConfig, out: str, name: str = "E8") -> dict:
         from ..data import binary_task, mnist
 
         data["MNIST 0/1"] = binary_task(*mnist(cfg.data_dir, "train"), classes=(0, 1), n=cfg.n_points, seed=cfg.seed)[0]
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(
+        os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(data) * len(cfg.activations)
+    )
     res: dict[str, Any] = {"activations": list(cfg.activations), "datasets": list(data), "rel_lambda_0": {}}
     for ds, x in data.items():
         vals = []

@@ -54,9 +54,9 @@ def run(cfg: SolverConfig, out: str, name: str = "E7") -> dict:
     ref_s = Solver("dopri8", rtol=1e-13, atol=1e-13, max_steps=100000)
     f_ref = model.apply(p, x, solver=ref_s)
     g_ref = grad(model, p, x, solver=ref_s)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
     settings = [Solver(s, steps=n) for s in cfg.fixed for n in cfg.fixed_steps]
     settings += [Solver(s, rtol=t, atol=t, max_steps=100000) for s in cfg.adaptive for t in cfg.tolerances]
+    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(settings))
     rows = []
     for s in settings:
 

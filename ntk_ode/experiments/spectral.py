@@ -64,7 +64,9 @@ def _cell(act: str, d: int, cfg: SpectralConfig) -> dict:
 def run(cfg: SpectralConfig, out: str, name: str = "E11") -> dict:
     """Run E11 (resumable cells) and write the results file; returns the results."""
     t0 = time.perf_counter()
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(
+        os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg), total=len(cfg.dims) * len(cfg.activations)
+    )
     res: dict[str, Any] = {"activations": list(cfg.activations), "dims": list(cfg.dims), "cells": {}}
     for d in cfg.dims:
         for act in cfg.activations:

@@ -85,7 +85,12 @@ def run(cfg: TyingConfig, out: str, name: str = "E10") -> dict:
     """Run E10 (resumable cells) and write the results file; returns the results."""
     t0 = time.perf_counter()
     x, _ = digits(n=cfg.n_points, seed=cfg.seed)
-    cells = Cells(os.path.join(out, f".{name}_cells.json"), dataclasses.asdict(cfg))
+    cells = Cells(
+        os.path.join(out, f".{name}_cells.json"),
+        dataclasses.asdict(cfg),
+        total=len(cfg.activations)
+        * (len({(float(t), 1.0) for t in cfg.horizons} | {(1.0, float(s)) for s in cfg.sigmas}) + 1),
+    )
     res: dict[str, Any] = {
         "activations": list(cfg.activations),
         "T": list(cfg.horizons),
