@@ -114,7 +114,8 @@ def plot(rows, swT, sux, path):
                 ax.set_xlabel(r"$\sigma_w T$")
             if j == 0:
                 ax.set_ylabel("relative error of the NTK")
-    axes[0, 0].legend(fontsize=6, loc="upper left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # the same input norms in every panel
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.suptitle("true error (o, solid; floored at 1e-17) and reported estimate (x, dashed)", fontsize=10)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -8,6 +8,9 @@ So every public function keeps its checks under transformations. Imports nothing
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
 from typing import Any, TypeAlias, TypeVar
 
 import equinox as eqx
@@ -15,7 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ArrayOrNumpy", "check_depth", "check_inputs", "check_params", "fail_if", "is_traced", "positive_int"]
+__all__ = [
+    "ArrayOrNumpy",
+    "check_depth",
+    "check_inputs",
+    "check_params",
+    "eager_errors",
+    "fail_if",
+    "is_traced",
+    "positive_int",
+]
 
 A = TypeVar("A")
 ArrayOrNumpy: TypeAlias = jax.Array | np.ndarray
@@ -49,11 +61,40 @@ def fail_if(value: A, bad: Any, message: str, exc: type[Exception] = RuntimeErro
     Raises:
         exc: eagerly, when ``bad`` holds; under tracing a RuntimeError at run time.
     """
-    if is_traced(bad):
-        return eqx.error_if(value, jnp.any(bad), message)
+    if is_traced(bad):  # the exception's name travels in the message (see eager_errors)
+        return eqx.error_if(value, jnp.any(bad), f"[{exc.__name__}] {message}")
     if bool(np.any(np.asarray(bad))):
         raise exc(message)
     return value
+
+
+_TRACED_ERROR = re.compile(r"EquinoxRuntimeError: \[(RuntimeError|FloatingPointError)\] ([^\n]+)")
+
+
+@contextlib.contextmanager
+def eager_errors() -> Iterator[None]:
+    """Turn a failed :func:`fail_if` check inside a jitted call back into its own exception.
+
+    A check that fails inside ``jax.jit`` surfaces as XLA's ``JaxRuntimeError`` ("INTERNAL:
+    CpuCallback error" and a long traceback). A public function that jits internally and is
+    called eagerly wraps the call in this context, so the caller gets the RuntimeError or
+    FloatingPointError that the eager path raises, with the check's message. Other errors pass.
+
+    Yields:
+        Nothing.
+
+    Raises:
+        RuntimeError: a failed check (a solve that did not converge, ...).
+        FloatingPointError: a failed finiteness check.
+    """
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        m = _TRACED_ERROR.search(str(e))
+        if m is None:
+            raise
+        exc = FloatingPointError if m.group(1) == "FloatingPointError" else RuntimeError
+        raise exc(m.group(2).strip()) from None
 
 
 def check_depth(depth: Any) -> int | None:

@@ -209,8 +209,53 @@ def cmd_train(args) -> int:
             f"{rec['step'][i]:6d} {rec['train_loss'][i]:11.4e} {rec.get('bound', [np.nan] * 999)[i]:11.4e} "
             f"{rec['lambda_min'][i]:11.4e} {rec['rel_dist'][i]:9.2e}"
         )
-    print(f"wrote {args.out}.json")
+    if "bound" in rec and r.lambda_0 is not None:
+        rate = float(r.learning_rate) * float(r.lambda_0)
+        print(
+            f"bound = (1 - eta lambda_0)^k L_0 (Theorem 2) with eta lambda_0 = {rate:.2e}: it falls by a factor "
+            f"e only every {1 / max(rate, 1e-300):.3g} steps, because lambda_0 = {float(r.lambda_0):.3e} is the "
+            "smallest eigenvalue of K_inf and eta ~ 1 / lambda_max"
+        )
+    _plot_training(rec, args.out)
+    print(f"wrote {args.out}.json and {args.out}.png")
     return 0
+
+
+def _plot_training(rec: dict, out: str) -> None:
+    """``<out>.png``: training loss against the theory's bound, and lambda_min of the NTK."""
+    from .experiments.common import figure, savefig
+
+    plt = figure()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    axes[0].semilogy(rec["step"], rec["train_loss"], "o-", ms=3, label="training loss")
+    if "bound" in rec:
+        axes[0].semilogy(rec["step"], rec["bound"], "--", color="0.35", label=r"bound $(1 - \eta\lambda_0)^k L_0$")
+    axes[0].set(xlabel="step $k$", ylabel="loss", title="gradient descent")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(rec["step"], rec["lambda_min"], "o-", ms=3, label=r"$\lambda_{\min}(\Theta_n(k))$")
+    axes[1].set(xlabel="step $k$", ylabel=r"$\lambda_{\min}$", title="smallest NTK eigenvalue during training")
+    axes[1].legend(fontsize=8)
+    folder, name = os.path.split(os.path.abspath(out))
+    savefig(fig, folder, name)
+    plt.close(fig)
+
+
+def _plot_sweep(r: dict, out: str) -> None:
+    """``<out>.png``: the mean relative NTK distance against width, with the theory's slope."""
+    from .experiments.common import figure, loglog, savefig
+
+    plt = figure()
+    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    loglog(ax, r["widths"], r["mean_dist"], "mean over seeds", theory_slope=-0.5, samples=r["dist"])
+    ax.set(
+        xlabel="width $n$",
+        ylabel=r"$\|\Theta_n - K_\infty\|_F \,/\, \|K_\infty\|_F$",
+        title="NTK vs width (mean $\\pm$ s.e. over seeds)",
+    )
+    ax.legend(fontsize=7)
+    folder, name = os.path.split(os.path.abspath(out))
+    savefig(fig, folder, name)
+    plt.close(fig)
 
 
 def cmd_sweep(args) -> int:
@@ -235,7 +280,11 @@ def cmd_sweep(args) -> int:
     for w, m in zip(r["widths"], r["mean_dist"]):
         print(f"width {w:6d}  mean ||Theta_n - K_inf|| / ||K_inf|| = {m:.4e}")
     if len(set(args.widths)) > 1:
-        print(f"fitted slope {r['slope']:+.3f} (theory -1/2)")
+        se = r["slope_se"]
+        err = f" +- {se:.3f} (standard error over {args.seeds} seeds)" if np.isfinite(se) else " (one seed: no error)"
+        print(f"fitted slope {r['slope']:+.3f}{err}; theory -1/2 for wide enough networks")
+        _plot_sweep(r, args.out)
+        print(f"plot in {args.out}.png")
     print(f"results in {args.out}.json")
     return 0
 

@@ -16,6 +16,7 @@ After initialization, ``jax.process_index()`` and ``jax.process_count()`` say wh
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ ENV_COORDINATOR = "NTK_ODE_COORDINATOR"
 ENV_NUM_PROCESSES = "NTK_ODE_NUM_PROCESSES"
 ENV_PROCESS_ID = "NTK_ODE_PROCESS_ID"
 ENV_TIMEOUT = "NTK_ODE_COORDINATOR_TIMEOUT"
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: longer waits are a typo (and huge values fail inside jaxlib)
 
 T = TypeVar("T")
 
@@ -58,8 +60,11 @@ def initialize(
     given = [v is not None for v in (coordinator, num_processes, process_id)]
     if any(given) and not all(given):
         raise ValueError("coordinator, num_processes and process_id must be given together (or none of them)")
-    if isinstance(timeout_s, bool) or int(timeout_s) != timeout_s or timeout_s < 1:
-        raise ValueError(f"timeout_s must be a positive integer, got {timeout_s!r}")
+    if isinstance(timeout_s, bool) or int(timeout_s) != timeout_s or not 1 <= timeout_s <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"timeout_s (the coordinator timeout, {ENV_TIMEOUT}) must be a whole number of seconds in "
+            f"[1, {MAX_TIMEOUT_S}], got {timeout_s!r}"
+        )
     if all(given):
         assert num_processes is not None and process_id is not None and coordinator is not None
         if isinstance(num_processes, bool) or int(num_processes) != num_processes or num_processes < 1:
@@ -125,14 +130,15 @@ def initialize_from_env() -> bool:
     coordinator = os.environ.get(ENV_COORDINATOR)
     if not coordinator:
         return False
-    try:
-        n, i = int(os.environ[ENV_NUM_PROCESSES]), int(os.environ[ENV_PROCESS_ID])
-        timeout = int(os.environ.get(ENV_TIMEOUT, "60"))
-    except (KeyError, ValueError) as e:
-        raise ValueError(
-            f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers: {e}"
-        ) from e
-    initialize(coordinator, n, i, timeout_s=timeout)
+    values = {}
+    for name, default in ((ENV_NUM_PROCESSES, None), (ENV_PROCESS_ID, None), (ENV_TIMEOUT, "60")):
+        raw = os.environ.get(name, default)
+        try:
+            values[name] = int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            what = "a whole number of seconds" if name == ENV_TIMEOUT else "an integer"
+            raise ValueError(f"{ENV_COORDINATOR} is set, so {name} must be {what}, got {raw!r}") from None
+    initialize(coordinator, values[ENV_NUM_PROCESSES], values[ENV_PROCESS_ID], timeout_s=values[ENV_TIMEOUT])
     return True
 
 
@@ -182,8 +188,10 @@ def launch_local(
         force: allow more than 4 processes per local CPU core.
 
     Returns:
-        0 if all succeeded, else the first failing exit status (a process JAX stopped because
-        the others never joined exits with a "Deadline Exceeded" message).
+        0 if all succeeded; else the exit status of the first process that failed, or 2 if it
+        was killed by a signal. Every process is watched, so a dead one stops the others at once
+        (within 0.2 s), and the message names it (a process JAX stopped because the others never
+        joined exits with a "Deadline Exceeded" message).
 
     Raises:
         ValueError: ``processes`` is not a positive integer, or above 4 per CPU core without
@@ -215,12 +223,12 @@ def launch_local(
         raise OSError(
             e.errno, f"could not start process {len(procs)} of {processes} ({e}); the others were stopped"
         ) from e
-    status = 0
+    dead = None  # (process id, exit status) of the first process that failed
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
-            if failed:
-                status = failed[0]
+        while dead is None:
+            codes = [p.poll() for p in procs]  # every process, every round (a dead one is seen at once)
+            dead = next(((i, c) for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if dead is None and all(c == 0 for c in codes):
                 break
             time.sleep(0.2)
     finally:
@@ -229,11 +237,28 @@ def launch_local(
                 p.terminate()
         for p in procs:
             p.wait()
-    if status == 0:
-        status = next((p.returncode for p in procs if p.returncode != 0), 0)
-    if status != 0:
-        print(
-            f"ntk-ode: a process of {processes} failed (exit status {status}); the others were stopped",
-            file=sys.stderr,
-        )
-    return int(status)
+    if dead is None:
+        return 0
+    i, code = dead
+    print(f"ntk-ode: {describe_exit(i, processes, code)}; the other processes were stopped", file=sys.stderr)
+    return 2 if code < 0 else int(code)
+
+
+def describe_exit(process_id: int, processes: int, code: int) -> str:
+    """``"process i of n exited with status s"``, or ``"... was killed by signal SIGKILL"``.
+
+    Args:
+        process_id: the process's id.
+        processes: the number of processes.
+        code: its exit status (``subprocess``'s: negative for a signal).
+
+    Returns:
+        The phrase.
+    """
+    if code >= 0:
+        return f"process {process_id} of {processes} exited with status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = str(-code)
+    return f"process {process_id} of {processes} was killed by signal {name}"

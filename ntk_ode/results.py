@@ -74,7 +74,8 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
 
     Two runs writing the same output would otherwise interleave their writes and lose one
     run's results; the second one is refused at once. The lock is advisory (``fcntl.flock``)
-    and released when the process ends, even by ``kill -9``; the empty ``.lock`` file stays.
+    and released when the process ends, even by ``kill -9``. The ``.lock`` file is removed when
+    the block ends (it stays only after a kill, empty and unlocked, and the next run reuses it).
 
     Args:
         path: the results file (its folder is created).
@@ -87,23 +88,40 @@ def exclusive(path: str | os.PathLike) -> Iterator[None]:
     """
     lock_path = os.fspath(path) + ".lock"
     prepare_output(lock_path)
-    try:
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, FILE_MODE)
-    except OSError as e:
-        if os.path.islink(lock_path):
-            raise OSError(f"{lock_path} is a symbolic link: refusing to create or lock through it") from e
-        raise
-    try:
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, FILE_MODE)
+        except OSError as e:
+            if os.path.islink(lock_path):
+                raise OSError(f"{lock_path} is a symbolic link: refusing to create or lock through it") from e
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise LockedError(
                 f"{os.fspath(path)} is being written by another process (lock {lock_path}); "
                 "wait for it to finish or use another output path"
             ) from None
+        if _same_file(fd, lock_path):
+            break
+        os.close(fd)  # its holder removed it between our open and our lock: lock the new one
+    try:
         yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # still holding the lock, so no other run is between open and lock
         os.close(fd)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` (not followed if a link) is the file open as ``fd``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev)
 
 
 def versions() -> dict[str, str]:

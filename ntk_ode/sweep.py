@@ -27,7 +27,7 @@ from .kernels import kernel_fn
 from .model import NeuralODE, Solver, check_depth, check_inputs, hyper_jit
 from .results import atomic_write_json, check_resume, exclusive, fingerprint, provenance, read_json
 
-__all__ = ["width_sweep", "fit_slope", "seed_keys"]
+__all__ = ["width_sweep", "fit_slope", "slope_standard_error", "seed_keys"]
 
 
 def fit_slope(x: ArrayOrNumpy | Sequence[float], y: ArrayOrNumpy | Sequence[float]) -> float:
@@ -49,6 +49,44 @@ def fit_slope(x: ArrayOrNumpy | Sequence[float], y: ArrayOrNumpy | Sequence[floa
     if np.any(x <= 0) or np.any(y <= 0):
         raise ValueError("fit_slope needs positive x and y (it fits on log-log axes)")
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def slope_standard_error(x: ArrayOrNumpy | Sequence[float], samples: ArrayOrNumpy) -> float:
+    """Standard error of :func:`fit_slope` of the seed means, from the spread over seeds.
+
+    The slope is ``sum_i c_i log m_i`` with ``m_i`` the mean of row ``i`` of ``samples`` and
+    ``c_i = (log x_i - mean log x) / sum_j (log x_j - mean log x)^2``; each ``log m_i`` has
+    variance ``s_i^2 / (n m_i^2)`` to first order (``s_i`` the seeds' standard deviation, ``n``
+    the seed count), independently over ``i``, so the slope's standard error is
+    ``sqrt(sum_i c_i^2 s_i^2 / (n m_i^2))``. It measures the seed noise only, not a departure
+    of the means from a power law.
+
+    Args:
+        x: positive abscissae (the widths), shape (k,).
+        samples: positive values, shape (k, n): n seeds per abscissa.
+
+    Returns:
+        The standard error; nan with fewer than two seeds.
+
+    Raises:
+        ValueError: shapes that do not match, fewer than two distinct abscissae, or a
+            non-positive value.
+    """
+    x, samples = np.asarray(x, float), np.asarray(samples, float)
+    if samples.ndim != 2 or samples.shape[0] != x.size or np.unique(x).size < 2:
+        raise ValueError(
+            f"slope_standard_error needs x of shape (k,), k >= 2 distinct, and samples of shape (k, n); "
+            f"got {x.shape} and {samples.shape}"
+        )
+    if np.any(x <= 0) or np.any(samples <= 0):
+        raise ValueError("slope_standard_error needs positive x and samples (log-log axes)")
+    n = samples.shape[1]
+    if n < 2:
+        return float("nan")
+    lx = np.log(x) - np.log(x).mean()
+    c = lx / np.sum(lx**2)
+    var_log_mean = samples.var(axis=1, ddof=1) / (n * samples.mean(axis=1) ** 2)
+    return float(np.sqrt(np.sum(c**2 * var_log_mean)))
 
 
 def seed_keys(seed: int, width: int, first: int, count: int) -> jax.Array:
@@ -162,7 +200,8 @@ def width_sweep(
     Returns:
         A dict with ``widths``, per-seed distances ``dist`` (n_widths, n_seeds) and per block
         ``dist_U``, ``dist_W``, ``dist_v``, their means ``mean_*``, the fitted log-log ``slope``
-        of the mean distance against width (nan for a single width), ``K_inf``, timings and
+        of the mean distance against width and its standard error over seeds ``slope_se``
+        (:func:`slope_standard_error`; nan for a single width), ``K_inf``, timings and
         provenance (``config``, ``versions``).
 
     Raises:
@@ -242,13 +281,16 @@ def _sweep(model, x, widths, n_seeds, depth, seed, solver, out, batch_size, shar
         for k in ("dist", "dist_U", "dist_W", "dist_v")
     }
     means = {f"mean_{k}": v.mean(axis=1) for k, v in res.items()}
-    slope = fit_slope(widths, means["mean_dist"]) if len(set(widths)) > 1 else float("nan")
+    several = len(set(widths)) > 1
+    slope = fit_slope(widths, means["mean_dist"]) if several else float("nan")
+    slope_se = slope_standard_error(widths, res["dist"]) if several else float("nan")
     return {
         **provenance(config),
         "widths": np.array(widths),
         **res,
         **means,
         "slope": slope,
+        "slope_se": slope_se,
         "K_inf": K[0],
         "time_kernel_s": state["time_kernel_s"],
         "time_s": np.array([state["done"][str(w)]["time_s"] for w in widths]),

@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from ntk_ode.cli import main
+from ntk_ode.sweep import slope_standard_error
 
 
 def test_demo_smallest(tmp_path):
@@ -58,6 +60,19 @@ def test_text_data_with_header_and_other_delimiters(tmp_path, capsys):
     assert "different numbers of columns" in capsys.readouterr().err
 
 
+def test_sweep_prints_its_slope_with_a_standard_error_and_plots(tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    args = ["sweep", "--widths", "8", "16", "--seeds", "3", "--n", "3", "--depth", "2", "--out", out]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    data = json.load(open(out + ".json"))["state"]["done"]
+    dist = np.array([data[w]["dist"][:3] for w in ("8", "16")])
+    se = slope_standard_error([8, 16], dist)
+    m = re.search(r"fitted slope ([+-][\d.]+) \+- ([\d.]+) \(standard error over 3 seeds\)", text)
+    assert m and abs(float(m.group(2)) - se) <= 1e-3, text
+    assert os.path.getsize(out + ".png") > 1000
+
+
 def test_train_from_an_empty_folder_extends_and_refuses_another_seed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no results/ folder here: the default --out must work
     args = ["train", "--width", "16", "--n", "8", "--record-every", "2", "--depth", "2"]
@@ -65,7 +80,12 @@ def test_train_from_an_empty_folder_extends_and_refuses_another_seed(tmp_path, m
     first = json.load(open("results/train.json"))
     assert first["records"]["step"] == [0, 2, 4]
     assert oct(os.stat("results/train.json").st_mode & 0o777) == "0o644"
+    assert os.path.getsize("results/train.png") > 1000  # loss against the bound, lambda_min
     assert main([*args, "--steps", "6"]) == 0  # extends the finished run
+    out = capsys.readouterr().out
+    # the bound's rate is explained with the numbers of the run
+    rate = float(re.search(r"eta lambda_0 = ([\d.e+-]+)", out).group(1))
+    assert abs(rate - first["learning_rate"] * first["lambda_0"]) <= 1e-3 * rate, out
     second = json.load(open("results/train.json"))
     assert second["records"]["step"] == [0, 2, 4, 6]
     assert second["records"]["train_loss"][:3] == first["records"]["train_loss"]

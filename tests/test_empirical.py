@@ -13,7 +13,7 @@ import pytest
 import ntk_ode as no
 from ntk_ode.empirical import empirical_ntk, empirical_ntk_fn, monte_carlo_kernels
 from ntk_ode.limits import kernel_fn
-from ntk_ode.sweep import width_sweep
+from ntk_ode.sweep import fit_slope, slope_standard_error, width_sweep
 
 X = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (3, 4)))
 
@@ -90,6 +90,22 @@ def test_monte_carlo_mean_matches_kernel_fn(act, head):
     assert np.all(np.abs(mean - K) <= 4 * se), (mean - K) / se
 
 
+def test_slope_standard_error_matches_the_spread_of_replicated_fits():
+    # synthetic sweeps: mean distance C w^-1/2 times independent seed noise of 20% (gamma)
+    rng = np.random.default_rng(0)
+    widths, seeds, reps = np.array([64.0, 128, 256, 512, 1024]), 6, 4000
+    truth = 3.0 * widths**-0.5
+    samples = truth[None, :, None] * rng.gamma(25.0, 1 / 25.0, size=(reps, widths.size, seeds))
+    slopes = np.array([fit_slope(widths, s.mean(axis=1)) for s in samples])
+    ses = np.array([slope_standard_error(widths, s) for s in samples])
+    spread = slopes.std(ddof=1)  # the true standard error, to ~1.1% (4000 replications)
+    assert abs(np.median(ses) / spread - 1) < 0.1, (np.median(ses), spread)
+    assert abs(slopes.mean() + 0.5) < 4 * spread / np.sqrt(reps)  # the fit is unbiased at this noise
+    assert np.isnan(slope_standard_error(widths, samples[0][:, :1]))  # one seed: no error
+    with pytest.raises(ValueError, match="samples of shape"):
+        slope_standard_error(widths, samples[0][:3])
+
+
 def test_width_sweep_slope_and_resume(tmp_path):
     model = no.NeuralODE("softplus")
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (4, 5)))
@@ -97,6 +113,7 @@ def test_width_sweep_slope_and_resume(tmp_path):
     out = str(tmp_path / "sweep")
     r = width_sweep(model, x, widths, 6, depth=8, out=out, progress=False)
     assert -0.7 <= r["slope"] <= -0.3, r["slope"]
+    assert 0 < r["slope_se"] < 0.2 and abs(r["slope"] + 0.5) <= 4 * r["slope_se"] + 0.05, (r["slope"], r["slope_se"])
     r2 = width_sweep(model, x, widths, 6, depth=8, out=out, progress=False)
     np.testing.assert_array_equal(r["dist"], r2["dist"])
     # fewer widths or seeds reuse the stored ones; more seeds extend them (seed s does not depend

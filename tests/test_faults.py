@@ -2,6 +2,7 @@
 with a message naming them, two writers on one output are refused, bad inputs get named errors."""
 
 import json
+import os
 import pathlib
 import re
 import signal
@@ -161,9 +162,15 @@ def test_two_writers_on_one_output_are_refused(tmp_path):
     with exclusive(ck + ".npz"):
         with pytest.raises(LockedError):
             _tiny_training(tmp_path, checkpoint=ck)()
-    # released: both run now
+    # released: both run now, and leave no lock files behind
     no.width_sweep(no.NeuralODE("tanh"), x, [4], 2, depth=2, out=out, progress=False)
     _tiny_training(tmp_path, checkpoint=ck)()
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".lock")], os.listdir(tmp_path)
+    # a lock file left by a killed run (empty, unlocked) is reused, then removed
+    open(out + ".json.lock", "w").close()
+    with exclusive(out + ".json"):
+        assert os.path.exists(out + ".json.lock")
+    assert not os.path.exists(out + ".json.lock")
 
 
 def test_sweep_refuses_another_solver_and_a_training_another_optimizer(tmp_path):

@@ -268,3 +268,56 @@ def test_a_missing_coordinator_or_process_stops_in_seconds_with_a_message(tmp_pa
     r = run("0")
     assert r.returncode != 0
     assert "joining the coordinator" in r.stderr and "Deadline Exceeded" in r.stderr, r.stderr[-2000:]
+
+
+def _fake_interpreter(tmp_path, body):
+    """An executable standing in for python: ``body`` is shell, run with the launcher's environment."""
+    path = tmp_path / "fake_python"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_killed_process_stops_the_others_at_once_and_is_named(tmp_path, capsys):
+    import time
+
+    from ntk_ode.distributed import launch_local
+
+    # process 1 dies by SIGKILL after 0.5 s; process 0 would run for a minute
+    fake = _fake_interpreter(
+        tmp_path,
+        'if [ "$NTK_ODE_PROCESS_ID" = 1 ]; then sleep 0.5; kill -9 $$; fi\n'
+        f"echo started > {tmp_path}/zero_started; sleep 60; echo finished > {tmp_path}/zero_finished",
+    )
+    t0 = time.monotonic()
+    status = launch_local(["kernel"], 2, python=fake)
+    elapsed = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert status == 2 and "process 1 of 2 was killed by signal SIGKILL" in err, err
+    assert elapsed < 30 and not (tmp_path / "zero_finished").exists()  # process 0 was stopped
+    # a process that exits with an error: its status comes back, and it is the one named
+    fake = _fake_interpreter(tmp_path, 'if [ "$NTK_ODE_PROCESS_ID" = 0 ]; then exit 3; fi; sleep 60')
+    assert launch_local(["kernel"], 2, python=fake) == 3
+    assert "process 0 of 2 exited with status 3" in capsys.readouterr().err
+    fake = _fake_interpreter(tmp_path, "exit 0")
+    assert launch_local(["kernel"], 3, python=fake) == 0
+
+
+def test_coordinator_variables_are_named_when_malformed(monkeypatch):
+    from ntk_ode import distributed as dist
+
+    monkeypatch.setenv(dist.ENV_COORDINATOR, "127.0.0.1:1")
+    monkeypatch.setenv(dist.ENV_NUM_PROCESSES, "2")
+    monkeypatch.setenv(dist.ENV_PROCESS_ID, "1")
+    monkeypatch.setenv(dist.ENV_TIMEOUT, "1.5")
+    with pytest.raises(ValueError, match="NTK_ODE_COORDINATOR_TIMEOUT must be a whole number of seconds, got '1.5'"):
+        dist.initialize_from_env()
+    monkeypatch.setenv(dist.ENV_TIMEOUT, "99999999999")
+    with pytest.raises(
+        ValueError, match=r"coordinator timeout, NTK_ODE_COORDINATOR_TIMEOUT\) must be .* \[1, 604800\]"
+    ):
+        dist.initialize_from_env()
+    monkeypatch.setenv(dist.ENV_TIMEOUT, "5")
+    monkeypatch.setenv(dist.ENV_PROCESS_ID, "one")
+    with pytest.raises(ValueError, match="NTK_ODE_PROCESS_ID must be an integer, got 'one'"):
+        dist.initialize_from_env()

@@ -22,7 +22,7 @@ from ..results import (
     provenance,
     read_json,
 )
-from ..sweep import fit_slope
+from ..sweep import fit_slope, slope_standard_error
 
 __all__ = ["Preset", "Experiment", "Cells", "loglog", "fit_slope", "save_results", "load_results"]
 
@@ -257,17 +257,27 @@ def loglog(
     theory_slope: float | None = None,
     marker: str = "o-",
     err: Any = None,
+    samples: Any = None,
+    bars: bool = False,
 ) -> float:
     """Plot y(x) on log-log axes with its fitted slope in the label; optional dashed theory line.
+
+    The theory line is grey, drawn 1.6x above the first point so that it is not hidden under
+    the data, and labelled once per axes.
 
     Args:
         ax: matplotlib axes.
         x: abscissae.
         y: values (non-positive ones are left out).
         label: legend label.
-        theory_slope: slope of a dashed reference line through the first point.
+        theory_slope: slope of a dashed reference line.
         marker: line style.
         err: standard errors of y (drawn as a band of +-1 standard error).
+        samples: per-seed values (len(x), seeds) whose means are ``y``: then ``err`` is their
+            standard error and the label gives the slope's standard error
+            (:func:`ntk_ode.sweep.slope_standard_error`).
+        bars: draw the standard errors as error bars instead of a band (for several curves on
+            one axes, whose bands would overlap).
 
     Returns:
         The fitted slope (nan with fewer than two points).
@@ -275,18 +285,30 @@ def loglog(
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = (x > 0) & (y > 0) & np.isfinite(y)
     s = fit_slope(x[ok], y[ok]) if ok.sum() >= 2 else float("nan")
-    (line,) = ax.loglog(x[ok], y[ok], marker, ms=4, label=f"{label} (slope {s:.2f})")
+    text = f"slope {s:.2f}"
+    if samples is not None:
+        per_seed = np.asarray(samples, float)
+        err = seed_error(per_seed)
+        if ok.sum() >= 2 and per_seed.shape[-1] >= 2 and np.all(per_seed[ok] > 0):
+            text += f" $\\pm$ {slope_standard_error(x[ok], per_seed[ok]):.2f}"
+    (line,) = ax.loglog(x[ok], y[ok], marker, ms=4, label=f"{label} ({text})")
     if err is not None:
         e = np.asarray(err, float)[ok]
-        ax.fill_between(x[ok], np.maximum(y[ok] - e, y[ok] * 1e-3), y[ok] + e, color=line.get_color(), alpha=0.2, lw=0)
+        lo = np.maximum(y[ok] - e, y[ok] * 1e-3)
+        if bars:
+            ax.errorbar(x[ok], y[ok], yerr=[y[ok] - lo, e], fmt="none", ecolor=line.get_color(), capsize=2, lw=0.8)
+        else:
+            ax.fill_between(x[ok], lo, y[ok] + e, color=line.get_color(), alpha=0.2, lw=0)
     if theory_slope is not None and ok.sum() >= 1:
+        name = f"theory: slope {theory_slope:g}"
+        seen = any(ln.get_label() == name for ln in ax.get_lines())
         ax.loglog(
             x[ok],
-            y[ok][0] * (x[ok] / x[ok][0]) ** theory_slope,
+            1.6 * y[ok][0] * (x[ok] / x[ok][0]) ** theory_slope,
             "--",
-            color=line.get_color(),
-            lw=0.8,
-            alpha=0.7,
+            color="0.35",
+            lw=1.0,
+            label="_nolegend_" if seen else name,
         )
     return s
 

@@ -104,9 +104,13 @@ def plot(res, out, name="E11"):
         axes[0].semilogy(k, err, ":", color=col, lw=0.8)
         rows = c["lambda_min"]
         Ns = [r["N"] for r in rows]
-        axes[1].loglog(Ns, [r["lambda_min"] for r in rows], "o-", color=col, label=f"{key} measured")
-        axes[1].loglog(Ns, [r["rank_N"] for r in rows], "x--", color=col, label=r"$N\mu_{(N)}$")
-        axes[1].loglog(Ns, [r["tail"] for r in rows], "+:", color=col, label="tail floor")
+        axes[1].loglog(Ns, [r["lambda_min"] for r in rows], "o-", color=col, label=f"{key}")
+        axes[1].loglog(Ns, [r["rank_N"] for r in rows], "x--", color=col)
+        axes[1].loglog(Ns, [r["tail"] for r in rows], "+:", color=col)
+    # one legend entry per line style (colours are the activations, as in the left panel)
+    axes[1].plot([], [], "o-", color="0.3", label=r"measured $\lambda_{\min}$")
+    axes[1].plot([], [], "x--", color="0.3", label=r"$N\mu_{(N)}$")
+    axes[1].plot([], [], "+:", color="0.3", label="tail floor")
     axes[0].set(xlabel="degree $k$", ylabel=r"$\mu_k$ (dotted: error bound)", title=f"{name}: Gegenbauer eigenvalues")
     axes[1].set(xlabel="points $N$", ylabel=r"$\lambda_{\min}$ of the NTK", title=r"$\lambda_{\min}$ vs $N$")
     for ax in axes:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from .. import NeuralODE, Solver, width_sweep
 from ..data import digits
-from .common import Preset, figure, loglog, save_results, savefig, seed_error
+from .common import Preset, figure, loglog, save_results, savefig
 
 
 @dataclasses.dataclass
@@ -64,16 +64,10 @@ def plot(res: dict, out: str, name: str = "E2"):
     """Plot E2 into ``out``."""
     plt = figure()
     fig, ax = plt.subplots(figsize=(4.8, 3.8))
-    loglog(ax, res["widths"], res["mean_dist"], "total", theory_slope=-0.5, err=seed_error(res["dist"]))
-    for b in "UWv":
-        per_seed = res.get(f"dist_{b}")
+    loglog(ax, res["widths"], res["mean_dist"], "total", theory_slope=-0.5, samples=res["dist"])
+    for b, marker in zip("UWv", ("s:", "^:", "v:")):
         loglog(
-            ax,
-            res["widths"],
-            res[f"mean_dist_{b}"],
-            f"${b}$ block",
-            marker="s:",
-            err=None if per_seed is None else seed_error(per_seed),
+            ax, res["widths"], res[f"mean_dist_{b}"], f"${b}$ block", marker=marker, samples=res[f"dist_{b}"], bars=True
         )
     ax.set(
         xlabel="width $n$",

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_depth, check_inputs, fail_if, is_traced
+from .._checks import check_depth, check_inputs, eager_errors, fail_if, is_traced
 from .core import traced_pairs, traced_singles
 from .duals import Duals, mehler_bound
 from .gets import GETS, parse_get, select
@@ -241,9 +241,10 @@ def traceable_kernel_fn(
         hyper = check_hyper(hyper)
         x1 = check_inputs(x1, None, "x1")
         x2 = x1 if x2 is None else check_inputs(x2, x1.shape[1], "x2", expected_by="x1 has")
-        if not with_error:
-            return select(dict(zip(GETS, _kernels_jit(static, hyper, x1, x2))), names, single)
-        kernels, errors = _kernels_and_errors(static, hyper, x1, x2)
+        with eager_errors():  # called eagerly: a failed check raises its own error, not XLA's
+            if not with_error:
+                return select(dict(zip(GETS, _kernels_jit(static, hyper, x1, x2))), names, single)
+            kernels, errors = _kernels_and_errors(static, hyper, x1, x2)
         return select(dict(zip(GETS, kernels)), names, single), select(dict(zip(GETS, errors)), names, single)
 
     return kfn
