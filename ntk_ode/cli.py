@@ -157,7 +157,7 @@ def _kernel_to_store(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    """Run experiments E1-E12 (or all) with results and plots."""
+    """Run experiments E1-E13 (or all) with results and plots."""
     from .experiments import EXPERIMENTS, reproduce
 
     names = list(EXPERIMENTS) if args.names == ["all"] else args.names
@@ -420,9 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = _sub(
         sub,
         "reproduce",
-        "run the experiments E1..E12 (or 'all'): results files and plots; finished cells are reused when rerun",
+        "run the experiments E1..E13 (or 'all'): results files and plots; finished cells are reused when rerun",
     )
-    r.add_argument("names", nargs="+", metavar="NAME", help="experiment names E1..E12, or 'all'")
+    r.add_argument("names", nargs="+", metavar="NAME", help="experiment names E1..E13, or 'all'")
     g = r.add_mutually_exclusive_group()
     g.add_argument(
         "--quick", action="store_true", help="small sizes; the default when neither --quick nor --full is given"

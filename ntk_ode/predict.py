@@ -39,10 +39,12 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import is_traced
+from .kernels.gets import parse_get, select
 from .linsolve import KernelSolve, check_symmetric, kernel_matvec, kernel_solve
 
 __all__ = [
     "gradient_descent_mse",
+    "gradient_descent_mse_ensemble",
     "gp_inference",
     "Gaussian",
     "max_learning_rate",
@@ -88,6 +90,14 @@ def _regularize(K: Array, diag_reg: float, absolute: bool) -> Array:
 def _matvec(A: Array, b: Array, ydim: int) -> Array:
     """``A @ b`` along b's sample axis, with leading (time) axes and an optional output axis."""
     return jnp.einsum("ij,...jk->...ik", A, b) if ydim == 2 else jnp.einsum("ij,...j->...i", A, b)
+
+
+def _check_times(t: Any) -> None:
+    """Refuse times that are not None (infinity) or finite and >= 0 (traced times pass)."""
+    if t is not None and not is_traced(t):
+        ta = np.asarray(t, np.float64)
+        if not np.all(np.isfinite(ta)) or np.any(ta < 0):
+            raise ValueError(f"t must be None (infinite time) or finite times >= 0, got {t!r}")
 
 
 def max_learning_rate(
@@ -174,13 +184,7 @@ def gradient_descent_mse(
                 stacklevel=2,
             )
     default_kte = k_test_train
-
-    def decay(t):
-        """(I - e(K)) factors in the eigenbasis: residual multiplier for each eigenvalue, shape t.shape + (N,)."""
-        t = jnp.asarray(t, K.dtype)[..., None]
-        if discrete:
-            return (1.0 - learning_rate * ev / norm) ** t
-        return jnp.exp(-learning_rate * t * ev / norm)
+    tiny = jnp.finfo(K.dtype).eps * jnp.maximum(ev[-1], jnp.finfo(K.dtype).tiny) * K.shape[0]
 
     def predict_fn(
         t: ArrayLike | None = None,
@@ -190,33 +194,18 @@ def gradient_descent_mse(
     ) -> Any:
         """Outputs at time(s) ``t`` (steps; None = infinity); see :func:`gradient_descent_mse`."""
         kte = default_kte if k_test_train is None else k_test_train
-        if t is not None and not is_traced(t):
-            ta = np.asarray(t, np.float64)
-            if not np.all(np.isfinite(ta)) or np.any(ta < 0):
-                raise ValueError(f"t must be None (infinite time) or finite times >= 0, got {t!r}")
+        _check_times(t)
         if fx_test_0 is not None and kte is None:
             raise ValueError("fx_test_0 was given but no k_test_train: pass k_test_train (M, N) for test outputs")
         f0 = jnp.zeros_like(y, dtype=K.dtype) if fx_train_0 is None else jnp.broadcast_to(fx_train_0, y.shape)
         r0 = f0 - y  # (N, *k)
         z = _matvec(V.T, r0, y.ndim)  # eigen-coordinates (N, *k)
         extra = (None,) * (y.ndim - 1)
-        if t is None:
-            # the limit t -> infinity: the residual's component in the range of K is gone, the
-            # one in its null space never moves (a singular kernel fits only what it can reach)
-            tiny = jnp.finfo(K.dtype).eps * jnp.maximum(ev[-1], jnp.finfo(K.dtype).tiny) * K.shape[0]
-            stays = jnp.where(ev > tiny, 0.0, 1.0)
-            fx_train = y + _matvec(V, stays[(slice(None),) + extra] * z, y.ndim)
-            g = jnp.where(ev > tiny, 1.0 / jnp.where(ev > tiny, ev, 1.0), 0.0)
-            coef = g[(slice(None),) + extra] * z
-        else:
-            dec = decay(t)  # t.shape + (N,)
-            dz = dec[(...,) + (slice(None),) + extra] * z
-            fx_train = y + _matvec(V, dz, y.ndim)
-            # K^-1 (I - decay), finite where ev -> 0 (limit: eta t / norm, or the discrete sum)
-            safe = jnp.where(ev > 0, ev, 1.0)
-            small = learning_rate * jnp.asarray(t, K.dtype)[..., None] / norm
-            g = jnp.where(ev > 0, (1.0 - dec) / safe, small * jnp.ones_like(ev))
-            coef = g[(...,) + (slice(None),) + extra] * z
+        # t = None: the limit t -> infinity, where the residual's component in the range of K is
+        # gone and the one in its null space never moves (a singular kernel fits only what it can reach)
+        dec, g = _flow_factors(ev, t, learning_rate / norm, tiny, discrete)  # t.shape + (N,)
+        fx_train = y + _matvec(V, dec[(...,) + (slice(None),) + extra] * z, y.ndim)
+        coef = g[(...,) + (slice(None),) + extra] * z
         out_train = None if fx_train_0 is None else fx_train
         if fx_test_0 is None:
             return out_train
@@ -281,3 +270,174 @@ def gp_inference(
         return Gaussian(mean, jnp.asarray(k_test_test) - B.T @ B)
 
     return predict_fn
+
+
+def _flow_factors(ev: Array, t: Any, rate: Any, tiny: Any, discrete: bool = False) -> tuple[Array, Array]:
+    """Gradient descent on the MSE in the kernel's eigenbasis, for eigenvalues ``ev``.
+
+    Returns ``(decay, weights)``, each of shape t.shape + (N,): the residual's multiplier
+    ``exp(-rate t ev)`` (or ``(1 - rate ev)^t`` for ``discrete``) and the eigen-weights of
+    ``K^-1 (I - decay)`` (finite as ev -> 0: ``rate t``). ``t=None`` is infinite time: the decay
+    is 0 on the eigenvalues above ``tiny`` and 1 on the others (the null space never moves),
+    the weights are the pseudo-inverse's.
+    """
+    if t is None:
+        big = ev > tiny
+        return jnp.where(big, 0.0, 1.0), jnp.where(big, 1.0 / jnp.where(big, ev, 1.0), 0.0)
+    tt = jnp.asarray(t, ev.dtype)[..., None]
+    if discrete:
+        decay = (1.0 - rate * ev) ** tt
+        gone = 1.0 - decay
+    else:
+        decay = jnp.exp(-rate * tt * ev)
+        gone = -jnp.expm1(-rate * tt * ev)
+    safe = jnp.where(ev > 0, ev, 1.0)
+    return decay, jnp.where(ev > 0, gone / safe, rate * tt * jnp.ones_like(ev))
+
+
+def _test_kernels(kernel_fn: Callable, x_test: Any, x_train: Any, batch_size: int, cov: Any) -> tuple:
+    """Test-train NNGP and NTK (M, N), and the test NNGP: (M, M), its diagonal (M,), or None.
+
+    ``kernel_fn`` is called on ``batch_size`` test rows at a time (and on pairs of row blocks for
+    the covariance), so no call forms more than a block of kernel.
+    """
+    M = x_test.shape[0]
+    starts = list(range(0, M, batch_size))
+    td = [kernel_fn(x_test[i : i + batch_size], x_train, ("nngp", "ntk")) for i in starts]
+    k_td = {g: jnp.concatenate([jnp.asarray(getattr(k, g)) for k in td]) for g in ("nngp", "ntk")}
+    if not cov:
+        return k_td, None
+    if cov == "diagonal":
+        diag = [jnp.diag(jnp.asarray(kernel_fn(x_test[i : i + batch_size], None, "nngp"))) for i in starts]
+        return k_td, jnp.concatenate(diag)
+    upper: dict[tuple[int, int], Array] = {}
+    for a, i in enumerate(starts):
+        for b, j in enumerate(starts[a:], start=a):
+            xj = None if j == i else x_test[j : j + batch_size]
+            upper[a, b] = jnp.asarray(kernel_fn(x_test[i : i + batch_size], xj, "nngp"))
+    n = len(starts)
+    rows = [[upper[a, b] if b >= a else upper[b, a].T for b in range(n)] for a in range(n)]
+    return k_td, jnp.block(rows)
+
+
+def gradient_descent_mse_ensemble(
+    kernel_fn: Callable,
+    x_train: Float[ArrayLike, "N d"],
+    y_train: Float[ArrayLike, "N ..."],
+    learning_rate: float = 1.0,
+    diag_reg: float = 0.0,
+    diag_reg_absolute_scale: bool = False,
+    *,
+    discrete: bool = False,
+    batch_size: int = 256,
+) -> Callable[..., Any]:
+    """Mean and covariance of an infinite ensemble of infinitely wide networks trained on the MSE.
+
+    neural-tangents' ``predict.gradient_descent_mse_ensemble`` (Lee et al. 2019, "Wide neural
+    networks of any depth evolve as linear models"; docs/theory.md section 5). Gradient flow on
+    ``1/(2 |y|) ||f(X) - y||^2`` from the random initialisation, marginalised over it. With
+    ``Theta`` the NTK and ``K`` the NNGP on the training inputs ``X`` (``diag_reg`` added to the
+    one that is inverted), ``e_t = exp(-eta t Theta / |y|)`` and
+    ``A_t = Theta_xX Theta^-1 (I - e_t)``:
+
+    * ``get="ntk"`` (every parameter trained): mean ``A_t y``, covariance
+      ``K_xx' + A_t K A_t'^T - A_t K_Xx' - K_xX A_t'^T``;
+    * ``get="nngp"`` (the Bayesian posterior, reached as ``t -> infinity``; at finite t the readout
+      trained alone, ``Theta = K``): mean ``K_xX K^-1 (I - e_t) y``, covariance
+      ``K_xx' - K_xX K^-1 (I - e_t^2) K_Xx'``.
+
+    ``t=None`` is infinite time (pseudo-inverses where the kernel is singular); at t = 0 the mean
+    is 0 and the covariance the NNGP. ``discrete=True`` puts the iteration of gradient descent
+    with step ``eta``, ``e_t = (I - eta Theta / |y|)^t``, in place of the flow (the same formulas
+    hold for the linearised network; ``e_t^2`` is then ``e_{2t}``).
+
+    Args:
+        kernel_fn: ``kernel_fn(x1, x2, get)`` returning kernels with ``nngp`` and ``ntk``
+            attributes (:func:`ntk_ode.kernel_fn` of a model, or neural-tangents'
+            ``kernel_fn``).
+        x_train: training inputs (N, d).
+        y_train: targets (N,) or (N, k) (each output column is independent: ``K x I``).
+        learning_rate: the step size eta; ``t`` counts steps.
+        diag_reg: ridge added to the inverted training kernel's diagonal.
+        diag_reg_absolute_scale: ``diag_reg`` in absolute units (True) or relative to the mean
+            diagonal entry (False, default).
+        discrete: the discrete iteration instead of the flow (integer ``t``).
+        batch_size: test inputs per ``kernel_fn`` call.
+
+    Returns:
+        ``predict_fn(t=None, x_test=None, get=None, compute_cov=False)``. ``t``: None, a time or
+        an array of times (leading axes of the result). ``x_test``: test inputs (M, d), or None
+        for the training inputs. ``get``: "nngp", "ntk", or a tuple of them (None: both, as a
+        namedtuple). ``compute_cov``: False (the mean, (..., M, *k)), True (a
+        :class:`Gaussian` with the (..., M, M) covariance, the same for every output column), or
+        "diagonal" (a :class:`Gaussian` with the variances (..., M)).
+
+    Raises:
+        ValueError: bad shapes, non-finite entries, a non-positive learning rate or batch size,
+            negative times or ``diag_reg`` (the latter from ``predict_fn``).
+    """
+    x_train = jnp.asarray(x_train)
+    if x_train.ndim != 2:
+        raise ValueError(f"x_train must have shape (N, d), got {x_train.shape}")
+    y = _targets(y_train, x_train.shape[0])
+    if not (float(learning_rate) > 0 and np.isfinite(float(learning_rate))):
+        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    k_dd = kernel_fn(x_train, None, ("nngp", "ntk"))
+    K = {g: _train_kernel(getattr(k_dd, g), f"kernel_fn(x_train, None).{g}") for g in ("nngp", "ntk")}
+    eig = {}
+    for g, k in K.items():
+        ev, V = jnp.linalg.eigh(_regularize(k, diag_reg, diag_reg_absolute_scale))
+        ev = jnp.maximum(ev, 0.0)
+        eig[g] = (ev, V, jnp.finfo(ev.dtype).eps * jnp.maximum(ev[-1], jnp.finfo(ev.dtype).tiny) * ev.size)
+    rate = float(learning_rate) / y.size
+
+    def predict_fn(t: Any = None, x_test: Any = None, get: Any = None, compute_cov: Any = False) -> Any:
+        """The ensemble at time(s) ``t`` on ``x_test``; see :func:`gradient_descent_mse_ensemble`."""
+        names, single = parse_get(get, ("nngp", "ntk"))
+        if compute_cov not in (False, True, "diagonal"):
+            raise ValueError(f"compute_cov must be False, True or 'diagonal', got {compute_cov!r}")
+        _check_times(t)
+        if x_test is None:
+            k_td = K
+            k_tt = None if not compute_cov else (K["nngp"] if compute_cov is True else jnp.diag(K["nngp"]))
+        else:
+            xt = jnp.asarray(x_test)
+            if xt.ndim != 2 or xt.shape[1] != x_train.shape[1]:
+                raise ValueError(f"x_test must have shape (M, {x_train.shape[1]}), got {xt.shape}")
+            k_td, k_tt = _test_kernels(kernel_fn, xt, x_train, int(batch_size), compute_cov)
+        out: dict[str, Any] = {}
+        for g in names:
+            ev, V, tiny = eig[g]
+            w = _flow_factors(ev, t, rate, tiny, discrete)[1]  # t.shape + (N,)
+            A = jnp.einsum("mj,ji,...i,ki->...mk", k_td[g], V, w, V)  # (..., M, N)
+            mean = jnp.einsum("...mk,k->...m", A, y) if y.ndim == 1 else jnp.einsum("...mk,kc->...mc", A, y)
+            if not compute_cov:
+                out[g] = mean
+                continue
+            assert k_tt is not None
+            if g == "nngp":  # K_xx' - K_xX K^-1 (I - e^2) K_Xx'
+                w2 = _flow_factors(ev, None if t is None else 2 * np.asarray(t, np.float64), rate, tiny, discrete)[1]
+                B = jnp.einsum("mj,ji,...i,ki->...mk", k_td[g], V, w2, V)
+                cov = k_tt - _cross(B, k_td["nngp"], compute_cov)
+            else:  # K_xx' + A K A'^T - A K_Xx' - K_xX A'^T
+                AK = jnp.einsum("...mk,kl->...ml", A, K["nngp"])
+                cross = _cross(A, k_td["nngp"], compute_cov)
+                cov = (
+                    k_tt
+                    + _cross(AK, A, compute_cov)
+                    - cross
+                    - (cross if compute_cov == "diagonal" else jnp.swapaxes(cross, -1, -2))
+                )
+            out[g] = Gaussian(mean, cov)
+        return select(out, names, single)
+
+    return predict_fn
+
+
+def _cross(P: Array, Q: Array, compute_cov: Any) -> Array:
+    """``P Q^T`` over the last axis (..., M, M), or its diagonal (..., M) for "diagonal"."""
+    if compute_cov == "diagonal":
+        return jnp.einsum("...mk,...mk->...m", P, jnp.broadcast_to(Q, P.shape))
+    return jnp.einsum("...mk,...lk->...ml", P, Q)

@@ -78,6 +78,7 @@ SLOW = (
     "tests/test_limits_accuracy.py::test_relu_near_duplicate_inputs_estimate_is_honest",
     "tests/test_train.py::test_ntk_stays_near_initialization",
     "tests/test_train.py::test_infinite_width_prediction_improves_with_width",
+    "tests/test_ensemble.py::test_ensemble_matches_64_trained_neural_odes_of_width_256",
 )
 
 

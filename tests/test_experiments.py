@@ -24,6 +24,7 @@ TINY = {
     "E10": dict(activations=("erf",), horizons=(0.5, 1.0), sigmas=(1.0,), depths=(2, 4), n_points=5),
     "E11": dict(activations=("erf",), k_max=6, depth=4, point_counts=(4, 8)),
     "E12": dict(activations=("erf",), depth=2, n_train=40, n_test=30, width=16, train_steps=5),
+    "E13": dict(activations=("erf",), depth=2, width=16, members=8, n_train=4, n_test=8, steps=(0, 5)),
 }
 
 
@@ -50,10 +51,12 @@ def test_experiment_runs_and_resumes(name, tmp_path, caplog):
         assert {int(m.group(2)) for m in done} == {n_cells} and max(int(m.group(1)) for m in done) == n_cells
         assert done[-1].group(3) == "the last cell"
     e.plot(res, out)
-    for line in e.summary(res) if e.summary else ():  # E12: accuracies with binomial standard errors
+    for line in e.summary(res) if name == "E12" else ():  # accuracies with binomial standard errors
         for acc, se in re.findall(r" (\d\.\d{3}) \+- (\d\.\d{3})", line):
             assert abs(float(se) - (float(acc) * (1 - float(acc)) / cfg.n_test) ** 0.5) <= 1e-3
         assert len(re.findall(r"\d \+- \d", line)) == 3, line
+    if e.summary:
+        assert e.summary(res), name
     data = load_results(os.path.join(out, f"{name}.json"))
     assert data["experiment"] == name and "versions" in data and data["time_s"] > 0
     assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000

@@ -1,4 +1,4 @@
-"""The paper's experiments E1-E9 and beyond (E10-E12): each a config (quick/full presets), run -> results file, plot.
+"""The paper's experiments E1-E9 and beyond (E10-E13): each a config (quick/full presets), run -> results file, plot.
 
 from ntk_ode.experiments import EXPERIMENTS, reproduce
 reproduce(["E1", "E2"], out="results", preset="quick")
@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from . import classification, convergence, gaps, gaussian_outputs, kernels, solvers, spectral, tying, width
+from . import classification, convergence, ensembles, gaps, gaussian_outputs, kernels, solvers, spectral, tying, width
 from .common import Experiment, load_results
 
 EXPERIMENTS = {
@@ -82,6 +82,14 @@ EXPERIMENTS = {
         classification.plot,
         classification.summary,
     ),
+    "E13": Experiment(
+        "E13",
+        "Infinite-ensemble predictions with uncertainty against trained networks",
+        ensembles.EnsembleConfig,
+        ensembles.run,
+        ensembles.plot,
+        ensembles.summary,
+    ),
 }
 
 
@@ -95,7 +103,7 @@ def reproduce(
     """Run and plot the named experiments. Finished cells are reused (per config).
 
     Args:
-        names: experiment names ("E1".."E12").
+        names: experiment names ("E1".."E13").
         out: the output folder (created if missing).
         preset: "quick" or "full" sizes.
         data_dir: a folder with MNIST's IDX files (E4 and E8 then use MNIST).
