@@ -216,10 +216,7 @@ def launch_local(
             env_i = dict(env, **{ENV_PROCESS_ID: str(i)})
             procs.append(subprocess.Popen([python or sys.executable, "-m", "ntk_ode.cli", *argv], env=env_i))
     except OSError as e:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
+        stop_all(procs)
         raise OSError(
             e.errno, f"could not start process {len(procs)} of {processes} ({e}); the others were stopped"
         ) from e
@@ -232,16 +229,34 @@ def launch_local(
                 break
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait()
+        stop_all(procs)
     if dead is None:
         return 0
     i, code = dead
     print(f"ntk-ode: {describe_exit(i, processes, code)}; the other processes were stopped", file=sys.stderr)
     return 2 if code < 0 else int(code)
+
+
+def stop_all(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """Stop the processes still running: SIGTERM, then SIGKILL after ``grace_s`` seconds.
+
+    (A process in ``jax.distributed`` handles SIGTERM as a preemption notice and keeps running
+    until its coordinator's heartbeat fails, which takes minutes; so the grace period is short.)
+
+    Args:
+        procs: the processes.
+        grace_s: how long to wait for them to end after SIGTERM.
+    """
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def describe_exit(process_id: int, processes: int, code: int) -> str:

@@ -79,6 +79,7 @@ SLOW = (
     "tests/test_train.py::test_ntk_stays_near_initialization",
     "tests/test_train.py::test_infinite_width_prediction_improves_with_width",
     "tests/test_ensemble.py::test_ensemble_matches_64_trained_neural_odes_of_width_256",
+    "tests/test_tiles.py::test_a_killed_process_of_a_real_two_process_run_stops_the_run_and_is_named",
 )
 
 

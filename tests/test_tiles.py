@@ -321,3 +321,47 @@ def test_coordinator_variables_are_named_when_malformed(monkeypatch):
     monkeypatch.setenv(dist.ENV_PROCESS_ID, "one")
     with pytest.raises(ValueError, match="NTK_ODE_PROCESS_ID must be an integer, got 'one'"):
         dist.initialize_from_env()
+
+
+def _children(pid):
+    """The pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_a_killed_process_of_a_real_two_process_run_stops_the_run_and_is_named(tmp_path):
+    # ntk-ode kernel --processes 2 on a job that takes a while; one child is killed once the
+    # children have joined (its tiles folder exists): the launcher stops the other and names it
+    import signal
+    import time
+
+    np.save(tmp_path / "x.npy", _sphere(120, 4, 0) * np.linspace(0.6, 1.4, 120)[:, None])
+    cmd = [sys.executable, "-m", "ntk_ode.cli", "kernel", str(tmp_path / "x.npy"), "--activation", "tanh"]
+    cmd += ["--tile", "8", "--method", "direct", "--store", str(tmp_path / "k"), "--processes", "2"]
+    env = dict(os.environ, NTK_ODE_CACHE_DIR="")
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    children = []
+    while time.monotonic() < deadline and launcher.poll() is None:
+        found = _children(launcher.pid)
+        if len(found) == 2 and (tmp_path / "k" / "tiles").is_dir():
+            children = sorted(found)
+            break
+        time.sleep(0.2)
+    assert len(children) == 2, "the two processes never started computing"
+    time.sleep(2.0)
+    os.kill(children[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 2, err[-3000:]
+    assert time.monotonic() - killed_at < 30  # the survivor is stopped at once, not after JAX's heartbeat
+    assert "of 2 was killed by signal SIGKILL" in err, err[-3000:]
