@@ -241,14 +241,22 @@ class ZonalKernel(CoefficientKernel):
     STATIC = ("error", "radius", "d")
 
     def __call__(self, cos):
-        """The kernel at cosines ``cos`` (clipped to [-1, 1]).
+        """The kernel at cosines ``cos`` (rounding just outside [-1, 1] is clipped).
 
         Args:
             cos: cosines of the angles between inputs (any shape).
 
         Returns:
             Kernel values, the shape of ``cos``.
+
+        Raises:
+            ValueError: (eagerly) a cosine that is not finite or lies outside [-1, 1] by more than
+                rounding (1e-9): the interpolant does not extend there.
         """
+        if not isinstance(cos, jax.core.Tracer):
+            c = np.asarray(cos, np.float64)
+            if not np.all(np.isfinite(c)) or np.any(np.abs(c) > 1 + 1e-9):
+                raise ValueError(f"cos must hold finite cosines in [-1, 1], got values up to {np.max(np.abs(c))!r}")
         return clenshaw(self.coefficients, cosine_to_u(jnp.asarray(cos, self.coefficients.dtype)))
 
     def gram(self, x1, x2=None):

@@ -91,3 +91,7 @@ def test_zonal_kernel_function_matches_direct_values_within_its_bound(act, depth
     assert np.abs(ours - direct).max() <= zk.error + float(derr), (np.abs(ours - direct).max(), zk.error, derr)
     assert zk.error <= 1e-7 * np.abs(direct).max()
     assert float(zk(1.0)) == pytest.approx(direct[0, 0], rel=1e-8)
+    assert float(zk(1.0 + 1e-12)) == float(zk(1.0))  # rounding past 1 is clipped
+    for bad in (1.5, -1.01, np.nan):  # the interpolant does not extend beyond [-1, 1]
+        with pytest.raises(ValueError, match="cos must hold finite cosines"):
+            zk(bad)
