@@ -41,6 +41,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._checks import is_traced
 from .kernels.gets import parse_get, select
 from .linsolve import KernelSolve, check_symmetric, kernel_matvec, kernel_solve
+from .nystrom import NystromSolve, engine_blocks, nystrom_solve
 
 __all__ = [
     "gradient_descent_mse",
@@ -52,6 +53,9 @@ __all__ = [
     "check_symmetric",
     "kernel_matvec",
     "KernelSolve",
+    "nystrom_solve",
+    "engine_blocks",
+    "NystromSolve",
 ]
 
 

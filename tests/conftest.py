@@ -39,11 +39,11 @@ def compilations():
 
 
 # The slow tier: `make test-slow` (and CI) runs these, `make test` leaves them out so that the
-# README's test command stays near 10 minutes on 2 cores. They are the 30 longest tests of a full
-# run (pytest --durations=30: each over 35 s on 2 cores), plus the three tests that share the
-# training fixture of the longest: end-to-end runs (demo, tutorials, kill-and-resume, training,
-# subprocess clusters) and the longest accuracy checks, each module keeping faster checks in the
-# default tier.
+# README's test command stays near 10 minutes on 2 cores. They are the longest tests of a full run
+# (pytest --durations=0: each over ~20 s on 2 cores) and the tests that share their fixtures:
+# end-to-end runs (demo, tutorials, kill-and-resume, training, subprocess clusters, trained
+# ensembles of Neural ODEs) and the longest accuracy checks, each module keeping faster checks
+# in the default tier.
 SLOW = (
     "tests/test_tutorials.py::test_tutorial_runs[06_fit_hyperparameters]",
     "tests/test_limits.py::test_ode_kernel_matches_richardson_of_resnet_kernels_and_rate",
@@ -79,6 +79,10 @@ SLOW = (
     "tests/test_train.py::test_ntk_stays_near_initialization",
     "tests/test_train.py::test_infinite_width_prediction_improves_with_width",
     "tests/test_ensemble.py::test_ensemble_matches_64_trained_neural_odes_of_width_256",
+    "tests/test_hyper.py::test_gradients_match_finite_differences[softplus-None-1e-08]",
+    "tests/test_empirical.py::test_monte_carlo_mean_matches_kernel_fn[softplus-linear]",
+    "tests/test_engine.py::test_a_fit_warns_when_its_fixed_grid_kernel_is_inaccurate",
+    "tests/test_harmonics.py::test_zonal_kernel_function_matches_direct_values_within_its_bound[erf-None]",
     "tests/test_tiles.py::test_a_killed_process_of_a_real_two_process_run_stops_the_run_and_is_named",
 )
 
