@@ -62,7 +62,7 @@ def pad_rows(a: Any, rows: int) -> Any:
     return xp.concatenate([a, xp.repeat(a[:1], rows - a.shape[0], axis=0)])
 
 
-def tiled(fn: Callable, x1, x2, batch_size: int) -> tuple:
+def tiled(fn: Callable, x1: Any, x2: Any, batch_size: int) -> tuple:
     """Evaluate a kernel ``fn(a, b)`` (an array or a tuple of arrays, each (len(a), len(b))) tile
     by tile over ``x1`` x ``x2`` (``x2=None``: x1 with itself, only tiles on and above the
     diagonal, mirrored). Tiles are padded to ``batch_size`` rows, so one shape is compiled.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,7 @@ class Spectrum:
     multiplicity: np.ndarray
     kernel_error: float
 
-    def kernel(self, t) -> np.ndarray:
+    def kernel(self, t: Any) -> np.ndarray:
         """The truncated series ``sum_k N(d, k) mu_k P_k(t)``.
 
         Args:
@@ -240,7 +241,7 @@ class ZonalKernel(CoefficientKernel):
 
     STATIC = ("error", "radius", "d")
 
-    def __call__(self, cos):
+    def __call__(self, cos: Any) -> Any:
         """The kernel at cosines ``cos`` (rounding just outside [-1, 1] is clipped).
 
         Args:
@@ -259,7 +260,7 @@ class ZonalKernel(CoefficientKernel):
                 raise ValueError(f"cos must hold finite cosines in [-1, 1], got values up to {np.max(np.abs(c))!r}")
         return clenshaw(self.coefficients, cosine_to_u(jnp.asarray(cos, self.coefficients.dtype)))
 
-    def gram(self, x1, x2=None):
+    def gram(self, x1: Any, x2: Any = None) -> Any:
         """The kernel matrix of inputs of norm ``radius``, from their cosines.
 
         The cosines are ``x1 . x2 / (|x1| |x2|)`` (not divided by ``radius^2``): near

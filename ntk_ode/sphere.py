@@ -8,6 +8,7 @@ Pure numpy; imports nothing of ours.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def _check_d(d) -> int:
     return int(d)
 
 
-def gegenbauer(k_max: int, d: int, t) -> np.ndarray:
+def gegenbauer(k_max: int, d: int, t: Any) -> np.ndarray:
     """The sphere's Gegenbauer polynomials P_0..P_{k_max} at ``t`` (normalised P_k(1) = 1).
 
     Recurrence ``P_{k+1} = ((2k + d - 2) t P_k - k P_{k-1}) / (k + d - 2)`` (Legendre for d = 3,
@@ -74,7 +75,7 @@ def harmonic_dimension(d: int, k: int) -> int:
     return math.comb(k + d - 1, d - 1) - (math.comb(k + d - 3, d - 1) if k >= 2 else 0)
 
 
-def sphere_pair_inputs(d: int, radius: float, theta) -> tuple[np.ndarray, np.ndarray]:
+def sphere_pair_inputs(d: int, radius: float, theta: Any) -> tuple[np.ndarray, np.ndarray]:
     """A point x0 and points at the angles ``theta`` from it, all of norm ``radius``.
 
     Args:

@@ -110,8 +110,8 @@ class KernelStore:
 
 def tile_kernel(
     model: NeuralODE,
-    x1,
-    x2,
+    x1: Any,
+    x2: Any,
     names: Sequence[str],
     *,
     depth: int | None = None,
@@ -244,8 +244,8 @@ def _barrier(name: str) -> None:
 
 def kernel_to_disk(
     model: NeuralODE,
-    x1,
-    x2=None,
+    x1: Any,
+    x2: Any = None,
     *,
     folder: str | os.PathLike,
     depth: int | None = None,

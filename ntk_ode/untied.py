@@ -80,7 +80,7 @@ class UntiedResNet(eqx.Module):
         p["W"] = jax.random.normal(kw, (self.depth, int(width), int(width)), p["U"].dtype)
         return p
 
-    def apply(self, params: Params, x) -> jax.Array:
+    def apply(self, params: Params, x: Any) -> jax.Array:
         """Outputs f(x) for a batch (pure JAX; works under jit, vmap and grad).
 
         Args:
@@ -118,16 +118,16 @@ class UntiedResNet(eqx.Module):
 
 def untied_kernel(
     model: NeuralODE,
-    x1,
-    x2=None,
-    get=("nngp", "ntk"),
+    x1: Any,
+    x2: Any = None,
+    get: str | tuple = ("nngp", "ntk"),
     *,
     depth: int | None = None,
     step: Step = "1/L",
     terms: int = 192,
     rtol: float | None = None,
     with_error: bool = False,
-):
+) -> Any:
     """Infinite-width NNGP and NTK of the untied ResNet (docs/theory.md section 12).
 
     Called eagerly, the duals are certified as in :func:`ntk_ode.kernel_fn`: the fewest Mehler

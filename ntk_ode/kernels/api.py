@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +55,7 @@ def _check_solve_options(nodes, terms, rtol):
 
 
 def kernel_fn(
-    model,
+    model: Any,
     depth: int | None = None,
     *,
     rtol: float | None = None,
@@ -64,7 +66,7 @@ def kernel_fn(
     table: str | bool = "auto",
     shard: bool = True,
     progress: bool = False,
-):
+) -> Callable[..., Any]:
     """The infinite-width kernels of ``model`` (``depth=None``: Neural ODE; ``depth=L``: ResNet).
 
     Returns ``kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False)`` in the neural-tangents
@@ -155,13 +157,13 @@ def kernel_fn(
 
 
 def norm_angle_kernel(
-    model,
+    model: Any,
     d: int,
     rmin: float,
     rmax: float,
     *,
     depth: int | None = None,
-    get=("nngp", "ntk"),
+    get: str | tuple = ("nngp", "ntk"),
     rtol: float = 1e-10,
     nodes: int | None = None,
     terms: int = gaussian.DEFAULT_TERMS,

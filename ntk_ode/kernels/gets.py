@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["GETS", "Kernel", "kernel_type", "parse_get", "select"]
 
@@ -17,7 +18,7 @@ Kernel.__doc__ = """Infinite-width kernels; ``ntk = ntk_U + ntk_W + ntk_v`` (the
 GETS = ("nngp", "ntk", "ntk_U", "ntk_W", "ntk_v")
 
 
-def parse_get(get, allowed: Sequence[str] = GETS) -> tuple[tuple[str, ...], bool]:
+def parse_get(get: Any, allowed: Sequence[str] = GETS) -> tuple[tuple[str, ...], bool]:
     """Validate ``get``: a kernel name, a non-empty tuple of distinct names from ``allowed``, or
     None for all of ``allowed`` (as in neural-tangents, where ``get=None`` returns the whole
     Kernel).
@@ -66,7 +67,7 @@ def kernel_type(names: tuple):
     return t
 
 
-def select(values: dict, names: tuple, single: bool):
+def select(values: dict, names: tuple, single: bool) -> Any:
     """What ``get`` asked for: one value, or the namedtuple of ``names``.
 
     Args:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +84,7 @@ def resnet_grid(L: int, T: float) -> Grid:
     return Grid(t=dt * np.arange(L + 1), A=dt * S, B=dt * S.T, w=w, shift=True)
 
 
-def scaled(unit: Grid, T) -> Grid:
+def scaled(unit: Grid, T: Any) -> Grid:
     """The grid on [0, T] from one on [0, 1]: every operator scales linearly with T (traceable).
 
     Args:
@@ -99,7 +100,7 @@ def scaled(unit: Grid, T) -> Grid:
     return Grid(t=at(unit.t), A=at(unit.A), B=at(unit.B), w=at(unit.w), shift=unit.shift)
 
 
-def shift(P):
+def shift(P: Any) -> Any:
     """P^{i,j} -> P^{i-1,j-1} (zero in row and column 0): the ResNet's one-layer shift.
 
     Args:

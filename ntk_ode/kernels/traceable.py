@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ __all__ = ["HYPERPARAMETERS", "check_hyper", "coarse_nodes", "traceable_kernel_f
 HYPERPARAMETERS = ("sigma_w", "sigma_u", "sigma_v", "T")
 
 
-def check_hyper(hyper) -> dict:
+def check_hyper(hyper: Any) -> dict:
     """Validate the hyperparameters of a traceable kernel.
 
     Args:
@@ -184,7 +185,7 @@ def _kernels_and_errors(static: _Static, hyper: dict, x1, x2):
 
 
 def traceable_kernel_fn(
-    model,
+    model: Any,
     depth: int | None = None,
     *,
     nodes: int = 24,
