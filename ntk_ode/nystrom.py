@@ -71,6 +71,10 @@ def engine_blocks(model: Any, x: Any, *, depth: int | None = None, get: str = "n
         ``(block, error)``: the block function (numpy arrays in and out; rows padded to a
         multiple of ``PAD_ROWS`` inside, so few shapes compile) and the interpolant's error
         bound (absolute).
+
+    Raises:
+        ValueError: ``get`` is not "ntk" or "nngp" (or bad arguments from the interpolant).
+        RuntimeError: the interpolant cannot meet ``rtol``.
     """
     from .harmonics import zonal_kernel
     from .kernels import norm_angle_kernel
