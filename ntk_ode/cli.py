@@ -240,24 +240,6 @@ def _plot_training(rec: dict, out: str) -> None:
     plt.close(fig)
 
 
-def _plot_sweep(r: dict, out: str) -> None:
-    """``<out>.png``: the mean relative NTK distance against width, with the theory's slope."""
-    from .experiments.common import figure, loglog, savefig
-
-    plt = figure()
-    fig, ax = plt.subplots(figsize=(4.8, 3.8))
-    loglog(ax, r["widths"], r["mean_dist"], "mean over seeds", theory_slope=-0.5, samples=r["dist"])
-    ax.set(
-        xlabel="width $n$",
-        ylabel=r"$\|\Theta_n - K_\infty\|_F \,/\, \|K_\infty\|_F$",
-        title="NTK vs width (mean $\\pm$ s.e. over seeds)",
-    )
-    ax.legend(fontsize=7)
-    folder, name = os.path.split(os.path.abspath(out))
-    savefig(fig, folder, name)
-    plt.close(fig)
-
-
 def cmd_sweep(args) -> int:
     """Width x seed sweep of the NTK vs K_inf on the bundled digits -> JSON."""
     _enable_x64()
@@ -283,7 +265,10 @@ def cmd_sweep(args) -> int:
         se = r["slope_se"]
         err = f" +- {se:.3f} (standard error over {args.seeds} seeds)" if np.isfinite(se) else " (one seed: no error)"
         print(f"fitted slope {r['slope']:+.3f}{err}; theory -1/2 for wide enough networks")
-        _plot_sweep(r, args.out)
+        from .experiments import width
+
+        folder, name = os.path.split(os.path.abspath(args.out))
+        width.plot(r, folder, name)  # E2's figure: the distance and its blocks against width
         print(f"plot in {args.out}.png")
     print(f"results in {args.out}.json")
     return 0

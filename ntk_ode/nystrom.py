@@ -134,13 +134,11 @@ def select_centres(
     N = x.shape[0]
     if isinstance(M, bool) or int(M) != M or not 1 <= M <= N:
         raise ValueError(f"centres must be an integer in [1, N={N}], got {M!r}")
+    if sampling not in ("uniform", "leverage"):
+        raise ValueError(f"sampling must be 'uniform' or 'leverage', got {sampling!r}")
     rng = np.random.default_rng(seed)
     if sampling == "uniform" or M == N:
-        if sampling not in ("uniform", "leverage"):
-            raise ValueError(f"sampling must be 'uniform' or 'leverage', got {sampling!r}")
         return np.sort(rng.choice(N, size=int(M), replace=False))
-    if sampling != "leverage":
-        raise ValueError(f"sampling must be 'uniform' or 'leverage', got {sampling!r}")
     pilot = np.sort(rng.choice(N, size=min(N, 2 * int(M)), replace=False))
     K_pp = np.asarray(block(x[pilot], x[pilot]), np.float64)
     L = np.linalg.cholesky(K_pp + ridge * np.eye(pilot.size))

@@ -2,14 +2,13 @@
 ensembles of trained finite-width networks."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.linalg import expm
 
 import ntk_ode as no
 from ntk_ode import predict
-from ntk_ode.experiments.ensembles import variance_z
+from ntk_ode.experiments.ensembles import trained_outputs, variance_z
 
 RNG = np.random.default_rng(0)
 D, N, M = 3, 6, 4
@@ -80,26 +79,6 @@ def test_ensemble_equals_gp_inference_gradient_descent_and_matrix_exponentials()
     np.testing.assert_allclose(m2[:, 0], pf(1.5, X_TEST, "ntk"), atol=1e-13)
 
 
-def _trained_ensemble(apply, width, members, steps, eta):
-    """Test outputs (members, len(steps), M) of networks trained by full-batch gradient descent."""
-    loss = lambda p: 0.5 * jnp.sum((apply(p, X_TRAIN) - Y_TRAIN) ** 2) / N
-
-    def body(p, _):
-        g = jax.grad(loss)(p)
-        return jax.tree_util.tree_map(lambda a, b: a - eta * b, p, g), None
-
-    def member(key):
-        p, done, outs = MODEL.init(key, D, width), 0, []
-        for s in steps:
-            p, _ = jax.lax.scan(body, p, None, length=s - done)
-            done = s
-            outs.append(apply(p, X_TEST))
-        return jnp.stack(outs)
-
-    keys = jax.random.split(jax.random.PRNGKey(1), members)
-    return np.asarray(jax.jit(jax.vmap(member))(keys))
-
-
 def test_variance_z_is_standard_normal_for_gaussian_samples():
     rng = np.random.default_rng(3)
     samples = rng.normal(0.0, 2.0, size=(20000, 64))
@@ -112,7 +91,9 @@ def _check_against_monte_carlo(kfn, apply, width, members, steps):
     Kt = np.asarray(kfn(X_TRAIN, None, "ntk"))
     eta = 0.25 * N / np.linalg.eigvalsh(Kt)[-1]  # eta lambda_max / N = 0.25
     pf = predict.gradient_descent_mse_ensemble(kfn, X_TRAIN, Y_TRAIN, learning_rate=eta, discrete=True)
-    out = _trained_ensemble(apply, width, members, steps, eta)
+    init = lambda key: MODEL.init(key, D, width)
+    keys = jax.random.split(jax.random.PRNGKey(1), members)
+    out = trained_outputs(apply, init, X_TRAIN, Y_TRAIN, X_TEST, steps, eta, keys)
     for i, s in enumerate(steps):
         g = pf(s, X_TEST, "ntk", "diagonal")
         mean, var = out[:, i].mean(0), out[:, i].var(0, ddof=1)

@@ -145,7 +145,7 @@ def _cell(act: str, cfg: EnsembleConfig) -> dict:
     return {
         "learning_rate": eta,
         "pred_mean": np.asarray(ntk.mean).tolist(),
-        "pred_var": np.asarray(ntk.covariance).tolist(),
+        "pred_var": pred_var.tolist(),
         "posterior_mean": np.asarray(post.mean).tolist(),
         "posterior_var": np.asarray(post.covariance).tolist(),
         "ens_mean": mean.tolist(),
