@@ -74,11 +74,37 @@ def main():
                         flush=True,
                     )
     worst = max(r["true_rel"] / max(r["estimate_rel"], 1e-300) for r in rows)
-    print(f"largest true error / estimate: {worst:.2e}   ({time.time() - t0:.0f} s)")
+    seconds = time.time() - t0
+    print(f"largest true error / estimate: {worst:.2e}   ({seconds:.0f} s)")
+    spread = ratio_summary(rows)
+    print(
+        f"estimate / true error over the {spread['pairs']} pairs with a true error above {FLOOR:.0e} "
+        f"(the rest are at rounding level): min {spread['min']:.3g}, 10% {spread['q10']:.3g}, "
+        f"median {spread['median']:.3g}, 90% {spread['q90']:.3g}, max {spread['max']:.3g}; "
+        f"{spread['within_1_100']:.0%} in [1, 100]"
+    )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"rows": rows, "largest_ratio_true_to_estimate": worst, "seconds": time.time() - t0}, f, indent=1)
+        out = {"rows": rows, "largest_ratio_true_to_estimate": worst, "estimate_over_true": spread, "seconds": seconds}
+        json.dump(out, f, indent=1)
     plot(rows, swT, sux, args.figure)
+    plot_ratio(rows, args.figure.replace(".png", "_ratio.png"))
+
+
+FLOOR = 1e-14  # true relative errors below this are rounding (~50 ulp), not the method's error
+
+
+def ratio_summary(rows):
+    """Quantiles of estimate / true error over the pairs whose true error is above rounding."""
+    r = np.array([x["estimate_rel"] / x["true_rel"] for x in rows if x["true_rel"] > FLOOR])
+    if r.size == 0:
+        return {"pairs": 0}
+    q = np.quantile(r, [0.0, 0.1, 0.5, 0.9, 1.0])
+    keys = ("min", "q10", "median", "q90", "max")
+    out = {"pairs": int(r.size), **{k: float(v) for k, v in zip(keys, q)}}
+    out["within_1_100"] = float(np.mean((r >= 1) & (r <= 100)))
+    out["log10_histogram"] = np.histogram(np.log10(r), bins=np.arange(-1, 7))[0].tolist()  # decades 0.1 .. 1e6
+    return out
 
 
 def plot(rows, swT, sux, path):
@@ -118,6 +144,29 @@ def plot(rows, swT, sux, path):
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.suptitle("true error (o, solid; floored at 1e-17) and reported estimate (x, dashed)", fontsize=10)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
+
+
+def plot_ratio(rows, path):
+    """Histogram of log10(estimate / true error) over the pairs above rounding, with 1 and 100 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [x for x in rows if x["true_rel"] > FLOOR]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), constrained_layout=True)
+    for kind, color in (("nngp", "tab:blue"), ("ntk", "tab:orange")):
+        r = [np.log10(x["estimate_rel"] / x["true_rel"]) for x in sel if x["kernel"] == kind]
+        ax.hist(r, bins=np.arange(-1, 7.01, 0.25), color=color, alpha=0.6, label=f"{kind} ({len(r)} pairs)")
+    for v, text in ((0, "estimate = true error"), (2, "100x")):
+        ax.axvline(v, color="grey", lw=1, ls="--")
+        ax.text(v + 0.05, ax.get_ylim()[1] * 0.9, text, color="grey", fontsize=7)
+    ax.set_xlabel(r"$\log_{10}$(reported estimate / true error)")
+    ax.set_ylabel("(setting, kernel) pairs")
+    ax.set_title(f"accuracy map: pairs with true error above {FLOOR:.0e}", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
     fig.savefig(path, dpi=110)
     print("wrote", path)
 

@@ -8,9 +8,11 @@ With M centres ``C`` (a subset of the N training inputs), the Nystrom estimator
 which with C = all inputs is exactly ``(K + ridge I)^-1 y`` (:func:`ntk_ode.predict.kernel_solve`).
 They are solved by conjugate gradients preconditioned as in Falkon (Rudi, Carratino and Rosasco
 2017): ``K_Cn K_nC ~ (n / M) K_CC^2``, so ``P = T^T (n/M T T^T + ridge I) T`` with
-``T^T T = K_CC``, applied by triangular solves. Only ``N x M`` numbers (the ``K_nC`` blocks,
-cached when they fit ``cache_bytes``, else recomputed block by block each iteration) and ``M x M``
-ones are ever held.
+``T^T T = K_CC``, applied by triangular solves. Only ``N x M`` numbers (the ``K_nC`` blocks) and
+``M x M`` ones are ever held: the blocks stay in memory up to ``cache_bytes``; the rest go to an
+unlinked temporary file in ``cache_dir`` when one is named (read back block by block at every
+iteration, so the process holds one block of them at a time), else they are recomputed at every
+iteration.
 
 :func:`engine_blocks` gives the kernel blocks from the engine: a certified (norm, norm, angle)
 interpolant for inputs of several norms, a zonal interpolant for inputs of one norm
@@ -19,8 +21,12 @@ interpolant for inputs of several norms, a zonal interpolant for inputs of one n
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import jax
 import numpy as np
@@ -44,6 +50,8 @@ class NystromSolve(NamedTuple):
         iterations: CG iterations.
         exact_difference: ``max |f_nystrom - f_exact| / max |f_exact|`` on the training inputs
             against ``(K + ridge I)^-1 y`` when that was affordable (else nan).
+        storage: how many ``K_nC`` row blocks were kept in "memory", on "disk", or "recomputed"
+            at every iteration.
     """
 
     alpha: np.ndarray
@@ -51,6 +59,75 @@ class NystromSolve(NamedTuple):
     residuals: np.ndarray
     iterations: int
     exact_difference: float
+    storage: dict
+
+
+class _RowBlocks:
+    """The ``K_nC`` row blocks: computed once, then kept in memory up to ``memory_bytes``, then in
+    an unlinked temporary file in ``disk_dir`` (if given), else recomputed on every request."""
+
+    def __init__(self, block: Block, x: np.ndarray, C: np.ndarray, size: int, memory_bytes: int, disk_dir):
+        self.block, self.x, self.C, self.size = block, x, C, int(size)
+        self.starts = list(range(0, x.shape[0], self.size))
+        self.memory: dict[int, np.ndarray] = {}
+        self.disk: dict[int, tuple[int, tuple[int, int]]] = {}  # block -> (byte offset, shape)
+        self.free_memory = int(memory_bytes)
+        self.file: IO[bytes] | None = None
+        if disk_dir is not None:
+            need = x.shape[0] * C.shape[0] * 8 - max(self.free_memory, 0)
+            free = shutil.disk_usage(disk_dir).free
+            if need > 0 and need > free:
+                raise ValueError(
+                    f"cache_dir {str(disk_dir)!r} has {free / 2**30:.1f} GiB free, the K_nC blocks need "
+                    f"{need / 2**30:.1f} GiB there; name another folder or raise cache_bytes"
+                )
+            self.file = tempfile.TemporaryFile(dir=disk_dir, prefix="ntk_ode-nystrom-")  # unlinked at once
+        elif x.shape[0] * C.shape[0] * 8 > self.free_memory:
+            logging.getLogger("ntk_ode").warning(
+                "nystrom_solve: K_nC (%.2f GiB) is above cache_bytes (%.2f GiB); the blocks beyond it are "
+                "recomputed at every CG iteration. Pass cache_dir= to keep them on disk instead.",
+                x.shape[0] * C.shape[0] * 8 / 2**30,
+                self.free_memory / 2**30,
+            )
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k in self.memory:
+            return self.memory[k]
+        if k in self.disk:
+            assert self.file is not None
+            offset, shape = self.disk[k]
+            self.file.seek(offset)
+            out = np.fromfile(self.file, np.float64, count=shape[0] * shape[1])
+            if out.size != shape[0] * shape[1]:
+                raise RuntimeError("nystrom_solve: a K_nC block could not be read back from cache_dir")
+            return out.reshape(shape)
+        s = self.starts[k]
+        Kb = np.asarray(self.block(self.x[s : s + self.size], self.C), np.float64)
+        if not np.all(np.isfinite(Kb)):
+            raise RuntimeError("nystrom_solve: the kernel block has non-finite values")
+        if Kb.nbytes <= self.free_memory:
+            self.memory[k] = Kb
+            self.free_memory -= Kb.nbytes
+        elif self.file is not None:
+            offset = self.file.seek(0, 2)
+            self.file.write(np.ascontiguousarray(Kb).tobytes())
+            self.file.flush()
+            self.disk[k] = (offset, Kb.shape)
+        return Kb
+
+    def storage(self) -> dict:
+        return {
+            "memory": len(self.memory),
+            "disk": len(self.disk),
+            "recomputed": len(self) - len(self.memory) - len(self.disk),
+        }
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def engine_blocks(model: Any, x: Any, *, depth: int | None = None, get: str = "ntk", rtol: float = 1e-8) -> tuple:
@@ -166,6 +243,7 @@ def nystrom_solve(
     maxiter: int = 200,
     block_size: int = 2048,
     cache_bytes: int = 2**30,
+    cache_dir: str | None = None,
     exact_max: int = 4000,
     jitter: float = 1e-12,
 ) -> NystromSolve:
@@ -182,7 +260,10 @@ def nystrom_solve(
         tol: stop at this relative residual of the normal equations.
         maxiter: at most this many CG iterations.
         block_size: training rows per kernel block.
-        cache_bytes: keep the ``K_nC`` blocks in memory when they fit, else recompute them.
+        cache_bytes: keep ``K_nC`` row blocks in memory up to this many bytes.
+        cache_dir: a folder for the ``K_nC`` blocks beyond ``cache_bytes`` (an unlinked temporary
+            file, gone when the solve ends or is killed: ``8 N M`` bytes at most); None recomputes
+            them at every CG iteration instead.
         exact_max: compare with the exact solution when N is at most this (N^2 kernel entries).
         jitter: added to K_CC's diagonal, relative to its mean, in the preconditioner's factor.
 
@@ -190,7 +271,7 @@ def nystrom_solve(
         A :class:`NystromSolve`.
 
     Raises:
-        ValueError: bad shapes or options, non-finite targets.
+        ValueError: bad shapes or options, non-finite targets, too little space in ``cache_dir``.
         RuntimeError: non-finite kernel values, or CG did not reach ``tol`` in ``maxiter``.
     """
     x = np.asarray(x, np.float64)
@@ -203,6 +284,8 @@ def nystrom_solve(
         raise ValueError(f"ridge must be a positive number, got {ridge!r}")
     if not 0 < tol < 1:
         raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    if cache_dir is not None and not os.path.isdir(cache_dir):
+        raise ValueError(f"cache_dir must be an existing folder, got {cache_dir!r}")
     N = x.shape[0]
     if np.ndim(centres) == 0:
         idx = select_centres(block, x, centres, ridge, sampling, seed)
@@ -211,31 +294,27 @@ def nystrom_solve(
         if idx.size == 0 or idx[0] < 0 or idx[-1] >= N:
             raise ValueError(f"centre indices must lie in [0, {N}), got {centres!r}")
     C = x[idx]
-    M = idx.size
     Y = y.reshape(N, -1)
-    starts = list(range(0, N, int(block_size)))
-    cache: list | None = [] if N * M * 8 <= cache_bytes else None
+    rows = _RowBlocks(block, x, C, block_size, cache_bytes, cache_dir)
+    try:
+        return _solve(rows, block, x, Y, idx, ridge, tol, maxiter, exact_max, jitter, y.ndim)
+    finally:
+        rows.close()
 
-    def rows(k: int) -> np.ndarray:
-        if cache is not None and k < len(cache):
-            return cache[k]
-        Kb = np.asarray(block(x[starts[k] : starts[k] + block_size], C), np.float64)
-        if not np.all(np.isfinite(Kb)):
-            raise RuntimeError("nystrom_solve: the kernel block has non-finite values")
-        if cache is not None:
-            cache.append(Kb)
-        return Kb
 
+def _solve(rows: _RowBlocks, block: Block, x, Y, idx, ridge, tol, maxiter, exact_max, jitter, ndim) -> NystromSolve:
+    """The preconditioned CG of :func:`nystrom_solve` over the row blocks ``rows``."""
+    N, M, C, size = x.shape[0], idx.size, rows.C, rows.size
     K_cc = np.asarray(block(C, C), np.float64)
     K_cc = 0.5 * (K_cc + K_cc.T)
     b = np.zeros((M, Y.shape[1]))
-    for k, s in enumerate(starts):
-        b += rows(k).T @ Y[s : s + block_size]
+    for k, s in enumerate(rows.starts):
+        b += rows[k].T @ Y[s : s + size]
 
     def H(v: np.ndarray) -> np.ndarray:
         out = ridge * (K_cc @ v)
-        for k in range(len(starts)):
-            Kb = rows(k)
+        for k in range(len(rows)):
+            Kb = rows[k]
             out += Kb.T @ (Kb @ v)
         return out
 
@@ -280,7 +359,7 @@ def nystrom_solve(
     if N <= exact_max:
         K = np.asarray(block(x, x), np.float64)
         f_exact = K @ np.linalg.solve(0.5 * (K + K.T) + ridge * np.eye(N), Y)
-        f_ny = np.concatenate([rows(k) @ alpha for k in range(len(starts))])
+        f_ny = np.concatenate([rows[k] @ alpha for k in range(len(rows))])
         exact = float(np.max(np.abs(f_ny - f_exact)) / max(np.max(np.abs(f_exact)), np.finfo(float).tiny))
-    out_alpha = alpha[:, 0] if y.ndim == 1 else alpha
-    return NystromSolve(out_alpha, idx, np.array(residuals), it, exact)
+    out_alpha = alpha[:, 0] if ndim == 1 else alpha
+    return NystromSolve(out_alpha, idx, np.array(residuals), it, exact, rows.storage())

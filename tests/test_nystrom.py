@@ -69,3 +69,26 @@ def test_nystrom_arguments_are_named(problem):
         predict.nystrom_solve(block, x[:10], y[:9], centres=5)
     with pytest.raises(RuntimeError, match="CG reached"):
         predict.nystrom_solve(block, x[:200], y[:200], centres=50, ridge=1e-9, maxiter=2, tol=1e-14)
+
+
+def test_blocks_in_memory_on_disk_or_recomputed_give_the_same_solution(problem, tmp_path, caplog):
+    x, y, block, _ = problem
+    M, size = 100, 256  # 5 row blocks of 256 x 100 float64 (204,800 bytes each)
+    runs = {
+        "memory": dict(cache_bytes=2**30),
+        "split": dict(cache_bytes=int(2.5 * size * M * 8), cache_dir=str(tmp_path)),
+        "disk": dict(cache_bytes=0, cache_dir=str(tmp_path)),
+        "recomputed": dict(cache_bytes=0),
+    }
+    out = {k: predict.nystrom_solve(block, x, y, centres=M, ridge=1.0, block_size=size, **kw) for k, kw in runs.items()}
+    assert out["memory"].storage == {"memory": 5, "disk": 0, "recomputed": 0}
+    assert out["split"].storage == {"memory": 2, "disk": 3, "recomputed": 0}
+    assert out["disk"].storage == {"memory": 0, "disk": 5, "recomputed": 0}
+    assert out["recomputed"].storage == {"memory": 0, "disk": 0, "recomputed": 5}
+    assert [r.message.count("recomputed at every CG iteration") for r in caplog.records] == [1]  # once, the last run
+    for k in ("split", "disk", "recomputed"):
+        np.testing.assert_allclose(out[k].alpha, out["memory"].alpha, rtol=1e-12, atol=0)
+        assert out[k].iterations == out["memory"].iterations
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+    with pytest.raises(ValueError, match="cache_dir must be an existing folder"):
+        predict.nystrom_solve(block, x[:10], y[:10], centres=5, cache_dir=str(tmp_path / "missing"))
