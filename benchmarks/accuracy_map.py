@@ -160,9 +160,9 @@ def plot_ratio(rows, path):
     for kind, color in (("nngp", "tab:blue"), ("ntk", "tab:orange")):
         r = [np.log10(x["estimate_rel"] / x["true_rel"]) for x in sel if x["kernel"] == kind]
         ax.hist(r, bins=np.arange(-1, 7.01, 0.25), color=color, alpha=0.6, label=f"{kind} ({len(r)} pairs)")
-    for v, text in ((0, "estimate = true error"), (2, "100x")):
+    for v, text in ((0, "estimate = true error"), (2, "estimate = 100 x true error")):
         ax.axvline(v, color="grey", lw=1, ls="--")
-        ax.text(v + 0.05, ax.get_ylim()[1] * 0.9, text, color="grey", fontsize=7)
+        ax.text(v - 0.12, ax.get_ylim()[1] * 0.97, text, color="grey", fontsize=7, rotation=90, ha="right", va="top")
     ax.set_xlabel(r"$\log_{10}$(reported estimate / true error)")
     ax.set_ylabel("(setting, kernel) pairs")
     ax.set_title(f"accuracy map: pairs with true error above {FLOOR:.0e}", fontsize=9)
