@@ -193,7 +193,7 @@ def check_params(params: Any) -> tuple[int, int]:
     return int(n), int(d)
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value: Any) -> int:
     """``value`` as an int, refusing anything but a positive integer.
 
     Args:

@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import gaussian
 from .closed_duals import (
@@ -103,7 +104,7 @@ class Activation:
         """Where the robust quadrature splits: the kinks and 0 (every built-in turns at 0)."""
         return tuple(sorted({0.0, *(float(k) for k in self.kinks)}))
 
-    def dual(self, a, b, c, method: str = "auto"):
+    def dual(self, a: ArrayLike, b: ArrayLike, c: ArrayLike, method: str = "auto") -> jax.Array:
         """``E phi(u) phi(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise.
 
         Args:
@@ -124,7 +125,7 @@ class Activation:
         """
         return self._dual(self.fn, self.closed_form_dual, a, b, c, method)[0]
 
-    def ddual(self, a, b, c, method: str = "auto"):
+    def ddual(self, a: ArrayLike, b: ArrayLike, c: ArrayLike, method: str = "auto") -> jax.Array:
         """``E phi'(u) phi'(v)``, ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise (see :meth:`dual`).
 
         Args:
@@ -138,7 +139,9 @@ class Activation:
         """
         return self._dual(self.dfn, self.closed_form_ddual, a, b, c, method)[0]
 
-    def dual_and_error(self, a, b, c, method: str = "auto"):
+    def dual_and_error(
+        self, a: ArrayLike, b: ArrayLike, c: ArrayLike, method: str = "auto"
+    ) -> tuple[jax.Array, jax.Array]:
         """``(E phi(u) phi(v), error estimate)``: the estimate bounds the absolute error.
 
         Rounding for closed forms, quadrature error otherwise; nan for "hermite"/"gh2d".
@@ -154,7 +157,9 @@ class Activation:
         """
         return self._dual(self.fn, self.closed_form_dual, a, b, c, method)
 
-    def ddual_and_error(self, a, b, c, method: str = "auto"):
+    def ddual_and_error(
+        self, a: ArrayLike, b: ArrayLike, c: ArrayLike, method: str = "auto"
+    ) -> tuple[jax.Array, jax.Array]:
         """``(E phi'(u) phi'(v), error estimate)`` (see :meth:`dual_and_error`).
 
         Args:
@@ -352,7 +357,7 @@ def available_activations() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_activation(activation) -> Activation:
+def get_activation(activation: str | Activation) -> Activation:
     """Resolve a registered name (or pass an :class:`Activation` through).
 
     Args:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ def _model_from(args):
     )
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     """Quick E1 (ODE vs ResNet gaps), E2 (NTK vs width) and the K_inf spectrum on bundled digits."""
     _enable_x64()
     from .experiments.demo import run_demo
@@ -63,7 +64,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_kernel(args) -> int:
+def cmd_kernel(args: argparse.Namespace) -> int:
     """NNGP and NTK of a data set (rows = inputs) -> .npz, or tile by tile to a folder of .npy."""
     _enable_x64()
     import ntk_ode as no
@@ -156,7 +157,7 @@ def _kernel_to_store(args) -> int:
     return 0
 
 
-def cmd_reproduce(args) -> int:
+def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run experiments E1-E13 (or all) with results and plots."""
     from .experiments import EXPERIMENTS, reproduce
 
@@ -173,7 +174,7 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     """Gradient descent on the bundled digits with NTK tracking -> JSON."""
     _enable_x64()
     import jax
@@ -240,7 +241,7 @@ def _plot_training(rec: dict, out: str) -> None:
     plt.close(fig)
 
 
-def cmd_sweep(args) -> int:
+def cmd_sweep(args: argparse.Namespace) -> int:
     """Width x seed sweep of the NTK vs K_inf on the bundled digits -> JSON."""
     _enable_x64()
     import jax
@@ -274,7 +275,7 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark scripts in ./benchmarks (from a source checkout)."""
     import subprocess
 
@@ -479,7 +480,7 @@ def _log_to_stderr() -> None:
         lg.setLevel(logging.INFO)
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ntk-ode`` with ``argv``; returns the exit status (0 ok, 2 a clear error)."""
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]

@@ -9,10 +9,15 @@ erf (the arcsine formula), identity and quadratic (Gaussian moments). The regist
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from . import gaussian
+
+Dual = Callable[..., jax.Array]  # a dual (a, b, c) -> E f(u) g(v)
 
 __all__ = [
     "as_float",
@@ -29,7 +34,7 @@ __all__ = [
 ]
 
 
-def as_float(*xs):
+def as_float(*xs: ArrayLike) -> list[jax.Array]:
     """The arguments as arrays of one float dtype, broadcast to one shape.
 
     Args:
@@ -42,7 +47,7 @@ def as_float(*xs):
     return jnp.broadcast_arrays(*(jnp.asarray(x, dt) for x in xs))
 
 
-def arccos_correlation(a, b, c):
+def arccos_correlation(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """The correlation, snapped to +-1 within 8 ulps.
 
     An input with itself at equal times has rho = 1 exactly, but rounding of c / sqrt(ab) leaves
@@ -63,7 +68,7 @@ def arccos_correlation(a, b, c):
 
 
 @jax.custom_jvp
-def relu_dual(a, b, c):
+def relu_dual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E relu(u) relu(v): the arc-cosine kernel of order 1 (derivatives finite at rho = +-1).
 
     Args:
@@ -97,7 +102,7 @@ def _relu_dual_jvp(primals, tangents):
 
 
 @jax.custom_jvp
-def relu_ddual(a, b, c):
+def relu_ddual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E relu'(u) relu'(v): the arc-cosine kernel of order 0 (0 at zero variance).
 
     Args:
@@ -111,7 +116,7 @@ def relu_ddual(a, b, c):
     # arc-cosine kernel of order 0: (pi - theta) / (2 pi); relu'(0) = 0, so 0 at zero variance
     rho = arccos_correlation(a, b, c)
     theta = jnp.arccos(rho)
-    return jnp.where((a > 0) & (b > 0), (jnp.pi - theta) / (2.0 * jnp.pi), 0.0)
+    return jnp.where((jnp.asarray(a) > 0) & (jnp.asarray(b) > 0), (jnp.pi - theta) / (2.0 * jnp.pi), 0.0)
 
 
 @relu_ddual.defjvp
@@ -131,7 +136,7 @@ def _relu_ddual_jvp(primals, tangents):
     return relu_ddual(a, b, c), dj0
 
 
-def relu_family_duals(pos: float, neg: float):
+def relu_family_duals(pos: float, neg: float) -> tuple[Dual, Dual]:
     """Closed-form duals of ``phi(u) = pos max(u, 0) + neg min(u, 0)``.
 
     With J1, J0 the arc-cosine kernels (relu's duals) and ``min(u, 0) = -max(-u, 0)``:
@@ -155,7 +160,7 @@ def relu_family_duals(pos: float, neg: float):
     return dual, ddual
 
 
-def erf_dual(a, b, c):
+def erf_dual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E erf(u) erf(v): the arcsine formula.
 
     Args:
@@ -169,7 +174,7 @@ def erf_dual(a, b, c):
     return (2.0 / jnp.pi) * jnp.arcsin(jnp.clip(2.0 * c / jnp.sqrt((1.0 + 2.0 * a) * (1.0 + 2.0 * b)), -1.0, 1.0))
 
 
-def erf_ddual(a, b, c):
+def erf_ddual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E erf'(u) erf'(v) = (4 / pi) det(I + 2 Sigma)^(-1/2).
 
     Args:
@@ -185,7 +190,7 @@ def erf_ddual(a, b, c):
     return (4.0 / jnp.pi) / jnp.sqrt(det)
 
 
-def identity_dual(a, b, c):
+def identity_dual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E u v = c.
 
     Args:
@@ -196,10 +201,10 @@ def identity_dual(a, b, c):
     Returns:
         The dual, broadcast over the arguments.
     """
-    return c
+    return jnp.asarray(c)
 
 
-def identity_ddual(a, b, c):
+def identity_ddual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E 1 = 1.
 
     Args:
@@ -213,7 +218,7 @@ def identity_ddual(a, b, c):
     return jnp.ones_like(c)
 
 
-def quadratic_dual(a, b, c):
+def quadratic_dual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E u^2 v^2 = ab + 2 c^2 (Isserlis).
 
     Args:
@@ -224,10 +229,10 @@ def quadratic_dual(a, b, c):
     Returns:
         The dual, broadcast over the arguments.
     """
-    return a * b + 2.0 * c * c  # E u^2 v^2 (Isserlis)
+    return jnp.asarray(a) * jnp.asarray(b) + 2.0 * jnp.square(c)  # E u^2 v^2 (Isserlis)
 
 
-def quadratic_ddual(a, b, c):
+def quadratic_ddual(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """E (2u)(2v) = 4 c.
 
     Args:
@@ -238,4 +243,4 @@ def quadratic_ddual(a, b, c):
     Returns:
         The dual, broadcast over the arguments.
     """
-    return 4.0 * c  # E (2u)(2v)
+    return 4.0 * jnp.asarray(c)  # E (2u)(2v)

@@ -40,10 +40,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
+
+Fn = Callable[[jax.Array], jax.Array]  # an elementwise function (activation or derivative)
 
 __all__ = [
     "gauss_hermite",
@@ -112,7 +116,7 @@ def _dtype(*xs):
     return jnp.result_type(float, *xs)
 
 
-def expect_1d(f, a, order: int = DEFAULT_ORDER):
+def expect_1d(f: Fn, a: ArrayLike, order: int = DEFAULT_ORDER) -> jax.Array:
     """``E f(sqrt(a) Z)`` for ``Z ~ N(0,1)``, elementwise over the array ``a >= 0``.
 
     Args:
@@ -130,7 +134,7 @@ def expect_1d(f, a, order: int = DEFAULT_ORDER):
     return jnp.sum(w * f(s * z), axis=-1)
 
 
-def correlation(a, b, c):
+def correlation(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> jax.Array:
     """``c / sqrt(a b)`` clipped to [-1, 1]; 0 where a variance vanishes.
 
     Args:
@@ -141,6 +145,7 @@ def correlation(a, b, c):
     Returns:
         The correlations rho.
     """
+    a, b = jnp.asarray(a), jnp.asarray(b)
     pos = (a > 0) & (b > 0)
     a1, b1 = jnp.where(pos, a, 1.0), jnp.where(pos, b, 1.0)
     ab = a1 * b1
@@ -150,7 +155,7 @@ def correlation(a, b, c):
     return jnp.where(pos, jnp.clip(rho, -1.0, 1.0), 0.0)
 
 
-def expect_2d(f, g, a, b, c, order: int = DEFAULT_ORDER):
+def expect_2d(f: Fn, g: Fn, a: ArrayLike, b: ArrayLike, c: ArrayLike, order: int = DEFAULT_ORDER) -> jax.Array:
     """``E f(u) g(v)`` for ``(u, v) ~ N(0, [[a, c], [c, b]])``, elementwise over broadcast arrays.
 
     Tensor Gauss-Hermite rule with ``order**2`` nodes through the Cholesky factor; finite and
@@ -214,7 +219,7 @@ def _legendre_panels(order: int) -> tuple[np.ndarray, np.ndarray]:
     return z, w * np.exp(-0.25 * z * z) / (2.0 * math.pi) ** 0.25
 
 
-def hermite_basis(terms: int, order: int, dtype):
+def hermite_basis(terms: int, order: int, dtype: DTypeLike) -> tuple[jax.Array, jax.Array]:
     """Hermite functions ``psi_k(z) sqrt(phi(z))`` (k < ``terms``) at the ``order`` nodes of the
     coefficients' rule, built in the trace by their three-term recurrence (stable, nothing
     overflows; no large constant is compiled into the program).
@@ -243,7 +248,9 @@ def hermite_basis(terms: int, order: int, dtype):
     return z, (wg[None, :] * psi).T
 
 
-def hermite_coefficients(f, a, terms: int = DEFAULT_TERMS, order: int | None = None, basis=None):
+def hermite_coefficients(
+    f: Fn, a: ArrayLike, terms: int = DEFAULT_TERMS, order: int | None = None, basis: tuple | None = None
+) -> jax.Array:
     """Normalised Hermite coefficients ``c_k(a) = E[f(sqrt(a) Z) He_k(Z)] / sqrt(k!)``.
 
     Returns an array of shape ``a.shape + (terms,)``. The integral runs over z in [-12, 12]
@@ -276,7 +283,7 @@ def hermite_coefficients(f, a, terms: int = DEFAULT_TERMS, order: int | None = N
     return f(s * z) @ B
 
 
-def expect_2d_mehler(f, g, a, b, c, terms: int = DEFAULT_TERMS):
+def expect_2d_mehler(f: Fn, g: Fn, a: ArrayLike, b: ArrayLike, c: ArrayLike, terms: int = DEFAULT_TERMS) -> jax.Array:
     """``E f(u) g(v)`` by the Mehler series of :func:`hermite_coefficients` (elementwise).
 
     Args:
@@ -296,7 +303,7 @@ def expect_2d_mehler(f, g, a, b, c, terms: int = DEFAULT_TERMS):
     return mehler_sum(cf, cg, correlation(a, b, c))
 
 
-def mehler_sum(cf, cg, rho):
+def mehler_sum(cf: ArrayLike, cg: ArrayLike, rho: ArrayLike) -> jax.Array:
     """``sum_k rho^k cf_k cg_k`` by Horner's rule over the last axis of ``cf`` and ``cg``.
 
     Args:
@@ -307,7 +314,7 @@ def mehler_sum(cf, cg, rho):
     Returns:
         The sums.
     """
-    prod = cf * cg
+    prod = jnp.asarray(cf) * jnp.asarray(cg)
     rho = jnp.asarray(rho)
 
     def body(acc, p):
@@ -366,7 +373,7 @@ def _pieces(breaks, dtype, h: float = _TS_STEP):
 
 
 @functools.lru_cache(maxsize=256)
-def squared(f):
+def squared(f: Fn) -> Fn:
     """``z -> f(z)^2``, one stable function object per ``f``.
 
     Jitted quadratures of second moments are then compiled once per activation, not per call.
@@ -388,7 +395,7 @@ def _as_breaks(points, dtype):
     return jnp.asarray(sorted({0.0, *(float(p) for p in points)}), dtype)
 
 
-def expect_1d_quad(f, a, breaks=(0.0,)):
+def expect_1d_quad(f: Fn, a: ArrayLike, breaks: Sequence[float] = (0.0,)) -> jax.Array:
     """``E f(sqrt(a) Z)`` and an error estimate, elementwise over ``a >= 0`` (robust rule).
 
     ``breaks``: points ``u`` where ``f`` is not smooth or changes fast (0 is always added).
@@ -421,7 +428,17 @@ def _expect_1d_quad_jit(f, a, breaks):
     return fine, jnp.abs(fine - coarse) + 64 * eps * jnp.sum(w * jnp.abs(fz), -1)
 
 
-def expect_2d_quad(f, g, a, b, c, breaks_f=(0.0,), breaks_g=(0.0,), batch_size: int = 64, step: float = _TS_STEP):
+def expect_2d_quad(
+    f: Fn,
+    g: Fn,
+    a: ArrayLike,
+    b: ArrayLike,
+    c: ArrayLike,
+    breaks_f: Sequence[float] = (0.0,),
+    breaks_g: Sequence[float] = (0.0,),
+    batch_size: int = 64,
+    step: float = _TS_STEP,
+) -> jax.Array:
     """``E f(u) g(v)`` for ``(u, v) ~ N(0, [[a, c], [c, b]])`` and an error estimate (robust rule).
 
     Conditions on ``u = sqrt(a) z1``: ``v | u = sqrt(b) (rho z1 + sqrt(1 - rho^2) z2)``. The inner

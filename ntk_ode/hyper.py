@@ -19,10 +19,14 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.typing import ArrayLike
 
 from ._checks import check_inputs
 from .kernels.traceable import HYPERPARAMETERS, traceable_kernel_fn
 from .model import NeuralODE
+
+Arr = jax.Array | np.ndarray  # an array (not a scalar)
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -98,7 +102,9 @@ class Fit:
     kernel_error: float = float("nan")
 
 
-def nngp_negative_log_likelihood(k_train, y, noise):
+def nngp_negative_log_likelihood(
+    k_train: jax.Array | np.ndarray, y: jax.Array | np.ndarray, noise: ArrayLike
+) -> jax.Array:
     """Negative log marginal likelihood of targets ``y`` (N, C) under the GP prior with
     covariance ``k_train + noise I``, per target column and per input (docs/theory.md section 11).
 
@@ -117,7 +123,13 @@ def nngp_negative_log_likelihood(k_train, y, noise):
     return (0.5 * jnp.sum(alpha**2) + 0.5 * C * logdet) / (N * C) + 0.5 * math.log(2 * math.pi)
 
 
-def ntk_regression_mse(k_train, k_val_train, y_train, y_val, ridge):
+def ntk_regression_mse(
+    k_train: jax.Array | np.ndarray,
+    k_val_train: jax.Array | np.ndarray,
+    y_train: jax.Array | np.ndarray,
+    y_val: jax.Array | np.ndarray,
+    ridge: ArrayLike,
+) -> jax.Array:
     """Mean squared validation error of the infinite-time NTK predictor
     ``f(x_val) = K(x_val, X) (K(X, X) + ridge I)^-1 y_train`` (docs/theory.md section 5).
 
@@ -151,16 +163,16 @@ def _objective_fn(objective, kfn, fixed, x, y, x_val, y_val, ridge):
 
 def fit_hyperparameters(
     model: NeuralODE,
-    x,
-    y,
+    x: jax.Array | np.ndarray,
+    y: jax.Array | np.ndarray,
     objective: Objective = "nngp_marginal_likelihood",
-    optimizer=None,
+    optimizer: optax.GradientTransformation | None = None,
     *,
     steps: int = 50,
     tol: float = 1e-5,
     fit: Sequence[str] = HYPERPARAMETERS,
-    x_val=None,
-    y_val=None,
+    x_val: jax.Array | np.ndarray | None = None,
+    y_val: jax.Array | np.ndarray | None = None,
     noise: float = 1e-2,
     ridge: float = 1e-6,
     depth: int | None = None,

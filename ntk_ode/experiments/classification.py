@@ -59,7 +59,9 @@ class ClassificationConfig(Preset):
     )
 
 
-def digits10(n_train: int, n_test: int, seed: int = 0):
+def digits10(
+    n_train: int, n_test: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All ten classes of the bundled digits: ``(x_train, y_train, labels_train, x_test, labels_test)``.
 
     Args:
@@ -205,7 +207,7 @@ def summary(res: dict) -> list[str]:
     ]
 
 
-def plot(res, out, name="E12"):
+def plot(res: dict, out: str, name: str = "E12") -> None:
     """Plot E12 into ``out``: test accuracy per activation and T, kernels against networks.
 
     Dots with +-1 binomial standard error bars (one split, one seed), so an axis that does not

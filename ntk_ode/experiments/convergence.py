@@ -105,7 +105,7 @@ def run(cfg: ConvergenceConfig, out: str, name: str = "E4") -> dict:
     return res
 
 
-def plot(res: dict, out: str, name: str = "E4"):
+def plot(res: dict, out: str, name: str = "E4") -> None:
     """Plot E4 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -25,7 +26,18 @@ from .common import figure, loglog, savefig
 __all__ = ["run_demo", "plot_loglog", "plot_spectrum"]
 
 
-def plot_loglog(path, x, ys, labels, xlabel, ylabel, title, theory_slope, errs=None, samples=None) -> None:
+def plot_loglog(
+    path: str,
+    x: Sequence[float],
+    ys: Sequence[Sequence[float]],
+    labels: Sequence[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    theory_slope: float,
+    errs: Sequence[Sequence[float]] | None = None,
+    samples: Sequence[Any] | None = None,
+) -> None:
     """A log-log plot of curves ``ys`` against ``x``, each with a dashed theory slope beside it.
 
     Args:
@@ -177,7 +189,7 @@ def run_demo(out: str, n: int = 100, seed: int = 0, max_width: int = 2048) -> di
     return summary
 
 
-def plot_spectrum(path, ev) -> None:
+def plot_spectrum(path: str, ev: np.ndarray) -> None:
     """The eigenvalues of K_inf, largest first, on a log scale.
 
     Args:

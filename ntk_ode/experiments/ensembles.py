@@ -17,11 +17,13 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .. import NeuralODE, Solver, kernel_fn
 from ..predict import gradient_descent_mse_ensemble
@@ -84,7 +86,16 @@ def variance_z(sample_var: Any, var: Any, n: int) -> np.ndarray:
     return (np.cbrt(ratio) - (1 - 2 / (9 * k))) / np.sqrt(2 / (9 * k))
 
 
-def trained_outputs(apply, init, x_train, y_train, x_test, steps, eta, keys) -> np.ndarray:
+def trained_outputs(
+    apply: Callable[[Any, Any], jax.Array],
+    init: Callable[[jax.Array], Any],
+    x_train: ArrayLike,
+    y_train: ArrayLike,
+    x_test: ArrayLike,
+    steps: Sequence[int],
+    eta: float,
+    keys: jax.Array,
+) -> np.ndarray:
     """Test outputs of networks trained by full-batch gradient descent on ``1/(2N) ||f - y||^2``.
 
     Args:

@@ -88,7 +88,7 @@ def run(cfg: GapConfig, out: str, name: str = "E1") -> dict:
     return res
 
 
-def plot(res: dict, out: str, name: str = "E1", title: str = "softplus"):
+def plot(res: dict, out: str, name: str = "E1", title: str = "softplus") -> None:
     """Plot E1/E3 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))

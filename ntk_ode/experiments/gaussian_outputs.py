@@ -87,7 +87,7 @@ def run(cfg: GaussianConfig, out: str, name: str = "E9") -> dict:
     return res
 
 
-def plot(res, out, name="E9"):
+def plot(res: dict, out: str, name: str = "E9") -> None:
     """Plot E9 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))

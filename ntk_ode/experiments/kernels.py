@@ -54,7 +54,7 @@ def run_horizon(cfg: HorizonConfig, out: str, name: str = "E5") -> dict:
     return res
 
 
-def plot_horizon(res, out, name="E5"):
+def plot_horizon(res: dict, out: str, name: str = "E5") -> None:
     """Plot E5 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -122,7 +122,7 @@ def run_polynomial(cfg: PolynomialConfig, out: str, name: str = "E6") -> dict:
     return res
 
 
-def plot_polynomial(res, out, name="E6"):
+def plot_polynomial(res: dict, out: str, name: str = "E6") -> None:
     """Plot E6 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, len(res["activations"]), figsize=(4 * len(res["activations"]), 3.4), sharey=True)
@@ -181,7 +181,7 @@ def run_activations(cfg: ActivationsConfig, out: str, name: str = "E8") -> dict:
     return res
 
 
-def plot_activations(res, out, name="E8"):
+def plot_activations(res: dict, out: str, name: str = "E8") -> None:
     """Plot E8 into ``out``."""
     plt = figure()
     fig, ax = plt.subplots(figsize=(7, 3.6))

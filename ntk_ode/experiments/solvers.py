@@ -83,7 +83,7 @@ def run(cfg: SolverConfig, out: str, name: str = "E7") -> dict:
     return res
 
 
-def plot(res, out, name="E7"):
+def plot(res: dict, out: str, name: str = "E7") -> None:
     """Plot E7 into ``out``."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))

@@ -88,7 +88,7 @@ def run(cfg: SpectralConfig, out: str, name: str = "E11") -> dict:
     return res
 
 
-def plot(res, out, name="E11"):
+def plot(res: dict, out: str, name: str = "E11") -> None:
     """Plot E11 into ``out``: eigenvalues with error bounds, and lambda_min against N."""
     plt = figure()
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4))

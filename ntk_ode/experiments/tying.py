@@ -112,7 +112,7 @@ def run(cfg: TyingConfig, out: str, name: str = "E10") -> dict:
     return res
 
 
-def plot(res, out, name="E10"):
+def plot(res: dict, out: str, name: str = "E10") -> None:
     """Plot E10 into ``out``: lambda_0 and gaps against T and sigma_w, spectra, depth convergence."""
     plt = figure()
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.2))

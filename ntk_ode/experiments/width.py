@@ -60,7 +60,7 @@ def run(cfg: WidthConfig, out: str, name: str = "E2") -> dict:
     return res
 
 
-def plot(res: dict, out: str, name: str = "E2"):
+def plot(res: dict, out: str, name: str = "E2") -> None:
     """Plot E2 into ``out``."""
     plt = figure()
     fig, ax = plt.subplots(figsize=(4.8, 3.8))

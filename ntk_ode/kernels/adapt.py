@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +48,7 @@ _SAFETY = 4.0  # error of rung M <= |K(M) - K(M')| / (1 - (M / M')) for converge
 RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024)
 
 
-def certify(duals: Duals, problem: Problem, grid: Grid, inputs) -> float:
+def certify(duals: Duals, problem: Problem, grid: Grid, inputs: np.ndarray) -> float:
     """Relative error bound of the duals at the node variances of ``inputs`` on ``grid``.
 
     Args:
@@ -64,7 +66,12 @@ def certify(duals: Duals, problem: Problem, grid: Grid, inputs) -> float:
     return quad_certificate(duals, v) if duals.quad else mehler_certificate(duals, v)
 
 
-def pick_duals(duals0: Duals, certify_fn, target: float, screen=None):
+def pick_duals(
+    duals0: Duals,
+    certify_fn: Callable[[Duals], float],
+    target: float,
+    screen: Callable[[Sequence[int]], np.ndarray] | None = None,
+) -> tuple[Duals, float]:
     """The engine's ladder of duals: ``duals0.terms`` Mehler terms, then the larger counts of
     ``TERMS_LADDER``, the first whose bound ``certify_fn(duals)`` is at most ``target``; else
     the quadrature duals when their bound is smaller; else the last series.
@@ -99,7 +106,7 @@ def pick_duals(duals0: Duals, certify_fn, target: float, screen=None):
     return (quad, delta_q) if delta_q < delta else (duals, delta)
 
 
-def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: float):
+def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs: np.ndarray, target: float) -> tuple[Duals, float]:
     """Fewest Mehler terms (trimmed) whose certified dual error is below ``target``; quadrature
     duals when no series up to ``TERMS_LADDER[-1]`` terms can; the better of the two otherwise.
     Sets ``problem.duals`` to the choice.
@@ -152,7 +159,7 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs, target: fl
     return duals, delta
 
 
-def first_grid(depth, nodes) -> Grid:
+def first_grid(depth: int | None, nodes: int | None) -> Grid:
     """The grid (on [0, 1]) the duals are chosen on: the ResNet's, the fixed one, or the ladder's first.
 
     Args:
@@ -167,7 +174,7 @@ def first_grid(depth, nodes) -> Grid:
     return chebyshev_grid(int(nodes) if nodes is not None else NODE_LADDER[0], 1.0)
 
 
-def dual_sensitivity(problem: Problem, grid: Grid, pick, base, eta: float = 1e-6):
+def dual_sensitivity(problem: Problem, grid: Grid, pick: np.ndarray, base: np.ndarray, eta: float = 1e-6) -> np.ndarray:
     """How much each kernel moves per unit relative dual error: the probe pairs solved with
     every dual raised by ``eta`` times its Cauchy-Schwarz scale, divided by ``eta``.
 
@@ -190,7 +197,7 @@ def dual_sensitivity(problem: Problem, grid: Grid, pick, base, eta: float = 1e-6
     return np.max(np.abs(up - base), axis=0) / eta
 
 
-def richardson(values, Ls):
+def richardson(values: Sequence[Any], Ls: Sequence[int]) -> Any:
     """Richardson extrapolation of values(L) ~ K + c1/L + c2/L^2 + ... over L doubling each step.
 
     Args:
@@ -203,8 +210,8 @@ def richardson(values, Ls):
     Raises:
         ValueError: the depths do not double.
     """
-    Ls = np.asarray(Ls, float)
-    if np.any(np.abs(Ls[1:] / Ls[:-1] - 2.0) > 1e-12):
+    depths = np.asarray(Ls, float)
+    if np.any(np.abs(depths[1:] / depths[:-1] - 2.0) > 1e-12):
         raise ValueError("Ls must double at each step, e.g. 8, 16, 32, ...")
     table = [np.asarray(v, float) for v in values]
     for j in range(1, len(table)):
@@ -213,7 +220,9 @@ def richardson(values, Ls):
     return table[0]
 
 
-def richardson_pairs(problem: Problem, sel, tol, progress=False):
+def richardson_pairs(
+    problem: Problem, sel: np.ndarray, tol: float, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Kernels of the pairs ``sel`` by Richardson extrapolation of the exact ResNet kernels
     K^L_inf (L = 16, 32, ...; error c1/L + c2/L^2 + ...), adding levels until 4x the change of
     the extrapolant is below rtol.
@@ -241,10 +250,19 @@ def richardson_pairs(problem: Problem, sel, tol, progress=False):
                 if np.all(est[problem.main] <= tol * np.max(np.abs(cur[:, problem.main]), axis=0)):
                     return cur, est
             prev = cur
+    assert prev is not None and est is not None  # RICHARDSON_LS has more than three depths
     return prev, est
 
 
-def choose_grid(problem: Problem, depth, nodes, tol, pick, n_gets: int = 5, report=None):
+def choose_grid(
+    problem: Problem,
+    depth: int | None,
+    nodes: int | None,
+    tol: float,
+    pick: np.ndarray,
+    n_gets: int = 5,
+    report: Callable[[str], None] | None = None,
+) -> tuple[Grid, np.ndarray]:
     """The grid to use (on [0, 1]) and an error estimate of its time discretisation (max abs,
     per kernel).
 

@@ -32,13 +32,19 @@ of :mod:`ntk_ode.hyper` as well.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from .duals import Duals
 from .grids import Grid, scaled, shift
+
+if TYPE_CHECKING:
+    from ..model import NeuralODE
 
 __all__ = [
     "MAX_ITER",
@@ -58,7 +64,9 @@ MAX_ITER = 400
 PAIR_TABLE_BYTES = 2**30  # coefficient tables gathered for one block of pairs
 
 
-def picard(update, init, tol):
+def picard(
+    update: Callable[[jax.Array], jax.Array], init: jax.Array, tol: float | jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Iterate X <- update(X) until max|dX| <= tol * max(1, max|X|) (traceable).
 
     Args:
@@ -88,7 +96,7 @@ def _tol(dtype):
     return 8 * float(jnp.finfo(dtype).eps)
 
 
-def single_variances(duals: Duals, grid: Grid, sigma_w, s00):
+def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Sigma(t, s) of one input with itself on ``grid`` (traceable, also in ``sigma_w``, ``s00``
     and the grid's operators).
 
@@ -114,7 +122,19 @@ def single_variances(duals: Duals, grid: Grid, sigma_w, s00):
     return jnp.diagonal(S), ok
 
 
-def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1, v2, tab1, tab2, ntk: bool = True):
+def pair_kernels(
+    duals: Duals,
+    grid: Grid,
+    sigma_w: jax.Array,
+    sigma_v: jax.Array,
+    head: str,
+    s00: jax.Array,
+    v1: jax.Array,
+    v2: jax.Array,
+    tab1: Any,
+    tab2: Any,
+    ntk: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """NNGP, NTK, its (U, W, v) blocks and convergence flag for one input pair (docs/theory.md
     section 3), given both inputs' variances on ``grid``. Traceable, also in ``sigma_w``,
     ``sigma_v``, ``s00`` and the grid's operators.
@@ -156,7 +176,7 @@ def pair_kernels(duals: Duals, grid: Grid, sigma_w, sigma_v, head: str, s00, v1,
     return nngp, jnp.sum(blocks), blocks, ok1 & ok2
 
 
-def hyperparameters(model, dtype) -> tuple:
+def hyperparameters(model: NeuralODE, dtype: DTypeLike) -> tuple[jax.Array, ...]:
     """The traced hyperparameters of the core: ``(sigma_w, sigma_v, T)`` as arrays of ``dtype``.
 
     They enter every compiled solver as data, never as constants: a new setting reuses the
@@ -172,7 +192,9 @@ def hyperparameters(model, dtype) -> tuple:
     return tuple(jnp.asarray(getattr(model, k), dtype) for k in ("sigma_w", "sigma_v", "T"))
 
 
-def traced_singles(duals: Duals, unit: Grid, sigma_w, T, s00):
+def traced_singles(
+    duals: Duals, unit: Grid, sigma_w: jax.Array, T: jax.Array, s00: jax.Array
+) -> tuple[jax.Array, Any, jax.Array]:
     """The single-input problems of the inputs with self-covariances ``s00`` (traceable).
 
     Args:
@@ -190,7 +212,19 @@ def traced_singles(duals: Duals, unit: Grid, sigma_w, T, s00):
     return v, duals.tables(v), ok
 
 
-def traced_pairs(duals: Duals, unit: Grid, head: str, want_ntk: bool, hyper, s00, v1, v2, tab1, tab2, row=False):
+def traced_pairs(
+    duals: Duals,
+    unit: Grid,
+    head: str,
+    want_ntk: bool,
+    hyper: tuple[jax.Array, ...],
+    s00: jax.Array,
+    v1: jax.Array,
+    v2: jax.Array,
+    tab1: Any,
+    tab2: Any,
+    row: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """:func:`pair_kernels` of a batch of pairs (traceable); ``row=True``: one first input against
     a batch of second inputs, its variances and tables shared rather than broadcast.
 
@@ -224,7 +258,9 @@ _singles_jit = jax.jit(traced_singles, static_argnums=(0, 1))
 _pairs_jit = jax.jit(traced_pairs, static_argnums=(0, 1, 2, 3), static_argnames=("row",))
 
 
-def solve_singles(duals: Duals, unit: Grid, hyper, s00):
+def solve_singles(
+    duals: Duals, unit: Grid, hyper: tuple[jax.Array, ...], s00: jax.Array
+) -> tuple[jax.Array, Any, jax.Array]:
     """Variances, coefficient tables and convergence flags of the single-input problems
     (compiled once per duals, grid and shape; the hyperparameters are data).
 
@@ -248,7 +284,21 @@ def _mesh_sharding():
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pairs")), len(devs)
 
 
-def solve_pairs(duals, unit, hyper, head, s00, i1, i2, v, tabs, block_size, progress, shard, want_ntk=True):
+def solve_pairs(
+    duals: Duals,
+    unit: Grid,
+    hyper: tuple[jax.Array, ...],
+    head: str,
+    s00: jax.Array,
+    i1: np.ndarray,
+    i2: np.ndarray,
+    v: jax.Array,
+    tabs: Any,
+    block_size: int,
+    progress: bool,
+    shard: bool,
+    want_ntk: bool = True,
+) -> tuple[np.ndarray, ...]:
     """Solve the pairs of rows (i1[p], i2[p]) of ``v``, ``tabs`` with pair covariances s00[p],
     in padded blocks (spread over the local devices when ``shard``).
 
@@ -301,7 +351,7 @@ def solve_pairs(duals, unit, hyper, head, s00, i1, i2, v, tabs, block_size, prog
     return tuple(np.concatenate([np.asarray(a) for a in o])[:P] for o in zip(*host))
 
 
-def raise_on_failure(ok, nngp, ntk, model, what) -> None:
+def raise_on_failure(ok: ArrayLike, nngp: ArrayLike, ntk: ArrayLike, model: NeuralODE, what: str) -> None:
     """Raise when a solve blew up or did not converge.
 
     Args:

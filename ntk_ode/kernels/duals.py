@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from .. import gaussian
 from ..activations import Activation
@@ -65,7 +68,7 @@ class Duals:
         """Whether the activation's duals are closed forms."""
         return self.act.has_closed_form
 
-    def basis(self, dtype):
+    def basis(self, dtype: DTypeLike) -> tuple[jax.Array, jax.Array] | None:
         """The Hermite basis behind :meth:`tables` (None for closed forms and quadrature), to be
         built once outside a loop that recomputes the tables.
 
@@ -79,7 +82,7 @@ class Duals:
             return None
         return gaussian.hermite_basis(self.terms, gaussian.hermite_order(self.terms), dtype)
 
-    def tables(self, v, basis=None):
+    def tables(self, v: jax.Array, basis: tuple[jax.Array, jax.Array] | None = None) -> Any:
         """Hermite coefficient tables (phi, phi') for variances v (empty for closed forms).
 
         Args:
@@ -97,7 +100,7 @@ class Duals:
             gaussian.hermite_coefficients(self.act.dfn, v, self.terms, basis=basis),
         )
 
-    def phi(self, v1, v2, S, tab1, tab2):
+    def phi(self, v1: jax.Array, v2: jax.Array, S: jax.Array, tab1: Any, tab2: Any) -> jax.Array:
         """E phi(u) phi(u') on the grid v1 x v2 with covariances S.
 
         Args:
@@ -112,7 +115,7 @@ class Duals:
         """
         return self._grid_dual(0, v1, v2, S, tab1, tab2)
 
-    def dphi(self, v1, v2, S, tab1, tab2):
+    def dphi(self, v1: jax.Array, v2: jax.Array, S: jax.Array, tab1: Any, tab2: Any) -> jax.Array:
         """E phi'(u) phi'(u') on the grid v1 x v2 with covariances S.
 
         Args:
@@ -156,7 +159,7 @@ class Duals:
         return self.perturb * jnp.sqrt(jnp.abs(m1[:, None] * m2[None, :]))
 
 
-def mehler_grid(c1, c2, rho):
+def mehler_grid(c1: jax.Array | np.ndarray, c2: jax.Array | np.ndarray, rho: jax.Array | np.ndarray) -> jax.Array:
     """sum_k rho_ij^k c1[i, k] c2[j, k] by Horner's rule.
 
     Args:
@@ -175,7 +178,7 @@ def mehler_grid(c1, c2, rho):
     return acc
 
 
-def trim_terms(duals: Duals, tabs, threshold: float = 1e-10) -> Duals:
+def trim_terms(duals: Duals, tabs: Sequence[jax.Array | np.ndarray], threshold: float = 1e-10) -> Duals:
     """Drop the Mehler terms whose coefficients stay below ``threshold`` of the largest (over the
     given coefficient tables, of every probed input and node): the dropped tail contributes
     < ~terms * threshold^2 relative to the kernel, even at rho = 1 (1e-10: < ~1e-17). The count
@@ -213,7 +216,7 @@ def round_terms(k: int) -> int:
     return int(step * math.ceil(k / step))
 
 
-def mehler_bounds(act: Activation, v, terms: tuple):
+def mehler_bounds(act: Activation, v: ArrayLike, terms: tuple) -> jax.Array:
     """Bounds on the relative error of the Mehler duals of ``act`` at the node variances ``v``,
     one per term count in ``terms``, all from the coefficient tables of the largest (traceable).
 
@@ -249,7 +252,7 @@ def mehler_bounds(act: Activation, v, terms: tuple):
     return worst
 
 
-def mehler_bound(duals: Duals, v):
+def mehler_bound(duals: Duals, v: ArrayLike) -> jax.Array:
     """:func:`mehler_bounds` of ``duals.terms`` (traceable; 0 for closed forms).
 
     Args:
@@ -264,7 +267,7 @@ def mehler_bound(duals: Duals, v):
     return mehler_bounds(duals.act, v, (duals.terms,))[0]
 
 
-def mehler_screen(act: Activation, v, terms) -> np.ndarray:
+def mehler_screen(act: Activation, v: ArrayLike, terms: Sequence[int]) -> np.ndarray:
     """:func:`mehler_bounds` at the node variances ``v`` for every count in ``terms``, in float64
     whatever the working precision (it measures truncation, not rounding): one table, so a
     ladder of counts is screened for the price of its largest rung.
@@ -287,7 +290,7 @@ def mehler_screen(act: Activation, v, terms) -> np.ndarray:
         return np.asarray(_mehler_bounds_jit(act, padded, terms))
 
 
-def mehler_certificate(duals: Duals, v) -> float:
+def mehler_certificate(duals: Duals, v: ArrayLike) -> float:
     """:func:`mehler_bound` at the node variances ``v``, in float64 (:func:`mehler_screen`).
 
     Args:
@@ -303,7 +306,7 @@ def mehler_certificate(duals: Duals, v) -> float:
 _mehler_bounds_jit = jax.jit(mehler_bounds, static_argnums=(0, 2))
 
 
-def quad_certificate(duals: Duals, v) -> float:
+def quad_certificate(duals: Duals, v: ArrayLike) -> float:
     """Relative error bound of the quadrature duals (step ``QUAD_STEP``): their difference to
     the rule at half the step (plus rounding), at a few of the node variances ``v`` (every
     third, and the largest), over correlations from -1 to 1 (at the near-kink correlations

@@ -49,7 +49,7 @@ def parse_get(get: Any, allowed: Sequence[str] = GETS) -> tuple[tuple[str, ...],
 
 
 @functools.cache
-def kernel_type(names: tuple):
+def kernel_type(names: tuple) -> type:
     """The namedtuple returned for ``get=names``: exactly those fields, in that order (as in
     neural-tangents), so ``nngp, ntk = kfn(x1, None, ("nngp", "ntk"))`` unpacks. ``names`` equal
     to all five gives :class:`Kernel` itself.

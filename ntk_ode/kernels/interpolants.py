@@ -17,11 +17,13 @@ cosines), never through ``kernel_fn``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = [
     "CoefficientKernel",
@@ -52,7 +54,7 @@ def lobatto(Q: int) -> np.ndarray:
     return np.cos(np.pi * np.arange(Q + 1) / Q) if Q > 0 else np.zeros(1)
 
 
-def cosine_to_u(cos):
+def cosine_to_u(cos: ArrayLike) -> jax.Array:
     """u = 1 - 2 arccos(cos) / pi, with cosines within 4 ulps of +-1 snapped to +-1 (their rounding
     would otherwise move a kernel that varies like sqrt(1 - cos) by ~1e-8).
 
@@ -68,7 +70,7 @@ def cosine_to_u(cos):
     return 1.0 - 2.0 * jnp.arccos(c) / jnp.pi
 
 
-def clenshaw(coef, u):
+def clenshaw(coef: jax.Array | np.ndarray, u: ArrayLike) -> jax.Array:
     """The Chebyshev series sum_k coef[k] T_k(u) by Clenshaw's recurrence.
 
     ``coef[k]`` may be arrays (the series' coefficients are then arrays broadcast against u).
@@ -89,14 +91,14 @@ def clenshaw(coef, u):
         return (2.0 * u * b1 - b2 + c, b1), None
 
     (b1, b2), _ = jax.lax.scan(body, (zero, zero), coef[:0:-1], unroll=_unroll(coef.shape[0]))
-    return u * b1 - b2 + coef[0]
+    return jnp.asarray(u * b1 - b2 + coef[0])
 
 
 def _unroll(terms: int) -> int | bool:
     return True if terms <= 130 else 16
 
 
-def cosines(x1, x2):
+def cosines(x1: jax.Array | np.ndarray, x2: jax.Array | np.ndarray) -> jax.Array:
     """The cosines ``x1_i . x2_j / (|x1_i| |x2_j|)`` of two input sets, from one matrix product
     (divided by the true norms, not by a nominal radius: kernels that vary like
     ``sqrt(1 - cos)`` near ``cos = 1`` would feel a norm off by one rounding).
@@ -119,7 +121,7 @@ class CoefficientKernel:
     STATIC: tuple = ()
     coefficients: jax.Array
 
-    def tree_flatten(self):
+    def tree_flatten(self) -> tuple[tuple[jax.Array], tuple]:
         """Pytree protocol: the coefficients are the leaf.
 
         Returns:
@@ -128,7 +130,7 @@ class CoefficientKernel:
         return (self.coefficients,), tuple(getattr(self, f) for f in self.STATIC)
 
     @classmethod
-    def tree_unflatten(cls, aux, children):
+    def tree_unflatten(cls, aux: tuple, children: Sequence[jax.Array]) -> Any:
         """Pytree protocol.
 
         Args:
@@ -175,7 +177,7 @@ class NormAngleKernel(CoefficientKernel):
             return jnp.zeros_like(r)
         return (2.0 * r - (self.rmin + self.rmax)) / (self.rmax - self.rmin)
 
-    def __call__(self, norm1, norm2, cos):
+    def __call__(self, norm1: ArrayLike, norm2: ArrayLike, cos: ArrayLike) -> jax.Array:
         """The kernel at norms and cosines (broadcast together).
 
         Args:
@@ -195,7 +197,7 @@ class NormAngleKernel(CoefficientKernel):
         per_u = jnp.einsum("...i,...j,ijk->k...", a, b, c)
         return clenshaw(per_u, cosine_to_u(u))
 
-    def gram(self, x1, x2=None):
+    def gram(self, x1: jax.Array | np.ndarray, x2: jax.Array | np.ndarray | None = None) -> jax.Array:
         """The kernel matrix of inputs whose norms lie in [rmin, rmax] (nonzero).
 
         Cost per entry: (Qu + 1) products of length Qa + 1 and a Clenshaw step.
@@ -247,7 +249,7 @@ def chebyshev_coefficients(values: np.ndarray, axes: tuple[int, ...]) -> np.ndar
     return out
 
 
-def pair_inputs(d: int, a, b, theta) -> tuple[np.ndarray, np.ndarray]:
+def pair_inputs(d: int, a: ArrayLike, b: ArrayLike, theta: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Inputs ``a_i e1`` and ``b_j (cos theta_k e1 + sin theta_k e2)`` in R^d.
 
     Args:
@@ -394,7 +396,9 @@ class ZonalFailed(RuntimeError):
     """The equal-norm (zonal) table did not reach its tolerance."""
 
 
-def zonal_interpolant(evaluate: Callable[[np.ndarray], np.ndarray], tol: float, main, max_nodes: int = 512):
+def zonal_interpolant(
+    evaluate: Callable[[np.ndarray], np.ndarray], tol: float, main: Sequence[int], max_nodes: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """Tabulate kernels of equal-norm inputs as functions of the angle theta = arccos(cos) on
     Chebyshev-Lobatto nodes in u = 1 - 2 theta / pi, doubling the nodes from 17 until the
     previous table's interpolant matches the new values to ``tol`` of the kernels' scale. In theta
@@ -430,7 +434,7 @@ def zonal_interpolant(evaluate: Callable[[np.ndarray], np.ndarray], tol: float, 
 _clenshaw_jit = jax.jit(clenshaw)
 
 
-def zonal_values(tab, u, chunk: int = 2**20):
+def zonal_values(tab: np.ndarray, u: jax.Array | np.ndarray, chunk: int = 2**20) -> np.ndarray:
     """The interpolant of the Lobatto node values ``tab`` (K, Q + 1) at ``u`` (P,): its Chebyshev
     coefficients summed by Clenshaw's recurrence in fixed, padded chunks of pairs.
 

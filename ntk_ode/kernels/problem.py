@@ -9,16 +9,23 @@ arrays. It also picks the pairs on which accuracy is probed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .core import hyperparameters, raise_on_failure, solve_pairs, solve_singles
+from .grids import Grid
+
+if TYPE_CHECKING:
+    from ..model import NeuralODE
 
 __all__ = ["NEAR_DUPLICATE", "Problem", "identical_pairs", "input_covariance", "probe_pairs"]
 
 
-def input_covariance(model, x1, x2):
+def input_covariance(model: NeuralODE, x1: jax.Array, x2: jax.Array) -> jax.Array:
     """``Sigma^{0,0}(x, x') = input_scale^2 x . x'`` row by row.
 
     Args:
@@ -66,7 +73,7 @@ class Problem:
         self._singles: dict = {}
         self._cos = None
 
-    def rows(self, inputs) -> np.ndarray:
+    def rows(self, inputs: Sequence[int] | np.ndarray) -> np.ndarray:
         """The rows of :meth:`singles` holding ``inputs``.
 
         Args:
@@ -85,7 +92,7 @@ class Problem:
         """
         return [int(np.argmax(self.input_s00)), int(np.argmin(self.input_s00))]
 
-    def singles(self, grid, inputs=None):
+    def singles(self, grid: Grid, inputs: Sequence[int] | np.ndarray | None = None) -> tuple[jax.Array, Any]:
         """Variances and coefficient tables on ``grid``, one row per distinct self-covariance
         (``rows(inputs)``). The rows of ``inputs`` (None: all) are solved, once per grid and
         duals; rows not asked for yet hold zeros.
@@ -113,7 +120,7 @@ class Problem:
         assert entry is not None, "singles: no inputs asked for"
         return entry[0], entry[1]
 
-    def probed_variances(self, grid, inputs):
+    def probed_variances(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> np.ndarray:
         """The node variances of ``inputs`` on ``grid``.
 
         Args:
@@ -126,7 +133,7 @@ class Problem:
         v, _ = self.singles(grid, inputs)
         return np.asarray(v)[self.rows(inputs)]
 
-    def probed_tables(self, grid, inputs):
+    def probed_tables(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> tuple:
         """The coefficient tables of ``inputs`` on ``grid``.
 
         Args:
@@ -140,7 +147,7 @@ class Problem:
         rows = self.rows(inputs)
         return tuple(np.asarray(t[rows]) for t in tabs)
 
-    def drop_singles(self, grid) -> None:
+    def drop_singles(self, grid: Grid) -> None:
         """Forget the single-input solutions on ``grid`` (memory of large ResNet grids).
 
         Args:
@@ -166,7 +173,14 @@ class Problem:
             raise_on_failure(np.asarray(ok), np.asarray(v), np.asarray(v), self.model, "single-input problems")
         return v, tabs
 
-    def solve(self, grid, sel=None, block_size=256, progress=False, shard=True):
+    def solve(
+        self,
+        grid: Grid,
+        sel: np.ndarray | None = None,
+        block_size: int = 256,
+        progress: bool = False,
+        shard: bool = True,
+    ) -> np.ndarray:
         """Every kernel of the pairs ``sel``.
 
         Args:
@@ -216,7 +230,7 @@ class Problem:
             self._cos = np.clip(((x1 @ x2.T) / n1[:, None] / n2[None, :])[self.i1, self.i2_local], -1.0, 1.0)
         return self._cos
 
-    def assemble(self, vals) -> np.ndarray:
+    def assemble(self, vals: np.ndarray) -> np.ndarray:
         """The (N1, N2) array of per-pair values.
 
         Args:
@@ -235,7 +249,7 @@ class Problem:
 NEAR_DUPLICATE = 1e-3  # 1 - cos below which a pair's dPhi has a (near-)kink too sharp to collocate
 
 
-def identical_pairs(problem: Problem):
+def identical_pairs(problem: Problem) -> np.ndarray:
     """Indices of the pairs whose inputs are equal or nearly so (1 - cos <= 1e-3, and the same
     norm to 1e-3): there dPhi(t, s) has a kink (or a near-kink of width ~sqrt(1 - cos)) along
     t = s that collocation resolves only algebraically.
@@ -257,7 +271,7 @@ def identical_pairs(problem: Problem):
     return np.nonzero((ids[a] == ids[b]) | near)[0]
 
 
-def probe_pairs(problem: Problem, n: int = 8, exclude=()):
+def probe_pairs(problem: Problem, n: int = 8, exclude: Sequence[int] | np.ndarray = ()) -> np.ndarray:
     """Pairs on which accuracy is measured: the first diagonal entries, random pairs, and the
     most correlated and most anti-correlated distinct pairs (near-duplicate and antipodal inputs
     are where the duals and the time grid are hardest).

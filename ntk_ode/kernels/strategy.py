@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from .._checks import check_inputs
 from .adapt import TERMS_LADDER, certify, choose_grid, choose_terms, dual_sensitivity, first_grid, richardson_pairs
@@ -28,6 +31,10 @@ from .gets import GETS
 from .interpolants import NormAngleKernel, ZonalFailed, build_norm_angle, zonal_interpolant, zonal_values
 from .problem import Problem, identical_pairs, probe_pairs
 
+if TYPE_CHECKING:
+    from ..activations import Activation
+    from ..model import NeuralODE
+
 __all__ = ["TABLE_MIN_PAIRS", "Result", "choose", "norm_angle_tables", "pair_kernels", "same_norm", "table_kernels"]
 
 # Pairs of inputs of several norms above which kernel_fn(table="auto") interpolates in
@@ -35,7 +42,7 @@ __all__ = ["TABLE_MIN_PAIRS", "Result", "choose", "norm_angle_tables", "pair_ker
 TABLE_MIN_PAIRS = 200_000
 
 
-def same_norm(norms) -> bool:
+def same_norm(norms: ArrayLike) -> bool:
     """Whether all inputs have one norm (to 1e-12 relative).
 
     Args:
@@ -49,7 +56,15 @@ def same_norm(norms) -> bool:
 
 
 def choose(
-    norms, pairs: int, *, depth, nodes, activation, equal_norm="auto", table="auto", kinked_zonal: bool = False
+    norms: ArrayLike,
+    pairs: int,
+    *,
+    depth: int | None,
+    nodes: int | None,
+    activation: Activation,
+    equal_norm: bool | str = "auto",
+    table: bool | str = "auto",
+    kinked_zonal: bool = False,
 ) -> tuple[str, ...]:
     """The strategies to try, in order (a later one is the fallback when an automatic earlier
     one cannot meet rtol). The one rule of :func:`ntk_ode.kernel_fn` and of the tiles of
@@ -180,18 +195,18 @@ def _note_slow_duals(model, problem, grid, inputs) -> None:
 
 
 def pair_kernels(
-    model,
+    model: NeuralODE,
     duals0: Duals,
     problem: Problem,
     *,
-    depth,
-    nodes,
+    depth: int | None,
+    nodes: int | None,
     tol: float,
     zonal: bool | str,
     block_size: int = 256,
     shard: bool = True,
     progress: bool = False,
-):
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The direct (and zonal) strategy: duals certified on probe pairs, then the time grid, then
     every pair solved (or the zonal table interpolated), with the error estimate.
 
@@ -274,7 +289,9 @@ def pair_kernels(
     return vals, err, delta
 
 
-def direct_result(model, duals0: Duals, problem: Problem, names, *, tol: float, **options) -> Result:
+def direct_result(
+    model: NeuralODE, duals0: Duals, problem: Problem, names: Sequence[str], *, tol: float, **options: Any
+) -> Result:
     """:func:`pair_kernels` assembled into (N1, N2) arrays of the kernels ``names``.
 
     Args:
@@ -307,7 +324,17 @@ def direct_result(model, duals0: Duals, problem: Problem, names, *, tol: float, 
 
 
 def norm_angle_tables(
-    model, d: int, rmin: float, rmax: float, names, *, depth, rtol: float, nodes, terms: int, progress: bool = False
+    model: NeuralODE,
+    d: int,
+    rmin: float,
+    rmax: float,
+    names: Sequence[str],
+    *,
+    depth: int | None,
+    rtol: float,
+    nodes: int | None,
+    terms: int,
+    progress: bool = False,
 ) -> list[NormAngleKernel]:
     """One certified (norm, norm, angle) interpolant per kernel of ``names``, built over direct
     solves (:func:`direct_result` on the table's inputs, never a table inside).
@@ -350,7 +377,18 @@ def norm_angle_tables(
 _gram_jit = jax.jit(lambda k, a, b: k.gram(a, b))
 
 
-def table_kernels(model, x1, x2, names, *, depth, tol, nodes, terms, progress) -> Result:
+def table_kernels(
+    model: NeuralODE,
+    x1: jax.Array | np.ndarray,
+    x2: jax.Array | np.ndarray,
+    names: Sequence[str],
+    *,
+    depth: int | None,
+    tol: float,
+    nodes: int | None,
+    terms: int,
+    progress: bool,
+) -> Result:
     """The table strategy: the (norm, norm, angle) interpolants evaluated in row blocks of
     bounded memory.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,9 @@ import numpy as np
 
 from .adapt import pick_duals
 from .duals import Duals, mehler_certificate, quad_certificate
+
+if TYPE_CHECKING:
+    from ..model import NeuralODE
 
 __all__ = ["LIMIT_STEPS", "STEPS", "certified", "recursion", "step_size"]
 
@@ -109,7 +113,15 @@ def _rk4(duals, model, x1, x2, n):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 4, 5, 6))
-def recursion(duals: Duals, model, x1, x2, depth, step: str, limit_steps: int = LIMIT_STEPS):
+def recursion(
+    duals: Duals,
+    model: NeuralODE,
+    x1: jax.Array,
+    x2: jax.Array,
+    depth: int | None,
+    step: str,
+    limit_steps: int = LIMIT_STEPS,
+) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, ...]]:
     """NNGP and NTK of the untied ResNet for the given duals (pure JAX), with the largest
     variances visited and an estimate of the time-step error (0 at finite depth).
 
@@ -150,7 +162,9 @@ def _variances(vmin: float, vmax: float) -> np.ndarray:
     return np.unique(np.concatenate([np.geomspace(lo, hi, 48), [vmin, vmax]]))
 
 
-def certified(model, x1, x2, depth, step: str, terms: int, rtol: float):
+def certified(
+    model: NeuralODE, x1: jax.Array, x2: jax.Array, depth: int | None, step: str, terms: int, rtol: float
+) -> tuple[jax.Array, jax.Array, dict, float]:
     """The untied kernels with certified duals and their error estimate (eager).
 
     The duals: the engine's ladder (:func:`ntk_ode.kernels.adapt.pick_duals`) with the Parseval
