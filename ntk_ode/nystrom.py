@@ -130,7 +130,9 @@ class _RowBlocks:
             self.file.close()
 
 
-def engine_blocks(model: Any, x: Any, *, depth: int | None = None, get: str = "ntk", rtol: float = 1e-8) -> tuple:
+def engine_blocks(
+    model: Any, x: Any, *, depth: int | None = None, get: str = "ntk", rtol: float | None = None
+) -> tuple:
     """Kernel blocks of the engine for inputs like ``x``, as a jitted ``block(x1, x2)``.
 
     Inputs of one norm get :func:`ntk_ode.harmonics.zonal_kernel`; inputs of several norms get
@@ -142,7 +144,8 @@ def engine_blocks(model: Any, x: Any, *, depth: int | None = None, get: str = "n
         x: the inputs (N, d) whose norms the interpolant must cover.
         depth: None for the ODE, L for the ResNet.
         get: "ntk" or "nngp".
-        rtol: the interpolant's target accuracy relative to the kernel's largest value.
+        rtol: the interpolant's target accuracy relative to the kernel's largest value (default
+            1e-8 with 64-bit floats, 1e-5 in float32, as :func:`ntk_ode.kernel_fn`).
 
     Returns:
         ``(block, error)``: the block function (numpy arrays in and out; rows padded to a
@@ -157,6 +160,8 @@ def engine_blocks(model: Any, x: Any, *, depth: int | None = None, get: str = "n
     from .kernels import norm_angle_kernel
 
     x = np.asarray(x, np.float64)
+    if rtol is None:
+        rtol = 1e-8 if jax.numpy.finfo(jax.numpy.asarray(0.0).dtype).eps < 1e-10 else 1e-5
     norms = np.linalg.norm(x, axis=1)
     lo, hi = float(norms.min()), float(norms.max())
     if get not in ("ntk", "nngp"):

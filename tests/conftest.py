@@ -97,6 +97,7 @@ SLOW = (
     "tests/test_duals_accuracy.py::test_engine_duals_at_any_variance_match_the_reference_within_their_certificate[gelu]",
     "tests/test_duals_accuracy.py::test_engine_duals_at_any_variance_match_the_reference_within_their_certificate[sigmoid]",
     "tests/test_duals_accuracy.py::test_engine_duals_at_any_variance_match_the_reference_within_their_certificate[silu]",
+    "tests/test_nystrom.py::test_float32_ensemble_and_nystrom_agree_with_float64",
 )
 
 
