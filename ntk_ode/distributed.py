@@ -26,6 +26,8 @@ from typing import TypeVar
 
 import jax
 
+from ._checks import positive_int
+
 ENV_COORDINATOR = "NTK_ODE_COORDINATOR"
 ENV_NUM_PROCESSES = "NTK_ODE_NUM_PROCESSES"
 ENV_PROCESS_ID = "NTK_ODE_PROCESS_ID"
@@ -67,8 +69,7 @@ def initialize(
         )
     if all(given):
         assert num_processes is not None and process_id is not None and coordinator is not None
-        if isinstance(num_processes, bool) or int(num_processes) != num_processes or num_processes < 1:
-            raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
+        positive_int("num_processes", num_processes)
         if isinstance(process_id, bool) or int(process_id) != process_id or not 0 <= process_id < num_processes:
             raise ValueError(f"process_id must be an integer in [0, {num_processes}), got {process_id!r}")
         host, _, port = coordinator.rpartition(":")
@@ -198,8 +199,7 @@ def launch_local(
             ``force``.
         OSError: a process could not be started (those already started are stopped first).
     """
-    if isinstance(processes, bool) or int(processes) != processes or processes < 1:
-        raise ValueError(f"processes must be a positive integer, got {processes!r}")
+    processes = positive_int("processes", processes)
     cap = 4 * (os.cpu_count() or 1)
     if processes > cap and not force:
         raise ValueError(

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from ._checks import positive_int
+
 Fn = Callable[[jax.Array], jax.Array]  # an elementwise function (activation or derivative)
 
 __all__ = [
@@ -78,8 +80,7 @@ def _golub_welsch(order: int) -> tuple[np.ndarray, np.ndarray]:
     without evaluating the polynomials: stable at any order, the tiny outer weights underflowing
     gracefully to 0.
     """
-    if int(order) != order or order < 1:
-        raise ValueError(f"order must be a positive integer, got {order!r}")
+    order = positive_int("order", order)
     from scipy.linalg import eigh_tridiagonal
 
     order = int(order)

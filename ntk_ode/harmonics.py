@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import positive_int
 from .kernels import kernel_fn, parse_get
 from .kernels.interpolants import (
     CoefficientKernel,
@@ -205,9 +206,7 @@ def predicted_lambda_min(spectrum: Spectrum, N: int) -> dict:
     Raises:
         ValueError: N is not a positive integer.
     """
-    if isinstance(N, bool) or int(N) != N or N < 1:
-        raise ValueError(f"N (the number of points) must be a positive integer, got {N!r}")
-    N = int(N)
+    N = positive_int("N (the number of points)", N)
     ev = np.repeat(spectrum.mu, spectrum.multiplicity.astype(int))
     ev = np.sort(ev)[::-1]
     rank = float(N * ev[N - 1]) if ev.size >= N else float("nan")

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from ._checks import check_inputs
+from ._checks import check_inputs, positive_int
 from .kernels.traceable import HYPERPARAMETERS, traceable_kernel_fn
 from .model import NeuralODE
 
@@ -226,8 +226,7 @@ def fit_hyperparameters(
 
     if objective not in ("nngp_marginal_likelihood", "ntk_validation_mse"):
         raise ValueError(f"objective must be 'nngp_marginal_likelihood' or 'ntk_validation_mse', got {objective!r}")
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = positive_int("steps", steps)
     fit = tuple(fit)
     if not fit or any(k not in HYPERPARAMETERS for k in fit) or len(set(fit)) != len(fit):
         raise ValueError(f"fit must be distinct names from {HYPERPARAMETERS}, got {fit!r}")

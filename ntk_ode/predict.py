@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import is_traced
+from ._checks import is_traced, positive_int
 from .kernels.gets import parse_get, select
 from .linsolve import KernelSolve, check_symmetric, kernel_matvec, kernel_solve
 from .nystrom import NystromSolve, engine_blocks, nystrom_solve
@@ -386,8 +386,7 @@ def gradient_descent_mse_ensemble(
     y = _targets(y_train, x_train.shape[0])
     if not (float(learning_rate) > 0 and np.isfinite(float(learning_rate))):
         raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     k_dd = kernel_fn(x_train, None, ("nngp", "ntk"))
     K = {g: _train_kernel(getattr(k_dd, g), f"kernel_fn(x_train, None).{g}") for g in ("nngp", "ntk")}
     eig = {}

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import ArrayOrNumpy
+from ._checks import ArrayOrNumpy, positive_int
 from .empirical import structured_blocks
 from .kernels import kernel_fn
 from .model import NeuralODE, Solver, check_depth, check_inputs, hyper_jit
@@ -216,8 +216,7 @@ def width_sweep(
     widths = [int(w) for w in widths]
     if not widths or min(widths) < 1:
         raise ValueError(f"widths must be a non-empty list of positive integers, got {widths!r}")
-    if int(n_seeds) != n_seeds or n_seeds < 1:
-        raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}")
+    n_seeds = positive_int("n_seeds", n_seeds)
     n_seeds = int(n_seeds)
     solver = Solver.make(solver)
     config = {

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import positive_int
 from .batching import pad_rows, tile_starts
 from .distributed import split
 from .harmonics import zonal_kernel
@@ -294,8 +295,7 @@ def kernel_to_disk(
             damaged (truncated, edited or deleted files, named) and ``repair`` is False.
     """
     names, _ = parse_get(get)
-    if isinstance(tile, bool) or int(tile) != tile or tile < 1:
-        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    tile = positive_int("tile", tile)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if method not in METHODS:

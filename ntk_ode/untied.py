@@ -26,7 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_inputs, fail_if, is_traced
+from ._checks import check_inputs, fail_if, is_traced, positive_int
 from .kernels import GETS, Duals, parse_get
 from .kernels.gets import select
 from .kernels.untied import STEPS, certified, recursion, step_size
@@ -52,8 +52,7 @@ class UntiedResNet(eqx.Module):
     step: str = eqx.field(static=True)
 
     def __init__(self, model: NeuralODE, depth: int, step: Step = "1/L"):
-        if isinstance(depth, bool) or int(depth) != depth or depth < 1:
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        positive_int("depth", depth)
         if step not in STEPS:
             raise ValueError(f"step must be one of {STEPS}, got {step!r}")
         self.model, self.depth, self.step = model, int(depth), step

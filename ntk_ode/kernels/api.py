@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import gaussian
-from .._checks import check_depth, check_inputs
+from .._checks import check_depth, check_inputs, positive_int
 from .duals import Duals, check_duals
 from .gets import parse_get, select
 from .interpolants import NormAngleKernel
@@ -113,8 +113,7 @@ def kernel_fn(
     if table not in ("auto", True, False):
         raise ValueError(f"table must be 'auto', True or False, got {table!r}")
     _check_solve_options(nodes, terms, rtol)
-    if int(block_size) != block_size or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    block_size = positive_int("block_size", block_size)
     duals0 = Duals(model.activation, int(terms))
 
     def kfn(x1, x2=None, get=("nngp", "ntk"), with_error=False):
