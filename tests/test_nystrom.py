@@ -94,8 +94,7 @@ def test_blocks_in_memory_on_disk_or_recomputed_give_the_same_solution(problem, 
         predict.nystrom_solve(block, x[:10], y[:10], centres=5, cache_dir=str(tmp_path / "missing"))
 
 
-_FLOAT32 = """
-import json, sys
+_PROBLEM = """
 import numpy as np, ntk_ode as no
 from ntk_ode import predict
 from ntk_ode.data import teacher
@@ -105,11 +104,10 @@ xt = teacher(10, 3, seed=1)[0] * np.sqrt(3)
 m = no.NeuralODE("erf")
 f = predict.gradient_descent_mse_ensemble(no.kernel_fn(m, 4), x, y, learning_rate=1.0, diag_reg=1e-2)
 out = f(t=np.array([1.0, 100.0]), x_test=xt, get="ntk", compute_cov=True)
-block, err = predict.engine_blocks(m, x, depth=4)
+block, bound = predict.engine_blocks(m, x, depth=4)
 r = predict.nystrom_solve(block, x, y, centres=30, ridge=1e-1)
-fit = block(x, x[r.centres]) @ r.alpha
-print(json.dumps(dict(dtype=str(np.asarray(out.mean).dtype), mean=np.asarray(out.mean).tolist(),
-                      cov=np.asarray(out.covariance).tolist(), fit=np.asarray(fit).tolist(), bound=err)))
+got = dict(dtype=str(np.asarray(out.mean).dtype), mean=np.asarray(out.mean).tolist(), bound=bound,
+           cov=np.asarray(out.covariance).tolist(), fit=np.asarray(block(x, x[r.centres]) @ r.alpha).tolist())
 """
 
 
@@ -118,19 +116,14 @@ def test_float32_ensemble_and_nystrom_agree_with_float64():
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", _FLOAT32], capture_output=True, text=True, timeout=600)
+    code = _PROBLEM + "import json; print(json.dumps(got))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got["dtype"] == "float32" and got["bound"] < 1e-3
-    x, y = teacher(60, 3, seed=0, noise=0.1)
-    x = x * np.sqrt(3)
-    xt = teacher(10, 3, seed=1)[0] * np.sqrt(3)
-    m = no.NeuralODE("erf")
-    f = predict.gradient_descent_mse_ensemble(no.kernel_fn(m, 4), x, y, learning_rate=1.0, diag_reg=1e-2)
-    out = f(t=np.array([1.0, 100.0]), x_test=xt, get="ntk", compute_cov=True)
-    block, _ = predict.engine_blocks(m, x, depth=4)
-    r = predict.nystrom_solve(block, x, y, centres=30, ridge=1e-1)
-    fit = block(x, x[r.centres]) @ r.alpha
-    for key, ref in (("mean", out.mean), ("cov", out.covariance), ("fit", fit)):
-        ref = np.asarray(ref)
-        assert np.max(np.abs(np.asarray(got[key]) - ref)) <= 1e-4 * np.max(np.abs(ref)), key  # float32: ~1e-6
+    f32 = json.loads(run.stdout.strip().splitlines()[-1])
+    ns: dict = {}
+    exec(_PROBLEM, ns)  # the same problem in this process's float64
+    f64 = ns["got"]
+    assert f32["dtype"] == "float32" and f64["dtype"] == "float64" and f32["bound"] < 1e-3
+    for key in ("mean", "cov", "fit"):
+        ref = np.asarray(f64[key])
+        assert np.max(np.abs(np.asarray(f32[key]) - ref)) <= 1e-4 * np.max(np.abs(ref)), key  # float32: ~1e-6
