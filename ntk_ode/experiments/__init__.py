@@ -21,14 +21,18 @@ EXPERIMENTS = {
         gaps.GapConfig,
         gaps.run,
         functools.partial(gaps.plot, title="softplus"),
+        gaps.summary,
     ),
-    "E2": Experiment("E2", "Finite-width NTK vs K_inf against width", width.WidthConfig, width.run, width.plot),
+    "E2": Experiment(
+        "E2", "Finite-width NTK vs K_inf against width", width.WidthConfig, width.run, width.plot, width.summary
+    ),
     "E3": Experiment(
         "E3",
         "ReLU: gaps against depth, three gradient references",
         gaps.ReluGapConfig,
         functools.partial(gaps.run, name="E3"),
         functools.partial(gaps.plot, name="E3", title="relu"),
+        gaps.summary,
     ),
     "E4": Experiment(
         "E4",
@@ -36,6 +40,7 @@ EXPERIMENTS = {
         convergence.ConvergenceConfig,
         convergence.run,
         convergence.plot,
+        convergence.summary,
     ),
     "E5": Experiment(
         "E5",
@@ -43,6 +48,7 @@ EXPERIMENTS = {
         kernels.HorizonConfig,
         kernels.run_horizon,
         kernels.plot_horizon,
+        kernels.summary_horizon,
     ),
     "E6": Experiment(
         "E6",
@@ -50,14 +56,18 @@ EXPERIMENTS = {
         kernels.PolynomialConfig,
         kernels.run_polynomial,
         kernels.plot_polynomial,
+        kernels.summary_polynomial,
     ),
-    "E7": Experiment("E7", "Adaptive vs fixed-step solvers", solvers.SolverConfig, solvers.run, solvers.plot),
+    "E7": Experiment(
+        "E7", "Adaptive vs fixed-step solvers", solvers.SolverConfig, solvers.run, solvers.plot, solvers.summary
+    ),
     "E8": Experiment(
         "E8",
         "More activations and data sets",
         kernels.ActivationsConfig,
         kernels.run_activations,
         kernels.plot_activations,
+        kernels.summary_activations,
     ),
     "E9": Experiment(
         "E9",
@@ -65,14 +75,16 @@ EXPERIMENTS = {
         gaussian_outputs.GaussianConfig,
         gaussian_outputs.run,
         gaussian_outputs.plot,
+        gaussian_outputs.summary,
     ),
-    "E10": Experiment("E10", "Weight-tied vs untied kernels", tying.TyingConfig, tying.run, tying.plot),
+    "E10": Experiment("E10", "Weight-tied vs untied kernels", tying.TyingConfig, tying.run, tying.plot, tying.summary),
     "E11": Experiment(
         "E11",
         "Spectral decay per activation on the sphere",
         spectral.SpectralConfig,
         spectral.run,
         spectral.plot,
+        spectral.summary,
     ),
     "E12": Experiment(
         "E12",
@@ -129,7 +141,7 @@ def reproduce(
     if data_dir is not None and not os.path.isdir(data_dir):
         raise FileNotFoundError(f"data folder {data_dir!r} does not exist")
     os.makedirs(out, exist_ok=True)
-    done = {}
+    done, headlines = {}, []
     for n in names:
         e = EXPERIMENTS[n]
         cfg = getattr(e.config_cls, preset)()
@@ -139,10 +151,19 @@ def reproduce(
         log(f"[{n}] {e.title} ({preset})")
         res = e.run(cfg, out)
         e.plot(res, out)
-        for line in e.summary(res) if e.summary else ():
+        lines = e.summary(res) if e.summary else []
+        for line in lines:
             log(f"[{n}] {line}")
-        log(f"[{n}] done in {time.perf_counter() - t:.1f} s -> {out}/{n}.json, {n}.png")
+        seconds = time.perf_counter() - t
+        log(f"[{n}] done in {seconds:.1f} s -> {out}/{n}.json, {n}.png")
+        headlines.append((n, seconds, lines))
         done[n] = res
+    if len(headlines) > 1:  # each experiment's headline again, together, at the end
+        log("headlines:")
+        for n, seconds, lines in headlines:
+            log(f"  {n} ({seconds:.0f} s, {EXPERIMENTS[n].title})")
+            for line in lines:
+                log(f"    {line}")
     return done
 
 

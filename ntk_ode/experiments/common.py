@@ -139,7 +139,8 @@ class Cells:
 @dataclasses.dataclass
 class Experiment:
     """Name, title, config class with ``quick()``/``full()``, ``run(cfg, out) -> results``, ``plot``,
-    and optionally ``summary(results) -> lines`` that ``reproduce`` prints at the end."""
+    and ``summary(results) -> lines``, the headline numbers that ``reproduce`` prints after the
+    experiment and, when it ran several, again together at the end."""
 
     name: str
     title: str

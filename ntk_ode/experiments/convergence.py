@@ -137,3 +137,25 @@ def plot(res: dict, out: str, name: str = "E4") -> None:
         ax.legend(fontsize=6)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary(res: dict) -> list[str]:
+    """E4's per-width loss rate against the theory's bound (1 - eta lambda_0), and the distance slope.
+
+    Args:
+        res: the results.
+
+    Returns:
+        The lines.
+    """
+    lines = [f"lambda_0 of K_inf {res['lambda_0']:.3g}"]
+    for n, run in res["runs"].items():
+        side = "within" if run["measured_rate"] <= run["theory_rate"] else "ABOVE"
+        lines.append(
+            f"width {n}: loss falls by {run['measured_rate']:.4f} per step, {side} the bound's "
+            f"1 - eta lambda_0 = {run['theory_rate']:.10f}"
+        )
+    lines.append(
+        f"relative distance of U from initialisation against width: slope {res['slope_rel_dist_U_vs_width']:.2f}"
+    )
+    return lines

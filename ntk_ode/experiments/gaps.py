@@ -136,3 +136,15 @@ class ReluGapConfig(GapConfig):
             "dopri5-adjoint-1e-10",
         ),
     )
+
+
+def summary(res: dict) -> list[str]:
+    """E1/E3's fitted slopes of the gaps against depth (theory: -1).
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per fitted curve.
+    """
+    return [f"slope against depth, {k}: {v:.2f}" for k, v in res["slopes"].items()]

@@ -114,3 +114,18 @@ def plot(res: dict, out: str, name: str = "E9") -> None:
         ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary(res: dict) -> list[str]:
+    """E9's KS distance and excess kurtosis of f(x_1) per width.
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per width.
+    """
+    return [
+        f"width {n}: KS distance {ks:.3f} (95% level {res['ks_noise_level']:.3f}), excess kurtosis {k:.2f}"
+        for n, ks, k in zip(res["widths"], res["ks"], res["kurtosis_excess"])
+    ]

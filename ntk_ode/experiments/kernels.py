@@ -197,3 +197,53 @@ def plot_activations(res: dict, out: str, name: str = "E8") -> None:
     ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary_horizon(res: dict) -> list[str]:
+    """E5's lambda_0 over the horizons, sigma_w fixed and sigma_w = 1/T.
+
+    Args:
+        res: the results.
+
+    Returns:
+        The lines.
+    """
+    fixed, scaled = res["lambda_0_fixed"], res["lambda_0_scaled"]
+    return [
+        f"sigma_w = 1: lambda_0 from {fixed[0]:.3g} (T = {res['T'][0]:g}) to {fixed[-1]:.3g} (T = {res['T'][-1]:g})",
+        f"sigma_w = 1/T: lambda_0 from {min(scaled):.6g} to {max(scaled):.6g} (theory: independent of T)",
+    ]
+
+
+def summary_polynomial(res: dict) -> list[str]:
+    """E6's numerical ranks per activation and depth.
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per activation.
+    """
+    ranks = res["numerical_rank"]
+    return [
+        f"{a}: numerical rank "
+        + ", ".join(f"{k.split(' ', 1)[1]} {v}" for k, v in ranks.items() if k.startswith(a + " "))
+        for a in res["activations"]
+    ]
+
+
+def summary_activations(res: dict) -> list[str]:
+    """E8's smallest and largest lambda_0 / lambda_max per data set, with the activations.
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per data set.
+    """
+    lines = []
+    for data, vals in res["rel_lambda_0"].items():
+        lo, hi = int(np.argmin(vals)), int(np.argmax(vals))
+        acts = res["activations"]
+        lines.append(f"{data}: lambda_0 / lambda_max from {vals[lo]:.2g} ({acts[lo]}) to {vals[hi]:.2g} ({acts[hi]})")
+    return lines

@@ -101,3 +101,24 @@ def plot(res: dict, out: str, name: str = "E7") -> None:
         ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary(res: dict) -> list[str]:
+    """E7's most accurate forward solve per solver, with its time.
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per solver.
+    """
+    best: dict = {}
+    for r in res["rows"]:
+        if r["solver"] not in best or r["output_error"] < best[r["solver"]]["output_error"]:
+            best[r["solver"]] = r
+    return [
+        f"{s}: output error {r['output_error']:.1e} "
+        + (f"at {r['steps']} steps" if r["steps"] else f"at rtol {r['tol']:g}")
+        + f", {1e3 * r['time_forward_s']:.1f} ms forward, {1e3 * r['time_adjoint_s']:.1f} ms adjoint"
+        for s, r in sorted(best.items())
+    ]

@@ -117,3 +117,19 @@ def plot(res: dict, out: str, name: str = "E11") -> None:
         ax.legend(fontsize=6)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary(res: dict) -> list[str]:
+    """E11's fitted decay of the Gegenbauer eigenvalues per activation and dimension.
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per cell.
+    """
+    return [
+        f"{cell}: mu_k ~ k^-{c['fit']['power']:.2f} (rms {c['fit']['power_rms']:.2f}) or "
+        f"exp(-{c['fit']['rate']:.2f} k) (rms {c['fit']['exp_rms']:.2f})"
+        for cell, c in res["cells"].items()
+    ]

@@ -164,3 +164,20 @@ def plot(res: dict, out: str, name: str = "E10") -> None:
             tidy_log_axes(ax)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary(res: dict) -> list[str]:
+    """E10's relative NTK gap between the tied ODE kernel and the untied limit (step sqrt(T/L)).
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line per activation.
+    """
+    return [
+        f"{a}: untied vs tied NTK gap "
+        + ", ".join(f"{r['gap_ntk']:.2f} at T = {T:g}" for T, r in zip(res["T"], res["vs_T"][a]))
+        + " (sigma_w = 1)"
+        for a in res["activations"]
+    ]

@@ -7,8 +7,11 @@ import os
 import time
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .. import NeuralODE, Solver, width_sweep
 from ..data import digits
+from ..sweep import fit_slope, slope_standard_error
 from .common import Preset, figure, loglog, save_results, savefig
 
 
@@ -77,3 +80,17 @@ def plot(res: dict, out: str, name: str = "E2") -> None:
     ax.legend(fontsize=7)
     savefig(fig, out, name)
     plt.close(fig)
+
+
+def summary(res: dict) -> list[str]:
+    """E2's fitted width slope of the NTK's distance to K_inf, with its standard error (theory -0.5).
+
+    Args:
+        res: the results.
+
+    Returns:
+        One line.
+    """
+    slope = fit_slope(res["widths"], res["mean_dist"])
+    se = slope_standard_error(res["widths"], np.asarray(res["dist"]))
+    return [f"||Theta_n - K_inf|| / ||K_inf|| against width: slope {slope:.2f} +- {se:.2f} (theory -0.5)"]
