@@ -23,6 +23,7 @@ __all__ = [
     "check_depth",
     "check_inputs",
     "check_params",
+    "default_rtol",
     "eager_errors",
     "fail_if",
     "is_traced",
@@ -191,6 +192,18 @@ def check_params(params: Any) -> tuple[int, int]:
             if not np.all(np.isfinite(np.asarray(params[k]))):
                 raise ValueError(f"params['{k}'] contains non-finite values")
     return int(n), int(d)
+
+
+def default_rtol(dtype: Any) -> float:
+    """The kernels' default target accuracy in ``dtype``: 1e-8 in float64, 1e-5 in float32.
+
+    Args:
+        dtype: the working dtype.
+
+    Returns:
+        The relative tolerance.
+    """
+    return 1e-8 if float(jnp.finfo(dtype).eps) < 1e-10 else 1e-5
 
 
 def positive_int(name: str, value: Any) -> int:

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import scipy.linalg
 
+from ._checks import default_rtol
 from .batching import pad_rows
 
 __all__ = ["NystromSolve", "nystrom_solve", "engine_blocks", "select_centres"]
@@ -161,7 +162,7 @@ def engine_blocks(
 
     x = np.asarray(x, np.float64)
     if rtol is None:
-        rtol = 1e-8 if jax.numpy.finfo(jax.numpy.asarray(0.0).dtype).eps < 1e-10 else 1e-5
+        rtol = default_rtol(jax.numpy.asarray(0.0).dtype)  # the working precision
     norms = np.linalg.norm(x, axis=1)
     lo, hi = float(norms.min()), float(norms.max())
     if get not in ("ntk", "nngp"):

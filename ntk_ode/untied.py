@@ -26,7 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_inputs, fail_if, is_traced, positive_int
+from ._checks import check_inputs, default_rtol, fail_if, is_traced, positive_int
 from .kernels import GETS, Duals, parse_get
 from .kernels.gets import select
 from .kernels.untied import STEPS, certified, recursion, step_size
@@ -171,7 +171,7 @@ def untied_kernel(
     x1 = check_inputs(x1, None, "x1")
     x2 = x1 if x2 is None else check_inputs(x2, x1.shape[1], "x2", expected_by="x1 has")
     depth = None if depth is None else int(depth)
-    tol = rtol if rtol is not None else (1e-8 if float(jnp.finfo(x1.dtype).eps) < 1e-10 else 1e-5)
+    tol = rtol if rtol is not None else default_rtol(x1.dtype)
     if is_traced(x1, x2):
         if with_error:
             raise ValueError("with_error: untied_kernel certifies its duals eagerly; call it outside jit/vmap")

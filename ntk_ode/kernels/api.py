@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import gaussian
-from .._checks import check_depth, check_inputs, positive_int
+from .._checks import check_depth, check_inputs, default_rtol, positive_int
 from .duals import Duals, check_duals
 from .gets import parse_get, select
 from .interpolants import NormAngleKernel
@@ -122,7 +122,7 @@ def kernel_fn(
         symmetric = x2 is None
         x2c = x1 if symmetric else _check_x(x2, "x2", x1.shape[1])
         eps = float(jnp.finfo(x1.dtype).eps)
-        tol = rtol if rtol is not None else (1e-8 if eps < 1e-10 else 1e-5)
+        tol = rtol if rtol is not None else default_rtol(x1.dtype)
         if rtol is None and eps > 1e-10:
             _note_float32()
         check_duals(model.activation)
