@@ -43,6 +43,45 @@ def test_ode_kernel_matches_richardson_of_resnet_kernels_and_rate():
     assert -1.2 <= slope <= -0.8
 
 
+def _erf_duals(a, b, c):
+    """E erf(u) erf(v) and E erf'(u) erf'(v) for (u, v) ~ N(0, [[a, c], [c, b]])."""
+    q = (1 + 2 * a) * (1 + 2 * b)
+    return 2 / np.pi * np.arcsin(2 * c / np.sqrt(q)), 4 / np.pi / np.sqrt(q - 4 * c**2)
+
+
+def _resnet_kernel_by_loops(x1, x2, L, sw, sv, T):
+    """NNGP and NTK of the weight-tied erf ResNet of depth L, linear head, by the scalar
+    recursions of docs/theory.md section 3 written as plain loops (shells m = max(l, k))."""
+    dt, c = T / L, sw**2
+    xs = (x1, x2)
+    Sig = {(i, j): np.full((L + 1, L + 1), xs[i] @ xs[j] / x1.size) for i in range(2) for j in range(i, 2)}
+    for m in range(1, L + 1):
+        for key, S in Sig.items():
+            va, vb = Sig[(key[0], key[0])], Sig[(key[1], key[1])]
+            for i, k in [(m, j) for j in range(1, m)] + [(j, m) for j in range(1, m)] + [(m, m)]:
+                phi = _erf_duals(va[i - 1, i - 1], vb[k - 1, k - 1], S[i - 1, k - 1])[0]
+                S[i, k] = S[i - 1, k] + S[i, k - 1] - S[i - 1, k - 1] + dt**2 * c * phi
+    S, va, vb = Sig[(0, 1)], np.diag(Sig[(0, 0)]), np.diag(Sig[(1, 1)])
+    Phi, dPhi = _erf_duals(va[:, None], vb[None, :], S)
+    K = np.full((L + 1, L + 1), sv**2)
+    for i in range(L, 0, -1):
+        for k in range(L, 0, -1):
+            K[i - 1, k - 1] = K[i, k - 1] + K[i - 1, k] - K[i, k] + dt**2 * c * dPhi[i - 1, k - 1] * K[i, k]
+    nngp = sv**2 * S[L, L]
+    return nngp, nngp + dt**2 * c * np.sum(K[1:, 1:] * Phi[:-1, :-1]) + S[0, 0] * K[0, 0]
+
+
+@pytest.mark.parametrize("L", [1, 2, 7])
+def test_resnet_substitution_solver_equals_the_recursion_written_as_loops(L):
+    # the ResNet grids are solved by forward/backward substitution (kernels.core); here the
+    # recursions of docs/theory.md section 3 as scalar loops, for a pair of unequal norms
+    x = np.array([[0.3, -1.2, 0.8, 2.0], [1.1, 0.4, -0.5, 0.9]])
+    model = no.NeuralODE("erf", T=1.7, sigma_w=1.3, sigma_v=0.8)
+    k = kernel_fn(model, depth=L)(x)
+    nngp, ntk = _resnet_kernel_by_loops(x[0], x[1], L, 1.3, 0.8, 1.7)
+    np.testing.assert_allclose([k.nngp[0, 1], k.ntk[0, 1]], [nngp, ntk], rtol=1e-13)
+
+
 def test_symmetry_rectangular_and_psd():
     model = no.NeuralODE("tanh", sigma_w=1.5, head="phi")
     x2 = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (2, 4)))

@@ -14,8 +14,10 @@ integration operators A (int_0^t), B (int_t^T) and weights w (int_0^T):
 
     Sigma = Sigma00 + sigma_w^2 A Phi(Sigma) A^T,     K = K_TT + sigma_w^2 B (dPhi o K) B^T,
 
-and solved by Picard iteration (which converges like (c T^2)^k / (k!)^2 for a 2-D Volterra
-operator; on a ResNet grid it is nilpotent and reaches the exact recursion of K^L_inf).
+and solved by Picard iteration on Chebyshev grids (which converges like (c T^2)^k / (k!)^2 for a
+2-D Volterra operator). On a ResNet grid the operators are strictly triangular and the equations
+are the exact recursion of K^L_inf, solved by substitution, layer by layer
+(:func:`resnet_single_variances`, :func:`resnet_pair_kernels`): O(L^2) duals in all.
 
 Per-input variances Sigma_x(t, t) are found first by the single-input problems
 (:func:`single_variances`); pairs then only see them as data (:func:`pair_kernels`) and are solved
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ITER",
+    "PAIR_GRID_BYTES",
     "PAIR_TABLE_BYTES",
     "hyperparameters",
     "traced_pairs",
@@ -55,6 +58,8 @@ __all__ = [
     "pair_kernels",
     "picard",
     "raise_on_failure",
+    "resnet_pair_kernels",
+    "resnet_single_variances",
     "single_variances",
     "solve_pairs",
     "solve_singles",
@@ -62,6 +67,7 @@ __all__ = [
 
 MAX_ITER = 400
 PAIR_TABLE_BYTES = 2**30  # coefficient tables gathered for one block of pairs
+PAIR_GRID_BYTES = 2**29  # (M, M) arrays of one block of pairs (a deep ResNet grid: few pairs a block)
 
 
 def picard(
@@ -109,6 +115,8 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
     Returns:
         The variances diag(Sigma) on the grid and the Picard convergence flag.
     """
+    if grid.shift:
+        return resnet_single_variances(duals, grid, sigma_w, s00)
     A = jnp.asarray(grid.A, s00.dtype)
     c = sigma_w**2
     basis = duals.basis(s00.dtype)  # the tables move with v; their basis does not
@@ -155,6 +163,8 @@ def pair_kernels(
     Returns:
         ``(nngp, ntk, blocks (3,), converged)``.
     """
+    if grid.shift:
+        return resnet_pair_kernels(duals, grid, sigma_w, sigma_v, head, s00, v1, v2, tab1, tab2, ntk)
     dt = s00.dtype
     A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
     c = sigma_w**2
@@ -174,6 +184,115 @@ def pair_kernels(
     Pw = shift(Phi) if grid.shift else Phi
     blocks = jnp.stack([s00 * K[0, 0], c * w @ (Pw * K) @ w, nngp])  # U, W, v
     return nngp, jnp.sum(blocks), blocks, ok1 & ok2
+
+
+def _rows(tab: Any, i: jax.Array | int) -> Any:
+    """Row ``i`` (kept as a (1, ...) slice) of each coefficient table."""
+    return tuple(jax.lax.dynamic_slice_in_dim(t, i, 1, axis=0) for t in tab)
+
+
+def _exclusive_cumsum(x: jax.Array) -> jax.Array:
+    """y[m] = sum_{k < m} x[k]."""
+    return jnp.concatenate([jnp.zeros_like(x[:1]), jnp.cumsum(x)[:-1]])
+
+
+def _step(grid: Grid, dtype: DTypeLike) -> jax.Array:
+    """The layer step dt of a ResNet grid (its operators are dt times triangles of ones)."""
+    return jnp.asarray(grid.t[1] - grid.t[0], dtype)
+
+
+def resnet_single_variances(
+    duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`single_variances` on a ResNet grid by forward substitution (docs/theory.md section 3).
+
+    There ``Sigma(n, m) = s00 + sigma_w^2 dt^2 sum_{i < n, k < m} Phi(i, k)``: the entries with
+    ``m <= n`` need Phi only at layers below n, so layer n's row (and, by symmetry, column) follows
+    from the layers before it. One sweep over the L + 1 layers of O(L) work each, against Picard's
+    O(L^3) per sweep; the result is the same fixed point (the recursion of K^L_inf).
+
+    Args:
+        duals: how Phi is evaluated.
+        grid: a ResNet grid (``grid.shift``).
+        sigma_w: hidden weight scale.
+        s00: ``Sigma^{0,0}(x, x)`` (scalar).
+
+    Returns:
+        The variances diag(Sigma) and a flag that they are finite.
+    """
+    M = grid.size
+    c = sigma_w**2 * _step(grid, s00.dtype) ** 2
+    k = jnp.arange(M)
+    basis = duals.basis(s00.dtype)
+    v0 = jnp.full((M,), s00)
+
+    def shell(carry, n):
+        colsum, v, tab = carry  # colsum[k] = sum_{i < n} Phi(i, k) for k < n
+        row = s00 + c * _exclusive_cumsum(jnp.where(k < n, colsum, 0.0))  # Sigma(n, m), m <= n
+        vn = row[n]
+        v = v.at[n].set(vn)
+        tn = duals.tables(vn[None], basis)
+        tab = tuple(jax.lax.dynamic_update_slice_in_dim(t, r, n, axis=0) for t, r in zip(tab, tn))
+        known = k <= n  # the layers whose variances are known; the others are masked out
+        phi = duals.phi(vn[None], jnp.where(known, v, vn), jnp.where(known, row, 0.0)[None], tn, tab)[0]
+        phi = jnp.where(known, phi, 0.0)
+        colsum = jnp.where(k < n, colsum + phi, jnp.where(k == n, jnp.sum(phi), 0.0))
+        return (colsum, v, tab), None
+
+    (_, v, _), _ = jax.lax.scan(shell, (jnp.zeros((M,), s00.dtype), v0, duals.tables(v0, basis)), k)
+    return v, jnp.all(jnp.isfinite(v))
+
+
+def resnet_pair_kernels(
+    duals: Duals,
+    grid: Grid,
+    sigma_w: jax.Array,
+    sigma_v: jax.Array,
+    head: str,
+    s00: jax.Array,
+    v1: jax.Array,
+    v2: jax.Array,
+    tab1: Any,
+    tab2: Any,
+    ntk: bool = True,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`pair_kernels` on a ResNet grid by substitution, forward in the layers for Sigma and
+    backward for K (docs/theory.md section 3): O(L^2) duals and no Picard sweeps, so deep
+    recursions (L in the thousands, for Richardson extrapolation) stay cheap. Same arguments and
+    returns as :func:`pair_kernels`; the flag says the results are finite."""
+    dt = s00.dtype
+    M = grid.size
+    c = sigma_w**2
+    h2 = c * _step(grid, dt) ** 2
+    w = jnp.asarray(grid.w, dt)
+
+    def forward(colsum, n):  # colsum = sum_{i < n} Phi(i, .)
+        row = s00 + h2 * _exclusive_cumsum(colsum)
+        return colsum + duals.phi(v1[n][None], v2, row[None], _rows(tab1, n), tab2)[0], row
+
+    _, S = jax.lax.scan(forward, jnp.zeros((M,), dt), jnp.arange(M))
+    last = (v1[-1:], v2[-1:], S[-1:, -1:], _rows(tab1, M - 1), _rows(tab2, M - 1))
+    sv2 = sigma_v**2
+    nngp = sv2 * (duals.phi(*last)[0, 0] if head == "phi" else S[-1, -1])
+    finite = jnp.all(jnp.isfinite(S))
+    if not ntk:
+        nan = jnp.asarray(jnp.nan, dt)
+        return nngp, nan, jnp.stack([nan, nan, nngp]), finite
+    KT = sv2 * duals.dphi(*last)[0, 0] if head == "phi" else jnp.asarray(sv2, dt)
+
+    def backward(carry, n):  # acc = sum_{i > n} dPhi(i - 1, . - 1) K(i, .)
+        acc, wsum = carry
+        row = KT + h2 * (jnp.sum(acc) - jnp.cumsum(acc))  # K(n, m) = KT + h2 sum_{k > m} acc[k]
+        p = jnp.maximum(n - 1, 0)
+        args = (v1[p][None], v2, S[p][None], _rows(tab1, p), tab2)
+        up = jnp.where(n > 0, 1.0, 0.0)  # the shift: layer 0 sees no dual
+        dphi = up * jnp.pad(duals.dphi(*args)[0, :-1], (1, 0))
+        phi = up * jnp.pad(duals.phi(*args)[0, :-1], (1, 0))
+        return (acc + dphi * row, wsum + w[n] * jnp.dot(w * phi, row)), row[0]
+
+    (_, wsum), k0 = jax.lax.scan(backward, (jnp.zeros((M,), dt), jnp.zeros((), dt)), jnp.arange(M), reverse=True)
+    blocks = jnp.stack([s00 * k0[0], c * wsum, nngp])  # U, W, v
+    return nngp, jnp.sum(blocks), blocks, finite & jnp.all(jnp.isfinite(blocks))
 
 
 def hyperparameters(model: NeuralODE, dtype: DTypeLike) -> tuple[jax.Array, ...]:
@@ -326,6 +445,7 @@ def solve_pairs(
     if tabs:  # both inputs' (phi, phi') tables are gathered per pair: a block holds at most ~1 GiB
         per_pair = 4 * tabs[0].shape[-2] * tabs[0].shape[-1] * tabs[0].dtype.itemsize
         bs = min(bs, max(1, PAIR_TABLE_BYTES // per_pair))
+    bs = min(bs, max(1, PAIR_GRID_BYTES // (2 * unit.size**2 * s00.dtype.itemsize)))
     if P < bs:  # a few padded sizes, so that probes of different sizes reuse their compilations
         bs = min(bs, 2 ** math.ceil(math.log2(P)))
     bs = int(math.ceil(bs / ndev) * ndev)
