@@ -258,8 +258,24 @@ def resnet_pair_kernels(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """:func:`pair_kernels` on a ResNet grid by substitution, forward in the layers for Sigma and
     backward for K (docs/theory.md section 3): O(L^2) duals and no Picard sweeps, so deep
-    recursions (L in the thousands, for Richardson extrapolation) stay cheap. Same arguments and
-    returns as :func:`pair_kernels`; the flag says the results are finite."""
+    recursions (L in the thousands, for Richardson extrapolation) stay cheap.
+
+    Args:
+        duals: how Phi and dPhi are evaluated.
+        grid: a ResNet grid (``grid.shift``).
+        sigma_w: hidden weight scale.
+        sigma_v: readout scale.
+        head: "linear" or "phi".
+        s00: ``Sigma^{0,0}(x, x')``.
+        v1: the first input's variances on the grid.
+        v2: the second input's variances.
+        tab1: the first input's coefficient tables.
+        tab2: the second input's tables.
+        ntk: False skips the NTK's equation.
+
+    Returns:
+        ``(nngp, ntk, blocks (3,), finite)``, as :func:`pair_kernels`.
+    """
     dt = s00.dtype
     M = grid.size
     c = sigma_w**2
