@@ -24,6 +24,8 @@ CALLS = {
     "gelu swT=6 two inputs": ("gelu", 6.0, 1.0, 2, None),
     "softplus swT=6": ("softplus", 6.0, 1.0, 1, None),
     "tanh depth 8 swT=8": ("tanh", 8.0, 1.0, 1, 8),
+    "relu swT=4 two inputs": ("relu", 4.0, 1.0, 2, None),
+    "relu swT=6 |x|=3": ("relu", 6.0, 3.0, 1, None),
 }
 
 CHILD = r"""

@@ -52,6 +52,8 @@ SLOW = (
     "tests/test_untied.py::test_kernels_match_monte_carlo_of_finite_networks[tanh]",
     "tests/test_model.py::test_a_new_setting_of_the_finite_width_model_compiles_nothing",
     "tests/test_limits_accuracy.py::test_relu_ode_kernel_reaches_1e8_with_honest_estimate",
+    "tests/test_limits_accuracy.py::test_relu_ode_kernel_of_an_input_with_itself_has_a_tight_estimate[1.0-1.0]",
+    "tests/test_limits_accuracy.py::test_relu_ode_kernel_of_an_input_with_itself_has_a_tight_estimate[6.0-3.0]",
     "tests/test_traceable.py::test_jit_and_vmap_over_parameters_equal_eager[None]",
     "tests/test_docs.py::test_python_blocks_in_the_docs_run[README.md#0]",
     "tests/test_cli.py::test_demo_smallest",

@@ -22,7 +22,7 @@ from .grids import Grid
 if TYPE_CHECKING:
     from ..model import NeuralODE
 
-__all__ = ["NEAR_DUPLICATE", "Problem", "identical_pairs", "input_covariance", "probe_pairs"]
+__all__ = ["NEAR_DUPLICATE", "Problem", "equal_inputs", "identical_pairs", "input_covariance", "probe_pairs"]
 
 
 def input_covariance(model: NeuralODE, x1: jax.Array, x2: jax.Array) -> jax.Array:
@@ -261,14 +261,32 @@ def identical_pairs(problem: Problem) -> np.ndarray:
         Pair indices.
     """
     X = np.asarray(problem.X)
-    _, ids = np.unique(X, axis=0, return_inverse=True)  # equal rows, without a (pairs, d) gather
-    ids = ids.reshape(-1)
+    ids = _row_ids(X)
     a, b = problem.i1, problem.i2
     nrm = np.linalg.norm(np.asarray(X, float), axis=1)
     near = (1.0 - problem.pair_cosines() <= NEAR_DUPLICATE) & (
         np.abs(nrm[a] - nrm[b]) <= NEAR_DUPLICATE * np.maximum(nrm[a], nrm[b])
     )
     return np.nonzero((ids[a] == ids[b]) | near)[0]
+
+
+def _row_ids(X: np.ndarray) -> np.ndarray:
+    """One id per distinct row of X (equal rows, without a (pairs, d) gather)."""
+    return np.unique(X, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def equal_inputs(problem: Problem, sel: np.ndarray) -> np.ndarray:
+    """Whether the two inputs of each pair ``sel`` are equal (not merely near-duplicates).
+
+    Args:
+        problem: the pairs.
+        sel: pair indices.
+
+    Returns:
+        A boolean mask, the shape of ``sel``.
+    """
+    ids = _row_ids(np.asarray(problem.X))
+    return ids[problem.i1[sel]] == ids[problem.i2[sel]]
 
 
 def probe_pairs(problem: Problem, n: int = 8, exclude: Sequence[int] | np.ndarray = ()) -> np.ndarray:

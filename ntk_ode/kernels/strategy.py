@@ -254,8 +254,13 @@ def pair_kernels(
     # estimate says how far collocation got.
     same_input = identical_pairs(problem) if kinked and not problem.duals.quad else np.zeros(0, int)
     pick = probe_pairs(problem, exclude=same_input)
-    grid, err = choose_grid(problem, depth, nodes, tol, pick, len(GETS), report=say)
-    say(f"time grid: {grid.size} nodes; solving {problem.i1.size} pairs")
+    only_same = same_input.size == problem.i1.size  # no pair left for collocation
+    if only_same:
+        grid, err = grid0, np.zeros(len(GETS))
+        say(f"time grid: none (all {problem.i1.size} pairs are extrapolated from ResNet depths)")
+    else:
+        grid, err = choose_grid(problem, depth, nodes, tol, pick, len(GETS), report=say)
+        say(f"time grid: {grid.size} nodes; solving {problem.i1.size} pairs")
     if grid is not grid0:
         delta = max(delta, certify(problem.duals, problem, grid, inputs))
     dual_err = None  # per unit kernel scale, or absolute when measured
@@ -268,7 +273,7 @@ def pair_kernels(
             ref = problem.solve(grid, sel=pick, shard=False)
             dual_err = 4.0 * delta * dual_sensitivity(problem, grid, pick, ref)
     vals = None
-    if zonal:
+    if zonal and not only_same:
         try:
             vals, zerr = _zonal(problem, grid, tol, block_size, shard, max_nodes=512 if zonal is True else 256)
             err = err + zerr
@@ -277,7 +282,11 @@ def pair_kernels(
                 raise RuntimeError(f"{exc}; use equal_norm=False") from exc
     use_zonal = vals is not None
     if vals is None:
-        vals = problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
+        vals = (
+            np.zeros((problem.i1.size, len(GETS)), np.asarray(problem.X).dtype)
+            if only_same
+            else problem.solve(grid, block_size=block_size, progress=progress, shard=shard)
+        )
     if same_input.size:
         rvals, rerr = richardson_pairs(problem, same_input, tol, progress)
         vals[same_input] = rvals
