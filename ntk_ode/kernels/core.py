@@ -52,6 +52,7 @@ __all__ = [
     "MAX_ITER",
     "PAIR_GRID_BYTES",
     "PAIR_TABLE_BYTES",
+    "SUBSTITUTION_MEHLER_NODES",
     "hyperparameters",
     "traced_pairs",
     "traced_singles",
@@ -60,6 +61,7 @@ __all__ = [
     "raise_on_failure",
     "resnet_pair_kernels",
     "resnet_single_variances",
+    "substitution",
     "single_variances",
     "solve_pairs",
     "solve_singles",
@@ -115,7 +117,7 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
     Returns:
         The variances diag(Sigma) on the grid and the Picard convergence flag.
     """
-    if grid.shift:
+    if substitution(duals, grid):
         return resnet_single_variances(duals, grid, sigma_w, s00)
     A = jnp.asarray(grid.A, s00.dtype)
     c = sigma_w**2
@@ -163,7 +165,7 @@ def pair_kernels(
     Returns:
         ``(nngp, ntk, blocks (3,), converged)``.
     """
-    if grid.shift:
+    if substitution(duals, grid):
         return resnet_pair_kernels(duals, grid, sigma_w, sigma_v, head, s00, v1, v2, tab1, tab2, ntk)
     dt = s00.dtype
     A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
@@ -184,6 +186,27 @@ def pair_kernels(
     Pw = shift(Phi) if grid.shift else Phi
     blocks = jnp.stack([s00 * K[0, 0], c * w @ (Pw * K) @ w, nngp])  # U, W, v
     return nngp, jnp.sum(blocks), blocks, ok1 & ok2
+
+
+SUBSTITUTION_MEHLER_NODES = 129  # ResNet grids from this many layers on: substitution with Mehler duals too
+
+
+def substitution(duals: Duals, grid: Grid) -> bool:
+    """Whether ``grid`` is solved by substitution (:func:`resnet_pair_kernels`) rather than Picard.
+
+    ResNet grids are, except with Mehler duals on shallow grids: a Mehler row costs a sequential
+    pass over the terms, so substitution's 2 (L + 1) such passes lose to Picard's few sweeps of
+    whole-grid passes there (tanh, L = 32, 100 inputs: 44 s against 24 s), and win from a few
+    hundred layers on, where a Picard sweep costs O(L^3).
+
+    Args:
+        duals: the duals.
+        grid: the grid.
+
+    Returns:
+        True for substitution.
+    """
+    return grid.shift and (not duals.mehler or grid.size >= SUBSTITUTION_MEHLER_NODES)
 
 
 def _rows(tab: Any, i: jax.Array | int) -> Any:
@@ -284,27 +307,24 @@ def resnet_pair_kernels(
 
     def forward(colsum, n):  # colsum = sum_{i < n} Phi(i, .)
         row = s00 + h2 * _exclusive_cumsum(colsum)
-        return colsum + duals.phi(v1[n][None], v2, row[None], _rows(tab1, n), tab2)[0], row
+        phi = duals.phi(v1[n][None], v2, row[None], _rows(tab1, n), tab2)[0]
+        return colsum + phi, (row, phi)
 
-    _, S = jax.lax.scan(forward, jnp.zeros((M,), dt), jnp.arange(M))
-    last = (v1[-1:], v2[-1:], S[-1:, -1:], _rows(tab1, M - 1), _rows(tab2, M - 1))
+    _, (S, Phi) = jax.lax.scan(forward, jnp.zeros((M,), dt), jnp.arange(M))
     sv2 = sigma_v**2
-    nngp = sv2 * (duals.phi(*last)[0, 0] if head == "phi" else S[-1, -1])
+    nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
     finite = jnp.all(jnp.isfinite(S))
     if not ntk:
         nan = jnp.asarray(jnp.nan, dt)
         return nngp, nan, jnp.stack([nan, nan, nngp]), finite
-    KT = sv2 * duals.dphi(*last)[0, 0] if head == "phi" else jnp.asarray(sv2, dt)
+    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
+    KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
+    P, Pw = shift(dPhi), w[:, None] * shift(Phi) * w[None, :]  # layer n sees the duals of layer n - 1
 
-    def backward(carry, n):  # acc = sum_{i > n} dPhi(i - 1, . - 1) K(i, .)
+    def backward(carry, n):  # acc = sum_{i > n} P(i, .) K(i, .)
         acc, wsum = carry
         row = KT + h2 * (jnp.sum(acc) - jnp.cumsum(acc))  # K(n, m) = KT + h2 sum_{k > m} acc[k]
-        p = jnp.maximum(n - 1, 0)
-        args = (v1[p][None], v2, S[p][None], _rows(tab1, p), tab2)
-        up = jnp.where(n > 0, 1.0, 0.0)  # the shift: layer 0 sees no dual
-        dphi = up * jnp.pad(duals.dphi(*args)[0, :-1], (1, 0))
-        phi = up * jnp.pad(duals.phi(*args)[0, :-1], (1, 0))
-        return (acc + dphi * row, wsum + w[n] * jnp.dot(w * phi, row)), row[0]
+        return (acc + P[n] * row, wsum + jnp.dot(Pw[n], row)), row[0]
 
     (_, wsum), k0 = jax.lax.scan(backward, (jnp.zeros((M,), dt), jnp.zeros((), dt)), jnp.arange(M), reverse=True)
     blocks = jnp.stack([s00 * k0[0], c * wsum, nngp])  # U, W, v

@@ -65,6 +65,11 @@ class Duals:
         return self.quad
 
     @property
+    def mehler(self) -> bool:
+        """Whether the duals are Mehler series (neither closed forms nor quadrature)."""
+        return not (self.closed or self.quad)
+
+    @property
     def closed(self) -> bool:
         """Whether the activation's duals are closed forms."""
         return self.act.has_closed_form
