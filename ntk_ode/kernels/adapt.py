@@ -44,7 +44,7 @@ __all__ = [
 # the series is the cheap certified dual up to the variances where 4096 terms converge (tanh:
 # ~60; softplus: ~200; docs/theory.md section 4); beyond, the quadrature duals take over.
 TERMS_LADDER = (192, 384, 640, 1024, 1536, 2048, 3072, 4096)
-NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128)
+NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 _SAFETY = 4.0  # error of rung M <= |K(M) - K(M')| / (1 - (M / M')) for convergence of order >= 1
 # depths of the Richardson extrapolation of kinked activations' identical pairs; the ResNet grids
 # are solved by substitution (O(L^2) duals), so even L = 8192 takes seconds (~0.5 GiB a pair)
