@@ -123,7 +123,8 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs: np.ndarray
         target: the relative dual error wanted.
 
     Returns:
-        ``(duals, relative dual error bound)``.
+        ``(duals, relative dual error bound)``; for quadrature duals the bound is at the node
+        variances of the first rung's solution, to be certified again where they are solved.
     """
 
     def certify_on_problem(duals):
@@ -139,7 +140,9 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs: np.ndarray
     v0 = problem.probed_variances(grid, inputs)
 
     def certify_at_v0(duals):
-        return certify_on_problem(duals) if duals.quad else mehler_certificate(duals, v0)
+        # quadrature too at v0, without its own solve: the caller certifies it again at the
+        # variances it solves for (strategy.pair_kernels)
+        return quad_certificate(duals, v0) if duals.quad else mehler_certificate(duals, v0)
 
     duals, delta = pick_duals(duals0, certify_at_v0, target, screen=lambda ks: mehler_screen(duals0.act, v0, ks))
     if not duals.quad and duals.terms != duals0.terms:
@@ -274,6 +277,7 @@ def choose_grid(
     pick: np.ndarray,
     n_gets: int = 5,
     report: Callable[[str], None] | None = None,
+    max_nodes: int | None = None,
 ) -> tuple[Grid, np.ndarray]:
     """The grid to use (on [0, 1]) and an error estimate of its time discretisation (max abs,
     per kernel).
@@ -286,6 +290,7 @@ def choose_grid(
         pick: the probe pairs.
         n_gets: the number of kernel columns.
         report: optional ``str -> None`` told each rung of the ladder as it is solved.
+        max_nodes: the last rung of the ladder (None: all of ``NODE_LADDER``).
 
     Returns:
         ``(grid, error (n_gets,))``.
@@ -295,8 +300,7 @@ def choose_grid(
     if nodes is not None:
         return chebyshev_grid(int(nodes), 1.0), np.full(n_gets, np.nan)
     prev = None
-    # quadrature duals cost ~1e5 evaluations per grid point: stop the ladder at 32 nodes
-    ladder = [M for M in NODE_LADDER if M <= 32] if problem.duals.quad else NODE_LADDER
+    ladder = [M for M in NODE_LADDER if max_nodes is None or M <= max_nodes]
     for M in ladder:
         cur = problem.solve(chebyshev_grid(M, 1.0), sel=pick, shard=False)
         if prev is not None:
