@@ -159,3 +159,31 @@ def test_float32_untied_and_traceable_estimates_bound_their_errors():
     ref = np.asarray(no.kernel_fn(m, 8)(x, get="ntk"))
     assert np.max(np.abs(np.asarray(k) - k64)) <= e <= 1e-3 * np.abs(k64).max()
     assert np.max(np.abs(np.asarray(t) - ref)) <= te <= 1e-2 * np.abs(ref).max()
+
+
+def test_the_series_stands_in_for_quadrature_only_inside_and_only_where_it_is_certified(monkeypatch):
+    # the time-grid ladder and the dual-sensitivity probe measure responses with the 4096-term
+    # series in place of quadrature duals; the kernels themselves keep the quadrature
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels import strategy
+    from ntk_ode.kernels.duals import Duals
+    from ntk_ode.kernels.grids import chebyshev_grid
+    from ntk_ode.kernels.problem import Problem
+
+    model = no.NeuralODE("softplus", T=1.0, sigma_w=1.0)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4)))
+    quad = Duals(model.activation, 192, quad=True)
+    problem = Problem(model, quad, x, x, True)
+    grid = chebyshev_grid(12, 1.0)
+    with strategy.stand_in(problem, grid, np.arange(2)):
+        assert problem.duals == Duals(model.activation, 4096)
+        series = problem.solve(grid, shard=False)
+    assert problem.duals is quad
+    problem.duals = Duals(model.activation, 192)  # certified at these variances (unit scale)
+    np.testing.assert_allclose(series, problem.solve(grid, shard=False), rtol=1e-12)
+    problem.duals = quad
+    monkeypatch.setattr(strategy, "STAND_IN_BOUND", 0.0)  # no series is good enough: no stand-in
+    with strategy.stand_in(problem, grid, np.arange(2)):
+        assert problem.duals is quad
+    assert problem.duals is quad
