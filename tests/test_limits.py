@@ -86,17 +86,17 @@ def test_resnet_substitution_solver_equals_the_recursion_written_as_loops(L):
 def test_resnet_substitution_and_picard_agree(monkeypatch, name):
     # Mehler duals (tanh) use Picard on shallow ResNet grids and substitution on deep ones; closed
     # forms (relu) always substitution. Both solvers, forced in turn, give the same kernels.
-    from ntk_ode.kernels import core
+    from ntk_ode.kernels import core, grids
 
     x = np.array([[0.3, -1.2, 0.8, 2.0], [1.1, 0.4, -0.5, 0.9], [0.3, -1.2, 0.8, 2.0]])
     model = no.NeuralODE(name, T=1.4, sigma_w=1.5, head="phi")
     out = []
     for force in (True, False):
         monkeypatch.setattr(core, "substitution", lambda duals, grid, force=force: grid.shift and force)
-        jax.clear_caches()
+        grids.resnet_grid.cache_clear()  # new grid objects: the solvers are traced again, patched
         k = kernel_fn(model, depth=9)(x)
         out.append(np.stack([np.asarray(k.nngp), np.asarray(k.ntk)]))
-    jax.clear_caches()
+    grids.resnet_grid.cache_clear()
     np.testing.assert_allclose(out[0], out[1], rtol=1e-13, atol=1e-13)
 
 

@@ -47,7 +47,8 @@ TERMS_LADDER = (192, 384, 640, 1024, 1536, 2048, 3072, 4096)
 NODE_LADDER = (12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 _SAFETY = 4.0  # error of rung M <= |K(M) - K(M')| / (1 - (M / M')) for convergence of order >= 1
 # depths of the Richardson extrapolation of kinked activations' identical pairs; the ResNet grids
-# are solved by substitution (O(L^2) duals), so even L = 8192 takes seconds (~0.5 GiB a pair)
+# are solved by substitution (O(L^2) duals), so even L = 8192 takes seconds (Sigma, Phi and dPhi
+# of a pair: 1.6 GiB there)
 RICHARDSON_LS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 RICHARDSON_SAFETY = 4.0
 

@@ -319,12 +319,12 @@ def resnet_pair_kernels(
         return nngp, nan, jnp.stack([nan, nan, nngp]), finite
     dPhi = duals.dphi(v1, v2, S, tab1, tab2)
     KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
-    P, Pw = shift(dPhi), w[:, None] * shift(Phi) * w[None, :]  # layer n sees the duals of layer n - 1
+    up = lambda X, n: jnp.where(n > 0, jnp.pad(X[jnp.maximum(n - 1, 0), :-1], (1, 0)), 0.0)  # row n of shift(X)
 
-    def backward(carry, n):  # acc = sum_{i > n} P(i, .) K(i, .)
+    def backward(carry, n):  # acc = sum_{i > n} shift(dPhi)(i, .) K(i, .)
         acc, wsum = carry
         row = KT + h2 * (jnp.sum(acc) - jnp.cumsum(acc))  # K(n, m) = KT + h2 sum_{k > m} acc[k]
-        return (acc + P[n] * row, wsum + jnp.dot(Pw[n], row)), row[0]
+        return (acc + up(dPhi, n) * row, wsum + w[n] * jnp.dot(w * up(Phi, n), row)), row[0]
 
     (_, wsum), k0 = jax.lax.scan(backward, (jnp.zeros((M,), dt), jnp.zeros((), dt)), jnp.arange(M), reverse=True)
     blocks = jnp.stack([s00 * k0[0], c * wsum, nngp])  # U, W, v

@@ -343,7 +343,11 @@ def stand_in(problem: Problem, grid: Grid, inputs: np.ndarray) -> Iterator[None]
         return
     problem.duals = series = Duals(duals.act, TERMS_LADDER[-1])
     try:
-        if mehler_screen(series.act, problem.probed_variances(grid, inputs), (series.terms,))[0] > STAND_IN_BOUND:
+        try:
+            bound = mehler_screen(series.act, problem.probed_variances(grid, inputs), (series.terms,))[0]
+        except (FloatingPointError, RuntimeError):  # the series' own solve failed: no stand-in
+            bound = math.inf
+        if not bound <= STAND_IN_BOUND:
             problem.duals = duals
         yield
     finally:
