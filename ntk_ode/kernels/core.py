@@ -17,7 +17,8 @@ integration operators A (int_0^t), B (int_t^T) and weights w (int_0^T):
 and solved by Picard iteration on Chebyshev grids (which converges like (c T^2)^k / (k!)^2 for a
 2-D Volterra operator). On a ResNet grid the operators are strictly triangular and the equations
 are the exact recursion of K^L_inf, solved by substitution, layer by layer
-(:func:`resnet_single_variances`, :func:`resnet_pair_kernels`): O(L^2) duals in all.
+(:func:`resnet_single_variances`, :func:`forward_substitution`, :func:`backward_substitution`):
+O(L^2) duals in all.
 
 Per-input variances Sigma_x(t, t) are found first by the single-input problems
 (:func:`single_variances`); pairs then only see them as data (:func:`pair_kernels`) and are solved
@@ -59,7 +60,8 @@ __all__ = [
     "pair_kernels",
     "picard",
     "raise_on_failure",
-    "resnet_pair_kernels",
+    "backward_substitution",
+    "forward_substitution",
     "resnet_single_variances",
     "substitution",
     "single_variances",
@@ -165,15 +167,19 @@ def pair_kernels(
     Returns:
         ``(nngp, ntk, blocks (3,), converged)``.
     """
-    if substitution(duals, grid):
-        return resnet_pair_kernels(duals, grid, sigma_w, sigma_v, head, s00, v1, v2, tab1, tab2, ntk)
     dt = s00.dtype
-    A, B, w = (jnp.asarray(m, dt) for m in (grid.A, grid.B, grid.w))
+    B, w = (jnp.asarray(m, dt) for m in (grid.B, grid.w))
     c = sigma_w**2
-    S, ok1 = picard(
-        lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
-    )
-    Phi = duals.phi(v1, v2, S, tab1, tab2)
+    sub = substitution(duals, grid)
+    if sub:
+        S, Phi = forward_substitution(duals, grid, c, s00, v1, v2, tab1, tab2)
+        ok1 = jnp.all(jnp.isfinite(S))
+    else:
+        A = jnp.asarray(grid.A, dt)
+        S, ok1 = picard(
+            lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
+        )
+        Phi = duals.phi(v1, v2, S, tab1, tab2)
     sv2 = sigma_v**2
     nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
     if not ntk:
@@ -181,10 +187,15 @@ def pair_kernels(
         return nngp, nan, jnp.stack([nan, nan, nngp]), ok1
     dPhi = duals.dphi(v1, v2, S, tab1, tab2)
     KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
-    P = shift(dPhi) if grid.shift else dPhi
-    K, ok2 = picard(lambda K: KT + c * B @ (P * K) @ B.T, jnp.full((grid.size,) * 2, KT), _tol(dt))
-    Pw = shift(Phi) if grid.shift else Phi
-    blocks = jnp.stack([s00 * K[0, 0], c * w @ (Pw * K) @ w, nngp])  # U, W, v
+    if sub:
+        k00, W = backward_substitution(grid, c, KT, Phi, dPhi)
+        ok2 = jnp.isfinite(k00) & jnp.isfinite(W)
+    else:
+        P = shift(dPhi) if grid.shift else dPhi
+        K, ok2 = picard(lambda K: KT + c * B @ (P * K) @ B.T, jnp.full((grid.size,) * 2, KT), _tol(dt))
+        Pw = shift(Phi) if grid.shift else Phi
+        k00, W = K[0, 0], c * w @ (Pw * K) @ w
+    blocks = jnp.stack([s00 * k00, W, nngp])  # U, W, v
     return nngp, jnp.sum(blocks), blocks, ok1 & ok2
 
 
@@ -192,7 +203,7 @@ SUBSTITUTION_MEHLER_NODES = 129  # ResNet grids from this many layers on: substi
 
 
 def substitution(duals: Duals, grid: Grid) -> bool:
-    """Whether ``grid`` is solved by substitution (:func:`resnet_pair_kernels`) rather than Picard.
+    """Whether ``grid`` is solved by substitution (:func:`forward_substitution`) rather than Picard.
 
     ResNet grids are, except with Mehler duals on shallow grids: a Mehler row costs a sequential
     pass over the terms, so substitution's 2 (L + 1) such passes lose to Picard's few sweeps of
@@ -266,69 +277,67 @@ def resnet_single_variances(
     return v, jnp.all(jnp.isfinite(v))
 
 
-def resnet_pair_kernels(
-    duals: Duals,
-    grid: Grid,
-    sigma_w: jax.Array,
-    sigma_v: jax.Array,
-    head: str,
-    s00: jax.Array,
-    v1: jax.Array,
-    v2: jax.Array,
-    tab1: Any,
-    tab2: Any,
-    ntk: bool = True,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """:func:`pair_kernels` on a ResNet grid by substitution, forward in the layers for Sigma and
-    backward for K (docs/theory.md section 3): O(L^2) duals and no Picard sweeps, so deep
-    recursions (L in the thousands, for Richardson extrapolation) stay cheap.
+def forward_substitution(
+    duals: Duals, grid: Grid, c: jax.Array, s00: jax.Array, v1: jax.Array, v2: jax.Array, tab1: Any, tab2: Any
+) -> tuple[jax.Array, jax.Array]:
+    """A pair's Sigma on a ResNet grid, row by row forward in the layers (docs/theory.md section 3):
+    ``Sigma(n, .) = s00 + c dt^2 sum_{i < n} (exclusive cumulative sum of Phi(i, .))``, with both
+    inputs' variances known. O(L^2) duals and no Picard sweeps, so deep recursions (L in the
+    thousands, for Richardson extrapolation) stay cheap.
 
     Args:
-        duals: how Phi and dPhi are evaluated.
+        duals: how Phi is evaluated.
         grid: a ResNet grid (``grid.shift``).
-        sigma_w: hidden weight scale.
-        sigma_v: readout scale.
-        head: "linear" or "phi".
+        c: ``sigma_w^2``.
         s00: ``Sigma^{0,0}(x, x')``.
         v1: the first input's variances on the grid.
         v2: the second input's variances.
         tab1: the first input's coefficient tables.
         tab2: the second input's tables.
-        ntk: False skips the NTK's equation.
 
     Returns:
-        ``(nngp, ntk, blocks (3,), finite)``, as :func:`pair_kernels`.
+        ``(Sigma, Phi)``, (M, M) each.
     """
-    dt = s00.dtype
-    M = grid.size
-    c = sigma_w**2
+    h2 = c * _step(grid, s00.dtype) ** 2
+
+    def row(colsum, n):  # colsum = sum_{i < n} Phi(i, .)
+        sig = s00 + h2 * _exclusive_cumsum(colsum)
+        phi = duals.phi(v1[n][None], v2, sig[None], _rows(tab1, n), tab2)[0]
+        return colsum + phi, (sig, phi)
+
+    _, (S, Phi) = jax.lax.scan(row, jnp.zeros((grid.size,), s00.dtype), jnp.arange(grid.size))
+    return S, Phi
+
+
+def backward_substitution(
+    grid: Grid, c: jax.Array, KT: jax.Array, Phi: jax.Array, dPhi: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """K on a ResNet grid, row by row backward in the layers (docs/theory.md section 3), with the
+    W block accumulated on the way: ``K(n, m) = KT + c dt^2 sum_{i > n, k > m} dPhi(i-1, k-1) K(i, k)``.
+
+    Args:
+        grid: a ResNet grid (``grid.shift``).
+        c: ``sigma_w^2``.
+        KT: ``K(T, T)``.
+        Phi: Phi on the grid (M, M).
+        dPhi: dPhi on the grid (M, M).
+
+    Returns:
+        ``(K(0, 0), W block)``.
+    """
+    dt = Phi.dtype
     h2 = c * _step(grid, dt) ** 2
     w = jnp.asarray(grid.w, dt)
-
-    def forward(colsum, n):  # colsum = sum_{i < n} Phi(i, .)
-        row = s00 + h2 * _exclusive_cumsum(colsum)
-        phi = duals.phi(v1[n][None], v2, row[None], _rows(tab1, n), tab2)[0]
-        return colsum + phi, (row, phi)
-
-    _, (S, Phi) = jax.lax.scan(forward, jnp.zeros((M,), dt), jnp.arange(M))
-    sv2 = sigma_v**2
-    nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
-    finite = jnp.all(jnp.isfinite(S))
-    if not ntk:
-        nan = jnp.asarray(jnp.nan, dt)
-        return nngp, nan, jnp.stack([nan, nan, nngp]), finite
-    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
-    KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
     up = lambda X, n: jnp.where(n > 0, jnp.pad(X[jnp.maximum(n - 1, 0), :-1], (1, 0)), 0.0)  # row n of shift(X)
 
-    def backward(carry, n):  # acc = sum_{i > n} shift(dPhi)(i, .) K(i, .)
+    def row(carry, n):  # acc = sum_{i > n} shift(dPhi)(i, .) K(i, .)
         acc, wsum = carry
-        row = KT + h2 * (jnp.sum(acc) - jnp.cumsum(acc))  # K(n, m) = KT + h2 sum_{k > m} acc[k]
-        return (acc + up(dPhi, n) * row, wsum + w[n] * jnp.dot(w * up(Phi, n), row)), row[0]
+        k = KT + h2 * (jnp.sum(acc) - jnp.cumsum(acc))  # K(n, m) = KT + h2 sum_{k > m} acc[k]
+        return (acc + up(dPhi, n) * k, wsum + w[n] * jnp.dot(w * up(Phi, n), k)), k[0]
 
-    (_, wsum), k0 = jax.lax.scan(backward, (jnp.zeros((M,), dt), jnp.zeros((), dt)), jnp.arange(M), reverse=True)
-    blocks = jnp.stack([s00 * k0[0], c * wsum, nngp])  # U, W, v
-    return nngp, jnp.sum(blocks), blocks, finite & jnp.all(jnp.isfinite(blocks))
+    M = grid.size
+    (_, wsum), k0 = jax.lax.scan(row, (jnp.zeros((M,), dt), jnp.zeros((), dt)), jnp.arange(M), reverse=True)
+    return k0[0], c * wsum
 
 
 def hyperparameters(model: NeuralODE, dtype: DTypeLike) -> tuple[jax.Array, ...]:
