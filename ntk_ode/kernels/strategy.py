@@ -186,15 +186,20 @@ def _stage_logger(progress: bool):
     return say
 
 
-def _note_slow_duals(model, problem, grid, inputs) -> None:
+def _note_slow_duals(model, problem, duals0, grid, inputs) -> None:
     """One line (a warning on the "ntk_ode" logger) when no Mehler series is certified: the
-    quadrature duals then cost minutes per pair, and the line names the cause and the remedies."""
+    quadrature duals then cost minutes per pair, and the line names the cause and the remedies.
+    The variances quoted are ``duals0``'s solution (kept from the choice of the duals: no solve)."""
     import logging
 
-    v = float(np.max(problem.probed_variances(grid, inputs)))
+    quad, problem.duals = problem.duals, duals0
+    try:
+        v = float(np.max(problem.probed_variances(grid, inputs)))
+    finally:
+        problem.duals = quad
     s00 = float(np.max(problem.input_s00))
     logging.getLogger("ntk_ode").warning(
-        "kernel_fn: the node variances reach %.3g (largest input variance input_scale^2 |x|^2 = %.3g, "
+        "kernel_fn: the node variances reach about %.3g (largest input variance input_scale^2 |x|^2 = %.3g, "
         "sigma_w T = %.3g), beyond the %d-term Mehler series of %r: the duals fall back to quadrature at "
         "every grid point, which can take minutes per pair. Normalise the inputs (or set input_scaling), "
         "lower sigma_w T, or loosen rtol.",
@@ -254,7 +259,7 @@ def pair_kernels(
     problem.duals, delta = choose_terms(duals0, problem, grid0, inputs, max(1e-3 * tol, 1e3 * eps))
     d = problem.duals
     if d.quad:
-        _note_slow_duals(model, problem, grid0, inputs)
+        _note_slow_duals(model, problem, duals0, grid0, inputs)
     say(
         f"duals: {'closed forms' if d.closed else 'quadrature (slow)' if d.quad else f'{d.terms} Mehler terms'}"
         f" (relative bound {delta:.1e}); choosing the time grid"
