@@ -63,6 +63,7 @@ __all__ = [
     "expect_1d_quad",
     "expect_2d_quad",
     "correlation",
+    "squared",
     "DEFAULT_ORDER",
     "DEFAULT_TERMS",
 ]
@@ -488,6 +489,9 @@ def _expect_2d_quad_jit(f, g, a, b, c, breaks_f, breaks_g, batch_size, step):
     dt = a.dtype
     shape = a.shape
     bf, bg = _as_breaks(breaks_f, dt), _as_breaks(breaks_g, dt)
+    # the outer breaks of g are where the conditional mean of v crosses them: u = 0 for g's break
+    # at 0, which f's breaks already hold (a duplicate would cost a third of the outer nodes)
+    bg_outer = jnp.asarray(sorted(set(breaks_g) - {0.0}), dt)
     eps = float(jnp.finfo(dt).eps)
     tiny = float(jnp.finfo(dt).tiny)
 
@@ -497,8 +501,8 @@ def _expect_2d_quad_jit(f, g, a, b, c, breaks_f, breaks_g, batch_size, step):
         sa, sb = jnp.sqrt(jnp.maximum(a1, 0.0)), jnp.sqrt(jnp.maximum(b1, 0.0))
         sr = jnp.sqrt(jnp.maximum(1.0 - rho * rho, 0.0))
         m = sb * rho  # conditional mean of v per unit z1
-        p_f = jnp.where(sa > tiny, bf / jnp.where(sa > tiny, sa, 1.0), Z_MAX)
-        p_g = jnp.where(jnp.abs(m) > tiny, bg / jnp.where(jnp.abs(m) > tiny, m, 1.0), Z_MAX)
+        p_f = jnp.where(bf == 0.0, 0.0, jnp.where(sa > tiny, bf / jnp.where(sa > tiny, sa, 1.0), Z_MAX))
+        p_g = jnp.where(jnp.abs(m) > tiny, bg_outer / jnp.where(jnp.abs(m) > tiny, m, 1.0), Z_MAX)
         z1, w1, w1c = _pieces(jnp.concatenate([p_f, p_g]), dt, step)
         # inner breakpoints, per outer node: z2 with sqrt(b) (rho z1 + sr z2) = k
         deg = (sr * sb) <= tiny
