@@ -63,6 +63,7 @@ __all__ = [
     "expect_1d_quad",
     "expect_2d_quad",
     "correlation",
+    "derivative",
     "squared",
     "DEFAULT_ORDER",
     "DEFAULT_TERMS",
@@ -387,6 +388,21 @@ def squared(f: Fn) -> Fn:
         Its square, as a cached function object.
     """
     return lambda z: f(z) ** 2
+
+
+@functools.lru_cache(maxsize=256)
+def derivative(f: Fn) -> Fn:
+    """``z -> f'(z)`` of an elementwise ``f`` by forward-mode autodiff, one stable function object
+    per ``f`` (as :func:`squared`). At a kink the one-sided derivative JAX picks is returned;
+    Dirac masses of f' are not seen.
+
+    Args:
+        f: an elementwise function.
+
+    Returns:
+        Its derivative, as a cached function object.
+    """
+    return lambda z: jax.jvp(f, (z,), (jnp.ones_like(z),))[1]
 
 
 def _normal_pdf(z):

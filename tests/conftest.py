@@ -38,6 +38,21 @@ def compilations():
     return _LOWERINGS
 
 
+@pytest.fixture
+def relu_without_closed_forms():
+    """relu registered without closed forms (its duals are then quadratures), kink declared."""
+    from ntk_ode import activations
+
+    return activations.register_activation(
+        "relu_quadrature_test",
+        jax.nn.relu,
+        activations.get_activation("relu").dfn,
+        dphi_lipschitz=False,
+        kinks=(0.0,),
+        overwrite=True,
+    )
+
+
 # The slow tier: `make test-slow` (and CI) runs these, `make test` leaves them out so that the
 # README's test command stays near 10 minutes on 2 cores. They are the longest tests of a full run
 # (pytest --durations=0: each over ~20 s on 2 cores) and the tests that share their fixtures:
@@ -117,6 +132,9 @@ SLOW = (
     "tests/test_gradients.py::test_gradients_match_central_finite_differences[None]",
     "tests/test_experiments.py::test_experiment_runs_and_resumes[E4]",
     "tests/test_faults.py::test_sweep_refuses_another_solver_and_a_training_another_optimizer",
+    # quadrature duals: each grid point costs ~1e5 evaluations (the default tier keeps softplus)
+    "tests/test_engine.py::test_newton_with_quadrature_duals_matches_the_certified_series[tanh-4.0]",
+    "tests/test_engine.py::test_newton_converges_for_a_kinked_activation_without_closed_forms",
 )
 
 

@@ -187,3 +187,43 @@ def test_the_series_stands_in_for_quadrature_only_inside_and_only_where_it_is_ce
     with strategy.stand_in(problem, grid, np.arange(2)):
         assert problem.duals is quad
     assert problem.duals is quad
+
+
+@pytest.mark.parametrize("activation, sigma_w", [("softplus", 3.0), ("tanh", 4.0)])
+def test_newton_with_quadrature_duals_matches_the_certified_series(activation, sigma_w):
+    # quadrature duals solve Sigma by Newton's method (dPhi and E phi'' phi as derivatives), from
+    # far away at sigma_w T = 3, 4: the same discrete kernels as the certified 4096-term series
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels.duals import Duals, mehler_certificate
+    from ntk_ode.kernels.grids import chebyshev_grid
+    from ntk_ode.kernels.problem import Problem
+
+    model = no.NeuralODE(activation, T=1.0, sigma_w=sigma_w)
+    x = np.random.default_rng(0).standard_normal((1, 4))
+    x = jnp.asarray(np.concatenate([x, -x, 1.001 * x]))  # antipodal and near-duplicate
+    grid = chebyshev_grid(6, 1.0)
+    series = Problem(model, Duals(model.activation, 4096), x, x, True)
+    ref = series.solve(grid, shard=False)
+    assert mehler_certificate(series.duals, series.probed_variances(grid, np.arange(3))) < 1e-11
+    quad = Problem(model, Duals(model.activation, 192, quad=True), x, x, True)
+    np.testing.assert_allclose(quad.solve(grid, shard=False), ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+
+
+def test_newton_converges_for_a_kinked_activation_without_closed_forms(relu_without_closed_forms):
+    # relu registered without closed forms: Newton's variance derivative misses the Dirac mass
+    # of relu'' (the steps converge linearly), and still reaches the closed forms' solution
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels.duals import Duals
+    from ntk_ode.kernels.grids import chebyshev_grid
+    from ntk_ode.kernels.problem import Problem
+
+    relu_q = relu_without_closed_forms
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 4)))
+    grid = chebyshev_grid(6, 1.0)
+    closed = no.NeuralODE("relu", T=1.0, sigma_w=2.0)
+    ref = Problem(closed, Duals(closed.activation, 0), x, x, True).solve(grid, shard=False)
+    model = no.NeuralODE(relu_q, T=1.0, sigma_w=2.0)
+    got = Problem(model, Duals(relu_q, 192, quad=True), x, x, True).solve(grid, shard=False)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())

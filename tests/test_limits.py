@@ -135,17 +135,10 @@ def test_blocks_sum_and_vblock_is_nngp():
     np.testing.assert_allclose(k.ntk_v, k.nngp, rtol=1e-13)
 
 
-def test_relu_closed_form_vs_quadrature():
+def test_relu_closed_form_vs_quadrature(relu_without_closed_forms):
     # relu registered without closed forms: the Hermite series of a kink cannot be certified, so
     # the solver uses quadrature duals, and matches the closed forms (depth=L: exact recursion).
-    relu_q = A.register_activation(
-        "relu_quadrature_test",
-        jax.nn.relu,
-        A.get_activation("relu").dfn,
-        dphi_lipschitz=False,
-        kinks=(0.0,),
-        overwrite=True,
-    )
+    relu_q = relu_without_closed_forms
     kc = np.asarray(kernel_fn(no.NeuralODE("relu"), depth=6)(X, get="ntk"))
     kq, e = kernel_fn(no.NeuralODE(relu_q), depth=6, terms=64)(X, get="ntk", with_error=True)
     err = np.max(np.abs(np.asarray(kq) - kc))

@@ -57,6 +57,7 @@ __all__ = [
     "hyperparameters",
     "traced_pairs",
     "traced_singles",
+    "newton",
     "pair_kernels",
     "picard",
     "raise_on_failure",
@@ -102,6 +103,61 @@ def picard(
     return X, (err <= tol * scale) & jnp.all(jnp.isfinite(X))
 
 
+def newton(
+    update: Callable[[jax.Array], tuple[jax.Array, Any]],
+    linear: Callable[[Any, jax.Array], jax.Array],
+    init: jax.Array,
+    tol: float | jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Solve X = G(X) by Newton's method safeguarded by Picard steps (traceable), for maps
+    whose evaluation dominates: one evaluation of G per iteration.
+
+    ``update(X)`` returns ``(G(X), D)`` and ``linear(D, Y)`` is G's derivative at X applied to
+    Y. A Newton step solves the linear equation Y = G(X) - X + linear(D, Y) by :func:`picard`
+    (no evaluation of G) and proposes X + Y. The proposal is taken when its residual
+    max|G - X| is smaller than the current one; otherwise the Picard step X -> G(X) is taken
+    instead, which converges from anywhere. Stops when the next step has
+    max|dX| <= tol * max(1, max|X|), the rule of :func:`picard`, and returns X plus that step. A
+    derivative that leaves out part of G's makes the steps converge linearly rather than
+    quadratically, to the same fixed point.
+
+    Args:
+        update: X -> (G(X), data of the derivative).
+        linear: (data, Y) -> the derivative of G applied to Y.
+        init: the first iterate.
+        tol: the relative stopping tolerance.
+
+    Returns:
+        ``(X, converged)``.
+    """
+
+    def newton_step(X, G, D):
+        R = G - X
+        return X + picard(lambda Y: R + linear(D, Y), R, tol)[0]
+
+    def cond(state):
+        *_, err, scale, it = state
+        return (err > tol * scale) & (it < MAX_ITER) & jnp.isfinite(err)
+
+    def body(state):
+        X, G, D, r, P, is_picard, _, _, it = state
+        GP, DP = update(P)
+        rP = jnp.max(jnp.abs(GP - P))
+        take = is_picard | (rP < r)  # a Picard proposal is always taken
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(take, a, b), new, old)  # noqa: E731
+        X, G, D, r = pick((P, GP, DP, rP), (X, G, D, r))
+        P = jnp.where(take, newton_step(X, G, D), G)
+        return X, G, D, r, P, ~take, jnp.max(jnp.abs(P - X)), jnp.maximum(1.0, jnp.max(jnp.abs(P))), it + 1
+
+    G0, D0 = update(init)
+    r0 = jnp.max(jnp.abs(G0 - init))
+    P0 = newton_step(init, G0, D0)
+    one = jnp.ones((), init.dtype)
+    state = (init, G0, D0, r0, P0, jnp.asarray(False), jnp.max(jnp.abs(P0 - init)), one, 1)
+    *_, P, _, err, scale, _ = jax.lax.while_loop(cond, body, state)
+    return P, (err <= tol * scale) & jnp.all(jnp.isfinite(P))
+
+
 def _tol(dtype):
     return 8 * float(jnp.finfo(dtype).eps)
 
@@ -130,7 +186,22 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
         tab = duals.tables(v, basis)
         return s00 + c * A @ duals.phi(v, v, S, tab, tab) @ A.T
 
-    S, ok = picard(update, jnp.full((grid.size, grid.size), s00), _tol(s00.dtype))
+    init = jnp.full((grid.size, grid.size), s00)
+    if duals.quad:
+        # Newton: Phi(i, j) moves with Sigma(i, j) by dPhi (Price's theorem) and with the
+        # variances Sigma(i, i), Sigma(j, j) by half of E phi'' phi (H) and its transpose
+        def step(S):
+            v = jnp.diagonal(S)
+            return update(S), (duals.dphi(v, v, S, (), ()), 0.5 * duals.variance_slope(v, v, S))
+
+        def linear(D, Y):
+            dphi, h = D
+            y = jnp.diagonal(Y)
+            return c * A @ (dphi * Y + h * y[:, None] + h.T * y[None, :]) @ A.T
+
+        S, ok = newton(step, linear, init, _tol(s00.dtype))
+    else:
+        S, ok = picard(update, init, _tol(s00.dtype))
     return jnp.diagonal(S), ok
 
 
@@ -176,9 +247,13 @@ def pair_kernels(
         ok1 = jnp.all(jnp.isfinite(S))
     else:
         A = jnp.asarray(grid.A, dt)
-        S, ok1 = picard(
-            lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T, jnp.full((grid.size,) * 2, s00), _tol(dt)
-        )
+        forward = lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T  # noqa: E731
+        init = jnp.full((grid.size,) * 2, s00)
+        if duals.quad:  # Newton: d Phi / d Sigma = dPhi (the variances are data here)
+            step = lambda S: (forward(S), duals.dphi(v1, v2, S, tab1, tab2))  # noqa: E731
+            S, ok1 = newton(step, lambda D, Y: c * A @ (D * Y) @ A.T, init, _tol(dt))
+        else:
+            S, ok1 = picard(forward, init, _tol(dt))
         Phi = duals.phi(v1, v2, S, tab1, tab2)
     sv2 = sigma_v**2
     nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])

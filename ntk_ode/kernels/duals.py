@@ -136,6 +136,22 @@ class Duals:
         """
         return self._grid_dual(1, v1, v2, S, tab1, tab2)
 
+    def variance_slope(self, v1: jax.Array, v2: jax.Array, S: jax.Array) -> jax.Array:
+        """E phi''(u) phi(u') on the grid v1 x v2 with covariances S, by quadrature: twice the
+        derivative of E phi(u) phi(u') in the variance of u (Price's theorem; Newton's
+        derivative in the single-input problems, whose variances move with Sigma). phi'' is the
+        derivative of phi' by autodiff (no Dirac masses at kinks of phi').
+
+        Args:
+            v1: first inputs' variances (M1,).
+            v2: second inputs' variances (M2,).
+            S: covariances (M1, M2).
+
+        Returns:
+            (M1, M2) expectations.
+        """
+        return self._quad(gaussian.derivative(self.act.dfn), v1, v2, S, self.act.fn)
+
     def _grid_dual(self, which, v1, v2, S, tab1, tab2):
         """E f(u) f(u') on the grid, f = phi (which = 0) or phi' (1)."""
         closed = self.act.closed_form_dual if which == 0 else self.act.closed_form_ddual
@@ -148,13 +164,14 @@ class Duals:
             val = mehler_grid(tab1[which], tab2[which], gaussian.correlation(v1[:, None], v2[None, :], S))
         return val + self._bump(closed, which, v1, v2, tab1, tab2)
 
-    def _quad(self, f, v1, v2, S):
+    def _quad(self, f, v1, v2, S, g=None):
+        """E f(u) g(u') (g = f unless given) by the robust quadrature."""
         bp = self.act.breakpoints
         a, b = v1[:, None], v2[None, :]
         # a correlation within 8 ulps of +-1 is +-1 (an input with itself at one time, up to the
         # rounding of its covariance), as in the closed forms: kinked duals are sqrt(eps)-sensitive there
         c = arccos_correlation(a, b, S) * jnp.sqrt(a * b)
-        return gaussian.expect_2d_quad(f, f, a, b, c, bp, bp, step=QUAD_STEP)[0]
+        return gaussian.expect_2d_quad(f, f if g is None else g, a, b, c, bp, bp, step=QUAD_STEP)[0]
 
     def _bump(self, closed, which, v1, v2, tab1, tab2):
         if self.perturb == 0.0:
