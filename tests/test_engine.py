@@ -227,3 +227,20 @@ def test_newton_converges_for_a_kinked_activation_without_closed_forms(relu_with
     model = no.NeuralODE(relu_q, T=1.0, sigma_w=2.0)
     got = Problem(model, Duals(relu_q, 192, quad=True), x, x, True).solve(grid, shard=False)
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+
+
+def test_symmetric_quadrature_duals_mirror_the_full_grid():
+    # one input with itself: Phi and dPhi from the upper triangle, mirrored, equal the full grid
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels.duals import Duals
+
+    duals = Duals(no.get_activation("gelu"), 192, quad=True)
+    v = jnp.asarray([0.3, 2.0, 40.0, 900.0])
+    rho = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (4, 4)))
+    rho = (rho + rho.T) / 2
+    S = jnp.sqrt(v[:, None] * v[None, :]) * rho.at[jnp.diag_indices(4)].set(1.0)
+    for f in (duals.phi, duals.dphi):
+        full, tri = f(v, v, S, (), ()), f(v, v, S, (), (), symmetric=True)
+        np.testing.assert_allclose(tri, full, rtol=1e-14, atol=0)
+        np.testing.assert_array_equal(tri, tri.T)

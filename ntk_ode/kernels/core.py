@@ -181,10 +181,10 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
     c = sigma_w**2
     basis = duals.basis(s00.dtype)  # the tables move with v; their basis does not
 
-    def update(S):
+    def update(S):  # (one input with itself: Phi and dPhi are symmetric)
         v = jnp.diagonal(S)
         tab = duals.tables(v, basis)
-        return s00 + c * A @ duals.phi(v, v, S, tab, tab) @ A.T
+        return s00 + c * A @ duals.phi(v, v, S, tab, tab, symmetric=True) @ A.T
 
     init = jnp.full((grid.size, grid.size), s00)
     if duals.quad:
@@ -192,7 +192,7 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
         # variances Sigma(i, i), Sigma(j, j) by half of E phi'' phi (H) and its transpose
         def step(S):
             v = jnp.diagonal(S)
-            return update(S), (duals.dphi(v, v, S, (), ()), 0.5 * duals.variance_slope(v, v, S))
+            return update(S), (duals.dphi(v, v, S, (), (), symmetric=True), 0.5 * duals.variance_slope(v, v, S))
 
         def linear(D, Y):
             dphi, h = D

@@ -106,7 +106,9 @@ class Duals:
             gaussian.hermite_coefficients(self.act.dfn, v, self.terms, basis=basis),
         )
 
-    def phi(self, v1: jax.Array, v2: jax.Array, S: jax.Array, tab1: Any, tab2: Any) -> jax.Array:
+    def phi(
+        self, v1: jax.Array, v2: jax.Array, S: jax.Array, tab1: Any, tab2: Any, symmetric: bool = False
+    ) -> jax.Array:
         """E phi(u) phi(u') on the grid v1 x v2 with covariances S.
 
         Args:
@@ -115,13 +117,17 @@ class Duals:
             S: covariances (M1, M2).
             tab1: :meth:`tables` of v1.
             tab2: :meth:`tables` of v2.
+            symmetric: v1 is v2 and S is symmetric (one input with itself): quadrature then
+                evaluates the upper triangle only (read from S) and mirrors it.
 
         Returns:
             (M1, M2) expectations.
         """
-        return self._grid_dual(0, v1, v2, S, tab1, tab2)
+        return self._grid_dual(0, v1, v2, S, tab1, tab2, symmetric)
 
-    def dphi(self, v1: jax.Array, v2: jax.Array, S: jax.Array, tab1: Any, tab2: Any) -> jax.Array:
+    def dphi(
+        self, v1: jax.Array, v2: jax.Array, S: jax.Array, tab1: Any, tab2: Any, symmetric: bool = False
+    ) -> jax.Array:
         """E phi'(u) phi'(u') on the grid v1 x v2 with covariances S.
 
         Args:
@@ -130,11 +136,13 @@ class Duals:
             S: covariances (M1, M2).
             tab1: :meth:`tables` of v1.
             tab2: :meth:`tables` of v2.
+            symmetric: v1 is v2 and S is symmetric (one input with itself): quadrature then
+                evaluates the upper triangle only (read from S) and mirrors it.
 
         Returns:
             (M1, M2) expectations.
         """
-        return self._grid_dual(1, v1, v2, S, tab1, tab2)
+        return self._grid_dual(1, v1, v2, S, tab1, tab2, symmetric)
 
     def variance_slope(self, v1: jax.Array, v2: jax.Array, S: jax.Array) -> jax.Array:
         """E phi''(u) phi(u') on the grid v1 x v2 with covariances S, by quadrature: twice the
@@ -152,26 +160,37 @@ class Duals:
         """
         return self._quad(gaussian.derivative(self.act.dfn), v1, v2, S, self.act.fn)
 
-    def _grid_dual(self, which, v1, v2, S, tab1, tab2):
+    def _grid_dual(self, which, v1, v2, S, tab1, tab2, symmetric=False):
         """E f(u) f(u') on the grid, f = phi (which = 0) or phi' (1)."""
         closed = self.act.closed_form_dual if which == 0 else self.act.closed_form_ddual
         if self.closed:
             assert closed is not None
             val = closed(v1[:, None], v2[None, :], S)
         elif self.quad:
-            val = self._quad(self.act.fn if which == 0 else self.act.dfn, v1, v2, S)
+            f = self.act.fn if which == 0 else self.act.dfn
+            val = self._quad_symmetric(f, v1, S) if symmetric else self._quad(f, v1, v2, S)
         else:
             val = mehler_grid(tab1[which], tab2[which], gaussian.correlation(v1[:, None], v2[None, :], S))
         return val + self._bump(closed, which, v1, v2, tab1, tab2)
 
-    def _quad(self, f, v1, v2, S, g=None):
-        """E f(u) g(u') (g = f unless given) by the robust quadrature."""
+    def _quad(self, f, v1, v2, S, g=None, pointwise=False):
+        """E f(u) g(u') (g = f unless given) by the robust quadrature, on the grid v1 x v2 (or
+        pointwise: v1, v2 and S of one shape)."""
         bp = self.act.breakpoints
-        a, b = v1[:, None], v2[None, :]
+        a, b = (v1, v2) if pointwise else (v1[:, None], v2[None, :])
         # a correlation within 8 ulps of +-1 is +-1 (an input with itself at one time, up to the
         # rounding of its covariance), as in the closed forms: kinked duals are sqrt(eps)-sensitive there
         c = arccos_correlation(a, b, S) * jnp.sqrt(a * b)
         return gaussian.expect_2d_quad(f, f if g is None else g, a, b, c, bp, bp, step=QUAD_STEP)[0]
+
+    def _quad_symmetric(self, f, v, S):
+        """:meth:`_quad` of f with itself on v x v, on the upper triangle of S, mirrored."""
+        M = v.shape[0]
+        i, j = np.triu_indices(M)
+        full = np.zeros((M, M), int)
+        full[i, j] = full[j, i] = np.arange(i.size)
+        tri = self._quad(f, v[i], v[j], S[i, j], pointwise=True)
+        return tri[full]
 
     def _bump(self, closed, which, v1, v2, tab1, tab2):
         if self.perturb == 0.0:
