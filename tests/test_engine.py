@@ -210,6 +210,59 @@ def test_newton_with_quadrature_duals_matches_the_certified_series(activation, s
     np.testing.assert_allclose(quad.solve(grid, shard=False), ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
 
 
+def test_quadrature_self_pairs_reuse_the_single_input_solution_and_warm_starts_change_nothing():
+    # with quadrature duals an input with itself takes its single-input Sigma (no forward solve)
+    # and the single-input solves start from a kept series solution on the same grid: the
+    # kernels equal those of the pair solver started from Sigma00, to rounding
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels.core import solve_pairs
+    from ntk_ode.kernels.duals import Duals
+    from ntk_ode.kernels.grids import chebyshev_grid
+    from ntk_ode.kernels.problem import Problem, input_covariance
+
+    model = no.NeuralODE("gelu", T=1.0, sigma_w=3.0, head="phi")
+    x = np.random.default_rng(3).standard_normal((2, 4))
+    x = jnp.asarray(np.concatenate([x, x[:1]]))  # a duplicate row: three equal pairs, two Sigmas
+    grid = chebyshev_grid(6, 1.0)
+    quad = Duals(model.activation, 192, quad=True)
+    cold = Problem(model, quad, x, x, True)
+    got = cold.solve(grid, shard=False)
+    # the pair solver from Sigma00 on every pair, the self pairs included
+    v, tabs = cold.singles(grid)
+    s00 = input_covariance(model, x[cold.i1], x[cold.i2])
+    ref = solve_pairs(
+        quad, grid, cold.hyper, model.head, s00, cold.slot[cold.i1], cold.slot[cold.i2], v, tabs, 8, False, False
+    )
+    ref = np.concatenate([ref[0][:, None], ref[1][:, None], ref[2]], axis=1)
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-14 * np.abs(ref).max())
+    # warm start: a series solution on the grid first, then the quadrature singles from it
+    warm = Problem(model, Duals(model.activation, 4096), x, x, True)
+    warm.singles(grid)
+    warm.duals = quad
+    np.testing.assert_allclose(warm.covariances(grid, np.arange(3)), cold.covariances(grid, np.arange(3)), rtol=1e-13)
+    np.testing.assert_allclose(warm.solve(grid, shard=False), got, rtol=1e-13, atol=1e-14 * np.abs(ref).max())
+
+
+def test_newton_with_quadrature_duals_works_in_float32():
+    # float32 inputs: the Newton solves, the reused self pairs and the quadrature run in float32
+    # and match float64 to ~100 eps32 (sigma_w T = 3: the kernels grow ~e^3 over the horizon)
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels.duals import Duals
+    from ntk_ode.kernels.grids import chebyshev_grid
+    from ntk_ode.kernels.problem import Problem
+
+    model = no.NeuralODE("softplus", T=1.0, sigma_w=3.0)
+    x = np.random.default_rng(4).standard_normal((2, 4))
+    grid = chebyshev_grid(6, 1.0)
+    quad = Duals(model.activation, 192, quad=True)
+    ref = Problem(model, quad, jnp.asarray(x), jnp.asarray(x), True).solve(grid, shard=False)
+    got = Problem(model, quad, jnp.asarray(x, jnp.float32), jnp.asarray(x, jnp.float32), True).solve(grid, shard=False)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 def test_newton_converges_for_a_kinked_activation_without_closed_forms(relu_without_closed_forms):
     # relu registered without closed forms: Newton's variance derivative misses the Dirac mass
     # of relu'' (the steps converge linearly), and still reaches the closed forms' solution

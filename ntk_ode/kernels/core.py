@@ -65,6 +65,7 @@ __all__ = [
     "forward_substitution",
     "resnet_single_variances",
     "substitution",
+    "single_covariances",
     "single_variances",
     "solve_pairs",
     "solve_singles",
@@ -162,21 +163,23 @@ def _tol(dtype):
     return 8 * float(jnp.finfo(dtype).eps)
 
 
-def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Sigma(t, s) of one input with itself on ``grid`` (traceable, also in ``sigma_w``, ``s00``
-    and the grid's operators).
+def single_covariances(
+    duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Array, init: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Sigma(t, s) of one input with itself on a collocation (Chebyshev) grid (traceable, also in
+    ``sigma_w``, ``s00`` and the grid's operators).
 
     Args:
         duals: how Phi is evaluated.
-        grid: the time grid.
+        grid: the time grid (not one solved by :func:`substitution`).
         sigma_w: hidden weight scale.
         s00: ``Sigma^{0,0}(x, x)`` (scalar).
+        init: the first iterate (M, M), e.g. the solution with other duals on the same grid;
+            None: Sigma00 everywhere. Only the number of iterations depends on it.
 
     Returns:
-        The variances diag(Sigma) on the grid and the Picard convergence flag.
+        Sigma (M, M) and the convergence flag.
     """
-    if substitution(duals, grid):
-        return resnet_single_variances(duals, grid, sigma_w, s00)
     A = jnp.asarray(grid.A, s00.dtype)
     c = sigma_w**2
     basis = duals.basis(s00.dtype)  # the tables move with v; their basis does not
@@ -186,7 +189,7 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
         tab = duals.tables(v, basis)
         return s00 + c * A @ duals.phi(v, v, S, tab, tab, symmetric=True) @ A.T
 
-    init = jnp.full((grid.size, grid.size), s00)
+    init = jnp.full((grid.size, grid.size), s00) if init is None else jnp.asarray(init, s00.dtype)
     if duals.quad:
         # Newton: Phi(i, j) moves with Sigma(i, j) by dPhi (Price's theorem) and with the
         # variances Sigma(i, i), Sigma(j, j) by half of E phi'' phi (H) and its transpose
@@ -199,9 +202,27 @@ def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Arra
             y = jnp.diagonal(Y)
             return c * A @ (dphi * Y + h * y[:, None] + h.T * y[None, :]) @ A.T
 
-        S, ok = newton(step, linear, init, _tol(s00.dtype))
-    else:
-        S, ok = picard(update, init, _tol(s00.dtype))
+        return newton(step, linear, init, _tol(s00.dtype))
+    return picard(update, init, _tol(s00.dtype))
+
+
+def single_variances(duals: Duals, grid: Grid, sigma_w: jax.Array, s00: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The variances diag Sigma(t, t) of one input on ``grid`` (traceable, also in ``sigma_w``,
+    ``s00`` and the grid's operators): :func:`resnet_single_variances` on grids solved by
+    substitution, the diagonal of :func:`single_covariances` on the others.
+
+    Args:
+        duals: how Phi is evaluated.
+        grid: the time grid.
+        sigma_w: hidden weight scale.
+        s00: ``Sigma^{0,0}(x, x)`` (scalar).
+
+    Returns:
+        The variances diag(Sigma) on the grid and the convergence flag.
+    """
+    if substitution(duals, grid):
+        return resnet_single_variances(duals, grid, sigma_w, s00)
+    S, ok = single_covariances(duals, grid, sigma_w, s00)
     return jnp.diagonal(S), ok
 
 
@@ -217,10 +238,15 @@ def pair_kernels(
     tab1: Any,
     tab2: Any,
     ntk: bool = True,
+    S: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """NNGP, NTK, its (U, W, v) blocks and convergence flag for one input pair (docs/theory.md
     section 3), given both inputs' variances on ``grid``. Traceable, also in ``sigma_w``,
     ``sigma_v``, ``s00`` and the grid's operators.
+
+    For an input with itself the forward equation is the single-input problem: pass its
+    solution as ``S`` (:func:`single_covariances`) and only the backward equation is solved, with
+    Phi and dPhi evaluated as symmetric (on one triangle of the grid, with quadrature duals).
 
     Args:
         duals: how Phi and dPhi are evaluated.
@@ -234,6 +260,9 @@ def pair_kernels(
         tab1: the first input's coefficient tables (``duals.tables(v1)``).
         tab2: the second input's tables.
         ntk: False skips the NTK's equation (its value and the U, W blocks are then nan).
+        S: None, or the single-input Sigma (M, M) when both inputs are one and the same (then
+            ``v1`` is ``v2``, its diagonal, and ``s00`` its ``Sigma00``); not on grids solved by
+            :func:`substitution`.
 
     Returns:
         ``(nngp, ntk, blocks (3,), converged)``.
@@ -242,7 +271,12 @@ def pair_kernels(
     B, w = (jnp.asarray(m, dt) for m in (grid.B, grid.w))
     c = sigma_w**2
     sub = substitution(duals, grid)
-    if sub:
+    same = S is not None
+    if S is not None:
+        if sub:
+            raise ValueError("pair_kernels: S is for collocation grids, not grids solved by substitution")
+        Phi, ok1 = duals.phi(v1, v2, S, tab1, tab2, symmetric=True), jnp.asarray(True)
+    elif sub:
         S, Phi = forward_substitution(duals, grid, c, s00, v1, v2, tab1, tab2)
         ok1 = jnp.all(jnp.isfinite(S))
     else:
@@ -255,12 +289,13 @@ def pair_kernels(
         else:
             S, ok1 = picard(forward, init, _tol(dt))
         Phi = duals.phi(v1, v2, S, tab1, tab2)
+    assert S is not None
     sv2 = sigma_v**2
     nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
     if not ntk:
         nan = jnp.asarray(jnp.nan, dt)
         return nngp, nan, jnp.stack([nan, nan, nngp]), ok1
-    dPhi = duals.dphi(v1, v2, S, tab1, tab2)
+    dPhi = duals.dphi(v1, v2, S, tab1, tab2, symmetric=same)
     KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
     if sub:
         k00, W = backward_substitution(grid, c, KT, Phi, dPhi)
@@ -432,8 +467,8 @@ def hyperparameters(model: NeuralODE, dtype: DTypeLike) -> tuple[jax.Array, ...]
 
 
 def traced_singles(
-    duals: Duals, unit: Grid, sigma_w: jax.Array, T: jax.Array, s00: jax.Array
-) -> tuple[jax.Array, Any, jax.Array]:
+    duals: Duals, unit: Grid, sigma_w: jax.Array, T: jax.Array, s00: jax.Array, init: jax.Array | None = None
+) -> tuple[jax.Array, Any, jax.Array, jax.Array | None]:
     """The single-input problems of the inputs with self-covariances ``s00`` (traceable).
 
     Args:
@@ -442,13 +477,23 @@ def traced_singles(
         sigma_w: hidden weight scale.
         T: the horizon.
         s00: self-covariances ``Sigma^{0,0}(x, x)`` (P,).
+        init: None, or first iterates (P, M, M) (:func:`single_covariances`); not on grids
+            solved by :func:`substitution`.
 
     Returns:
-        ``(v (P, M), tables, ok (P,))``.
+        ``(v (P, M), tables, ok (P,), Sigma (P, M, M))``; Sigma is None on grids solved by
+        substitution.
     """
     grid = scaled(unit, T)
-    v, ok = jax.vmap(lambda s: single_variances(duals, grid, sigma_w, s))(s00)
-    return v, duals.tables(v), ok
+    if substitution(duals, grid):
+        if init is not None:
+            raise ValueError("traced_singles: init is for collocation grids, not grids solved by substitution")
+        v, ok = jax.vmap(lambda s: resnet_single_variances(duals, grid, sigma_w, s))(s00)
+        S = None
+    else:
+        S, ok = jax.vmap(lambda s, i: single_covariances(duals, grid, sigma_w, s, i))(s00, init)
+        v = jnp.diagonal(S, axis1=-2, axis2=-1)
+    return v, duals.tables(v), ok, S
 
 
 def traced_pairs(
@@ -463,6 +508,7 @@ def traced_pairs(
     tab1: Any,
     tab2: Any,
     row: bool = False,
+    S: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """:func:`pair_kernels` of a batch of pairs (traceable); ``row=True``: one first input against
     a batch of second inputs, its variances and tables shared rather than broadcast.
@@ -479,6 +525,8 @@ def traced_pairs(
         tab1: first inputs' tables (shared with ``row``).
         tab2: second inputs' tables.
         row: share the first input.
+        S: None, or the single-input Sigma of each pair (P, M, M) when every pair is an input
+            with itself (:func:`pair_kernels`).
 
     Returns:
         ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))``.
@@ -486,11 +534,11 @@ def traced_pairs(
     sigma_w, sigma_v, T = hyper
     grid = scaled(unit, T)
 
-    def one(s, a, b, ta, tb):
-        return pair_kernels(duals, grid, sigma_w, sigma_v, head, s, a, b, ta, tb, ntk=want_ntk)
+    def one(s, a, b, ta, tb, Sp):
+        return pair_kernels(duals, grid, sigma_w, sigma_v, head, s, a, b, ta, tb, ntk=want_ntk, S=Sp)
 
     first = None if row else 0
-    return jax.vmap(one, in_axes=(0, first, 0, first, 0))(s00, v1, v2, tab1, tab2)
+    return jax.vmap(one, in_axes=(0, first, 0, first, 0, 0))(s00, v1, v2, tab1, tab2, S)
 
 
 _singles_jit = jax.jit(traced_singles, static_argnums=(0, 1))
@@ -498,21 +546,23 @@ _pairs_jit = jax.jit(traced_pairs, static_argnums=(0, 1, 2, 3), static_argnames=
 
 
 def solve_singles(
-    duals: Duals, unit: Grid, hyper: tuple[jax.Array, ...], s00: jax.Array
-) -> tuple[jax.Array, Any, jax.Array]:
-    """Variances, coefficient tables and convergence flags of the single-input problems
-    (compiled once per duals, grid and shape; the hyperparameters are data).
+    duals: Duals, unit: Grid, hyper: tuple[jax.Array, ...], s00: jax.Array, init: jax.Array | None = None
+) -> tuple[jax.Array, Any, jax.Array, jax.Array | None]:
+    """Variances, coefficient tables, convergence flags and covariances of the single-input
+    problems (compiled once per duals, grid, shape and presence of ``init``; the
+    hyperparameters are data).
 
     Args:
         duals: the duals.
         unit: the time grid on [0, 1].
         hyper: ``(sigma_w, sigma_v, T)`` (:func:`hyperparameters`).
         s00: self-covariances ``Sigma^{0,0}(x, x)`` (P,).
+        init: None, or first iterates (P, M, M) (:func:`traced_singles`).
 
     Returns:
-        ``(v (P, M), tables, ok (P,))``.
+        ``(v (P, M), tables, ok (P,), Sigma (P, M, M) or None)``.
     """
-    return _singles_jit(duals, unit, hyper[0], hyper[2], s00)
+    return _singles_jit(duals, unit, hyper[0], hyper[2], s00, init)
 
 
 def _mesh_sharding():
@@ -537,6 +587,7 @@ def solve_pairs(
     progress: bool,
     shard: bool,
     want_ntk: bool = True,
+    S: jax.Array | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Solve the pairs of rows (i1[p], i2[p]) of ``v``, ``tabs`` with pair covariances s00[p],
     in padded blocks (spread over the local devices when ``shard``).
@@ -555,6 +606,8 @@ def solve_pairs(
         progress: a progress bar over the blocks.
         shard: spread each block over the local devices.
         want_ntk: False skips the NTK's equation.
+        S: None, or the rows' single-input Sigma (rows, M, M) when every pair is an input with
+            itself (i1 == i2; :func:`pair_kernels`).
 
     Returns:
         ``(nngp (P,), ntk (P,), blocks (P, 3), ok (P,))`` as numpy arrays.
@@ -579,9 +632,10 @@ def solve_pairs(
         idx = np.arange(s, s + bs)
         idx = np.minimum(idx, P - 1)  # pad the last block by repetition
         args = (s00[idx], v[i1[idx]], v[i2[idx]], tuple(t[i1[idx]] for t in tabs), tuple(t[i2[idx]] for t in tabs))
+        own = None if S is None else S[i1[idx]]
         if sharding is not None:
-            args = jax.device_put(args, sharding)
-        out = _pairs_jit(duals, unit, head, bool(want_ntk), hyper, *args)
+            args, own = jax.device_put((args, own), sharding)
+        out = _pairs_jit(duals, unit, head, bool(want_ntk), hyper, *args, S=own)
         if progress:  # a bar that follows the computation, not the dispatch (a sync, no transfer)
             jax.block_until_ready(out)
         outs.append(out)

@@ -22,7 +22,18 @@ from .grids import Grid
 if TYPE_CHECKING:
     from ..model import NeuralODE
 
-__all__ = ["NEAR_DUPLICATE", "Problem", "equal_inputs", "identical_pairs", "input_covariance", "probe_pairs"]
+__all__ = [
+    "NEAR_DUPLICATE",
+    "SINGLE_COVARIANCE_BYTES",
+    "Problem",
+    "equal_inputs",
+    "identical_pairs",
+    "input_covariance",
+    "probe_pairs",
+]
+
+
+SINGLE_COVARIANCE_BYTES = 2**26  # the single-input Sigma (rows, M, M) is kept up to this size
 
 
 def input_covariance(model: NeuralODE, x1: jax.Array, x2: jax.Array) -> jax.Array:
@@ -97,6 +108,10 @@ class Problem:
         (``rows(inputs)``). The rows of ``inputs`` (None: all) are solved, once per grid and
         duals; rows not asked for yet hold zeros.
 
+        With quadrature duals the solves start from the solution with other duals on the same
+        grid when one is kept (the stand-in series of the grid choice): a few Newton steps
+        instead of a solve from Sigma00.
+
         Args:
             grid: the time grid.
             inputs: indices into X, or None for all.
@@ -109,16 +124,46 @@ class Problem:
         entry = self._singles.get(key)
         todo = rows if entry is None else rows[~entry[2][rows]]
         if todo.size:
-            v, tabs = self._solve_singles(grid, todo)
+            v, tabs, S = self._solve_singles(grid, todo, self._warm_start(grid, todo))
+            U = self.s00_values.shape[0]
             if entry is None:
-                U = self.s00_values.shape[0]
                 zeros = lambda a: jnp.zeros((U,) + a.shape[1:], a.dtype)
-                entry = (zeros(v), tuple(zeros(t) for t in tabs), np.zeros(U, bool))
-            entry = (entry[0].at[todo].set(v), tuple(t.at[todo].set(n) for t, n in zip(entry[1], tabs)), entry[2])
+                keep = S is not None and U * S[0].size * S.dtype.itemsize <= SINGLE_COVARIANCE_BYTES
+                entry = (zeros(v), tuple(zeros(t) for t in tabs), np.zeros(U, bool), zeros(S) if keep else None)
+            full = None if entry[3] is None else entry[3].at[todo].set(S)
+            entry = (entry[0].at[todo].set(v), tuple(t.at[todo].set(n) for t, n in zip(entry[1], tabs)), entry[2], full)
             entry[2][todo] = True
             self._singles[key] = entry
         assert entry is not None, "singles: no inputs asked for"
         return entry[0], entry[1]
+
+    def covariances(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> jax.Array | None:
+        """The single-input Sigma (rows, M, M) on ``grid``, one row per distinct self-covariance,
+        with the rows of ``inputs`` solved; None when not kept (grids solved by substitution,
+        or more than ``SINGLE_COVARIANCE_BYTES`` for all rows).
+
+        Args:
+            grid: the time grid.
+            inputs: indices into X.
+
+        Returns:
+            The array, or None.
+        """
+        self.singles(grid, inputs)
+        return self._singles[(grid, self.duals)][3]
+
+    def _warm_start(self, grid, rows):
+        """First iterates for quadrature-dual solves of ``rows`` on ``grid``: a kept solution on
+        the same grid that has them all (with quadrature duals first, then the most Mehler
+        terms), else None."""
+        if not self.duals.quad:  # cheap duals: a second compilation would cost more than it saves
+            return None
+        kept = [
+            ((d.quad, d.terms), e[3])
+            for (g, d), e in self._singles.items()
+            if g is grid and e[3] is not None and e[2][rows].all()
+        ]
+        return max(kept, key=lambda k: k[0])[1][rows] if kept else None
 
     def probed_variances(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> np.ndarray:
         """The node variances of ``inputs`` on ``grid``.
@@ -156,22 +201,30 @@ class Problem:
         for key in [k for k in self._singles if k[0] is grid]:
             del self._singles[key]
 
-    def _solve_singles(self, grid, rows):
+    def _solve_singles(self, grid, rows, init=None):
         s00 = self.s00_values
         if self.duals.per_input_batch:
-            parts = [solve_singles(self.duals, grid, self.hyper, s00[r : r + 1]) for r in rows]
-            v, tabs, ok = (jnp.concatenate([p[0] for p in parts]), (), jnp.concatenate([p[2] for p in parts]))
+            parts = [
+                solve_singles(self.duals, grid, self.hyper, s00[r : r + 1], None if init is None else init[k : k + 1])
+                for k, r in enumerate(rows)
+            ]
+            v, ok = jnp.concatenate([p[0] for p in parts]), jnp.concatenate([p[2] for p in parts])
+            own = [p[3] for p in parts if p[3] is not None]
+            tabs, S = (), jnp.concatenate(own) if own else None
         else:
             # padded to a few sizes, so that probes and full solves reuse their compilations
             n = rows.size
             size = 2 ** math.ceil(math.log2(n)) if n <= 256 else 256 * math.ceil(n / 256)
-            padded = np.concatenate([rows, np.full(size - n, rows[-1])])
-            v, tabs, ok = solve_singles(self.duals, grid, self.hyper, s00[padded])
+            pad = np.concatenate([np.arange(n), np.full(size - n, n - 1)])
+            v, tabs, ok, S = solve_singles(
+                self.duals, grid, self.hyper, s00[rows[pad]], None if init is None else init[pad]
+            )
             v, tabs, ok = v[:n], tuple(t[:n] for t in tabs), ok[:n]
+            S = None if S is None else S[:n]
         nan = ~np.isfinite(np.asarray(v)).all()
         if nan or not np.all(np.asarray(ok)):
             raise_on_failure(np.asarray(ok), np.asarray(v), np.asarray(v), self.model, "single-input problems")
-        return v, tabs
+        return v, tabs, S
 
     def solve(
         self,
@@ -197,26 +250,45 @@ class Problem:
             FloatingPointError: a kernel is not finite.
             RuntimeError: a Picard iteration did not converge.
         """
-        i1, i2 = (self.i1, self.i2) if sel is None else (self.i1[sel], self.i2[sel])
-        v, tabs = self.singles(grid, None if sel is None else np.concatenate([i1, i2]))
-        s00 = input_covariance(self.model, self.X[i1], self.X[i2])
+        same = self._reused_pairs(grid, sel)
+        if same is None:
+            i1, i2 = (self.i1, self.i2) if sel is None else (self.i1[sel], self.i2[sel])
+            v, tabs = self.singles(grid, None if sel is None else np.concatenate([i1, i2]))
+            s00 = input_covariance(self.model, self.X[i1], self.X[i2])
+            return self._pairs(grid, s00, self.slot[i1], self.slot[i2], v, tabs, block_size, progress, shard)
+        sel = np.arange(self.i1.size) if sel is None else np.asarray(sel, int)
+        out = np.empty((sel.size, 5), np.asarray(self.X).dtype)
+        if not same.all():
+            out[~same] = self.solve(grid, sel[~same], block_size, progress, shard)
+        # an input with itself: its single-input Sigma, once per distinct self-covariance
+        rows, back = np.unique(self.slot[self.i1[sel[same]]], return_inverse=True)
+        S = self.covariances(grid, self.i1[sel[same]])
+        v, tabs = self.singles(grid, self.i1[sel[same]])
+        out[same] = self._pairs(grid, self.s00_values[rows], rows, rows, v, tabs, block_size, progress, shard, S)[back]
+        return out
+
+    def _pairs(self, grid, s00, r1, r2, v, tabs, block_size, progress, shard, S=None):
+        """:func:`ntk_ode.kernels.core.solve_pairs` of the rows (r1, r2), checked, as (P, 5)."""
         nngp, ntk, blocks, ok = solve_pairs(
-            self.duals,
-            grid,
-            self.hyper,
-            self.model.head,
-            s00,
-            self.slot[i1],
-            self.slot[i2],
-            v,
-            tabs,
-            block_size,
-            progress,
-            shard,
-            self.want_ntk,
-        )
+            self.duals, grid, self.hyper, self.model.head, s00, r1, r2, v, tabs, block_size, progress, shard,
+            self.want_ntk, S,
+        )  # fmt: skip
         raise_on_failure(ok, nngp, ntk if self.want_ntk else nngp, self.model, "kernel_fn")
         return np.concatenate([nngp[:, None], ntk[:, None], blocks], axis=1)  # (P, 5) in GETS order
+
+    def _reused_pairs(self, grid: Grid, sel: np.ndarray | None) -> np.ndarray | None:
+        """A mask of the pairs of ``sel`` (None: all) solved from their single-input Sigma, or
+        None when there are none. With quadrature duals a pair's forward solve costs ~7 Newton
+        steps of ~2e5 evaluations per grid point; for an input with itself it is the single-input
+        problem, solved already: those pairs reuse its Sigma, when it is kept (with cheaper duals a
+        second compiled solver would cost more than it saves)."""
+        if not self.duals.quad:
+            return None
+        sel = np.arange(self.i1.size) if sel is None else np.asarray(sel, int)
+        same = equal_inputs(self, sel)
+        if not same.any() or self.covariances(grid, self.i1[sel[same]]) is None:
+            return None
+        return same
 
     def pair_cosines(self) -> np.ndarray:
         """cos(x, x') of every pair, from one matrix product (never a (pairs, d) gather).

@@ -86,8 +86,8 @@ def _kernels(static: _Static, hyper: dict, x1, x2):
     sw, su, sv, T = (hyper[k].astype(dt) for k in ("sigma_w", "sigma_u", "sigma_v", "T"))
     scale2 = su**2 / x1.shape[1] if static.input_scaling == "sqrt_d" else su**2
     duals = static.duals
-    v1, tab1, ok1 = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x1 * x1, axis=1))
-    v2, tab2, ok2 = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x2 * x2, axis=1))
+    v1, tab1, ok1, _ = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x1 * x1, axis=1))
+    v2, tab2, ok2, _ = traced_singles(duals, unit, sw, T, scale2 * jnp.sum(x2 * x2, axis=1))
     s12 = scale2 * (x1 @ x2.T)
 
     def row(args):
