@@ -343,6 +343,7 @@ def mehler_sum(cf: ArrayLike, cg: ArrayLike, rho: ArrayLike) -> jax.Array:
 # conservative estimate for the fine one, whose value is returned).
 
 Z_MAX = 10.0  # N(0,1) mass beyond 10 is 1.5e-23
+Z_CUT = 9.0  # the end pieces have no nodes beyond |z| = 9 (N(0,1) density 1.0e-18 there)
 _TS_STEP = 1.0 / 64.0
 _TS_TMAX = 3.25
 
@@ -363,16 +364,25 @@ def _tanh_sinh(h: float = _TS_STEP, tmax: float = _TS_TMAX):
 def _pieces(breaks, dtype, h: float = _TS_STEP):
     """Nodes and weights (fine and coarse) of the tanh-sinh rule on [-Z_MAX, Z_MAX] split at
     ``breaks`` (any order; values outside the interval are clipped, duplicates give empty pieces).
-    Returns arrays of shape ``breaks.shape[:-1] + (pieces * nodes,)``."""
-    x, y, w, wc = (jnp.asarray(r, dtype) for r in _tanh_sinh(h))
+    The first and last pieces leave out the nodes that cluster at -Z_MAX and Z_MAX: they lie beyond
+    |z| = Z_CUT whatever the breaks, where the normal density is below 1e-18 (a third of an end
+    piece's nodes). Returns arrays of shape ``breaks.shape[:-1] + (nodes,)``."""
+    x, y, w, wc = _tanh_sinh(h)
+    cut = (Z_MAX - Z_CUT) / (2.0 * Z_MAX)  # a piece is at most 2 Z_MAX long
     edges = jnp.sort(jnp.clip(breaks, -Z_MAX, Z_MAX), axis=-1)
     lo = jnp.concatenate([jnp.full(edges.shape[:-1] + (1,), -Z_MAX, dtype), edges], axis=-1)[..., None]
     hi = jnp.concatenate([edges, jnp.full(edges.shape[:-1] + (1,), Z_MAX, dtype)], axis=-1)[..., None]
-    length = hi - lo
-    left = x <= 0.5
-    z = jnp.where(left, lo + length * x, hi - length * y)
-    shape = z.shape[:-2] + (-1,)
-    return z.reshape(shape), (length * w).reshape(shape), (length * wc).reshape(shape)
+
+    def rule(keep, piece):
+        xs, ys, ws, wcs = (jnp.asarray(r[keep], dtype) for r in (x, y, w, wc))
+        a, b = lo[..., piece, :], hi[..., piece, :]
+        z = jnp.where(xs <= 0.5, a + (b - a) * xs, b - (b - a) * ys)
+        shape = z.shape[:-2] + (-1,)
+        return z.reshape(shape), ((b - a) * ws).reshape(shape), ((b - a) * wcs).reshape(shape)
+
+    every = np.ones(x.shape, bool)
+    parts = (rule(x >= cut, slice(0, 1)), rule(every, slice(1, -1)), rule(y >= cut, slice(-1, None)))
+    return tuple(jnp.concatenate([p[i] for p in parts], axis=-1) for i in range(3))
 
 
 @functools.lru_cache(maxsize=256)

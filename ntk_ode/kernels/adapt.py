@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 # Mehler terms tried when the duals cannot be certified with fewer. A rung costs K (K + 1024)
-# per table of an input and node, and K per dual at a grid point (a 2-D quadrature costs ~2e5):
+# per table of an input and node, and K per dual at a grid point (a 2-D quadrature costs ~7e4):
 # the series is the cheap certified dual up to the variances where 4096 terms converge (tanh:
 # ~60; softplus: ~200; docs/theory.md section 4); beyond, the quadrature duals take over.
 TERMS_LADDER = (192, 384, 640, 1024, 1536, 2048, 3072, 4096)

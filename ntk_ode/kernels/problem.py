@@ -279,7 +279,7 @@ class Problem:
     def _reused_pairs(self, grid: Grid, sel: np.ndarray | None) -> np.ndarray | None:
         """A mask of the pairs of ``sel`` (None: all) solved from their single-input Sigma, or
         None when there are none. With quadrature duals a pair's forward solve costs ~7 Newton
-        steps of ~2e5 evaluations per grid point; for an input with itself it is the single-input
+        steps of ~7e4 evaluations per grid point; for an input with itself it is the single-input
         problem, solved already: those pairs reuse its Sigma, when it is kept (with cheaper duals a
         second compiled solver would cost more than it saves)."""
         if not self.duals.quad:

@@ -276,7 +276,7 @@ def pair_kernels(
         grid, err = grid0, np.zeros(len(GETS))
         say(f"time grid: none (all {problem.i1.size} pairs are extrapolated from ResNet depths)")
     else:
-        # quadrature duals cost ~1e5 evaluations per grid point: the ladder stops at 32 nodes
+        # quadrature duals cost ~7e4 evaluations per grid point: the ladder stops at 32 nodes
         with stand_in(problem, grid0, inputs):
             grid, err = choose_grid(
                 problem, depth, nodes, tol, pick, len(GETS), report=say, max_nodes=32 if d.quad else None

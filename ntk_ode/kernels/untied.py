@@ -36,7 +36,7 @@ __all__ = ["LIMIT_STEPS", "STEPS", "certified", "recursion", "step_size"]
 
 STEPS = ("1/L", "1/sqrt(L)")
 LIMIT_STEPS = 4096  # RK4 steps of the 1/sqrt(L) limit's ODE (then Richardson: error ~ h^5)
-_QUAD_LIMIT_STEPS = 256  # with quadrature duals (each step costs ~1e5 evaluations per pair)
+_QUAD_LIMIT_STEPS = 256  # with quadrature duals (each step costs ~7e4 evaluations per pair)
 
 
 def step_size(T: float, depth: int, step: str) -> float:
