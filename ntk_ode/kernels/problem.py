@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .core import hyperparameters, raise_on_failure, solve_pairs, solve_singles
+from .core import hyperparameters, raise_on_failure, solve_pairs, solve_singles, substitution
 from .grids import Grid
 
 if TYPE_CHECKING:
@@ -156,8 +156,8 @@ class Problem:
         """First iterates for quadrature-dual solves of ``rows`` on ``grid``: a kept solution on
         the same grid that has them all (with quadrature duals first, then the most Mehler
         terms), else None."""
-        if not self.duals.quad:  # cheap duals: a second compilation would cost more than it saves
-            return None
+        if not self.duals.quad or substitution(self.duals, grid):  # (cheap duals: a second
+            return None  # compilation would cost more than it saves; substitution: no iteration)
         kept = [
             ((d.quad, d.terms), e[3])
             for (g, d), e in self._singles.items()
