@@ -109,7 +109,7 @@ def newton(
     linear: Callable[[Any, jax.Array], jax.Array],
     init: jax.Array,
     tol: float | jax.Array,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, Any]:
     """Solve X = G(X) by Newton's method safeguarded by Picard steps (traceable), for maps
     whose evaluation dominates: one evaluation of G per iteration.
 
@@ -129,7 +129,9 @@ def newton(
         tol: the relative stopping tolerance.
 
     Returns:
-        ``(X, converged)``.
+        ``(X, converged, data)``: ``data`` is the derivative data of the last iterate evaluated,
+        which differs from X by the last step (within the stopping rule), for callers that need
+        quantities evaluated with it at the solution.
     """
 
     def newton_step(X, G, D):
@@ -155,8 +157,8 @@ def newton(
     P0 = newton_step(init, G0, D0)
     one = jnp.ones((), init.dtype)
     state = (init, G0, D0, r0, P0, jnp.asarray(False), jnp.max(jnp.abs(P0 - init)), one, 1)
-    *_, P, _, err, scale, _ = jax.lax.while_loop(cond, body, state)
-    return P, (err <= tol * scale) & jnp.all(jnp.isfinite(P))
+    _, _, D, _, P, _, err, scale, _ = jax.lax.while_loop(cond, body, state)
+    return P, (err <= tol * scale) & jnp.all(jnp.isfinite(P)), D
 
 
 def _tol(dtype):
@@ -202,7 +204,8 @@ def single_covariances(
             y = jnp.diagonal(Y)
             return c * A @ (dphi * Y + h * y[:, None] + h.T * y[None, :]) @ A.T
 
-        return newton(step, linear, init, _tol(s00.dtype))
+        S, ok, _ = newton(step, linear, init, _tol(s00.dtype))
+        return S, ok
     return picard(update, init, _tol(s00.dtype))
 
 
@@ -272,6 +275,7 @@ def pair_kernels(
     c = sigma_w**2
     sub = substitution(duals, grid)
     same = S is not None
+    dPhi = None
     if S is not None:
         if sub:
             raise ValueError("pair_kernels: S is for collocation grids, not grids solved by substitution")
@@ -281,21 +285,28 @@ def pair_kernels(
         ok1 = jnp.all(jnp.isfinite(S))
     else:
         A = jnp.asarray(grid.A, dt)
-        forward = lambda S: s00 + c * A @ duals.phi(v1, v2, S, tab1, tab2) @ A.T  # noqa: E731
+        forward = lambda Phi: s00 + c * A @ Phi @ A.T  # noqa: E731
         init = jnp.full((grid.size,) * 2, s00)
-        if duals.quad:  # Newton: d Phi / d Sigma = dPhi (the variances are data here)
-            step = lambda S: (forward(S), duals.dphi(v1, v2, S, tab1, tab2))  # noqa: E731
-            S, ok1 = newton(step, lambda D, Y: c * A @ (D * Y) @ A.T, init, _tol(dt))
+        if duals.quad:
+            # Newton: d Phi / d Sigma = dPhi (the variances are data here). Phi and dPhi of the
+            # last iterate evaluated serve the kernels: 2 dual grids less than evaluating them
+            # again at the returned Sigma, which is within the stopping rule (8 eps) of it
+            def step(S):
+                Phi = duals.phi(v1, v2, S, tab1, tab2)
+                return forward(Phi), (duals.dphi(v1, v2, S, tab1, tab2), Phi)
+
+            S, ok1, (dPhi, Phi) = newton(step, lambda D, Y: c * A @ (D[0] * Y) @ A.T, init, _tol(dt))
         else:
-            S, ok1 = picard(forward, init, _tol(dt))
-        Phi = duals.phi(v1, v2, S, tab1, tab2)
+            S, ok1 = picard(lambda S: forward(duals.phi(v1, v2, S, tab1, tab2)), init, _tol(dt))
+            Phi = duals.phi(v1, v2, S, tab1, tab2)
     assert S is not None
     sv2 = sigma_v**2
     nngp = sv2 * (Phi[-1, -1] if head == "phi" else S[-1, -1])
     if not ntk:
         nan = jnp.asarray(jnp.nan, dt)
         return nngp, nan, jnp.stack([nan, nan, nngp]), ok1
-    dPhi = duals.dphi(v1, v2, S, tab1, tab2, symmetric=same)
+    if dPhi is None:
+        dPhi = duals.dphi(v1, v2, S, tab1, tab2, symmetric=same)
     KT = sv2 * dPhi[-1, -1] if head == "phi" else jnp.asarray(sv2, dt)
     if sub:
         k00, W = backward_substitution(grid, c, KT, Phi, dPhi)
