@@ -269,6 +269,9 @@ def pair_kernels(
 
     Returns:
         ``(nngp, ntk, blocks (3,), converged)``.
+
+    Raises:
+        ValueError: ``S`` given on a grid solved by substitution.
     """
     dt = s00.dtype
     B, w = (jnp.asarray(m, dt) for m in (grid.B, grid.w))
@@ -494,6 +497,9 @@ def traced_singles(
     Returns:
         ``(v (P, M), tables, ok (P,), Sigma (P, M, M))``; Sigma is None on grids solved by
         substitution.
+
+    Raises:
+        ValueError: ``init`` given on a grid solved by substitution.
     """
     grid = scaled(unit, T)
     if substitution(duals, grid):
