@@ -332,7 +332,8 @@ def stand_in(problem: Problem, grid: Grid, inputs: np.ndarray) -> Iterator[None]
     Used where only a response of the kernels is measured, not the kernels themselves: their
     change between two time grids, and their change per unit relative dual error. Duals off by a
     relative delta move such a response by a relative O(delta) (docs/theory.md section 6), so the
-    estimates keep their meaning, at ~17x less per grid point than quadrature.
+    estimates keep their meaning, at ~4x less per grid point than quadrature (gelu, 33 nodes at
+    variances up to 643, coefficient tables included: 0.19 s against 0.73 s per grid).
 
     Args:
         problem: the pairs (``problem.duals`` is swapped in the block).
