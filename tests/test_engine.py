@@ -189,6 +189,39 @@ def test_the_series_stands_in_for_quadrature_only_inside_and_only_where_it_is_ce
     assert problem.duals is quad
 
 
+def test_a_series_within_the_stand_in_bound_measures_the_time_grid_change_of_quadrature():
+    # softplus, sigma_w T = 6 (node variances to ~1.6e3): the change of the kernels from 24 to 32
+    # Chebyshev intervals (1e-9 relative, the figure behind the grid estimate) measured with a
+    # Mehler series whose Parseval bound is just below STAND_IN_BOUND, and with the largest rung,
+    # against quadrature duals on the same grids: within the factor 2 the grid estimate's factor
+    # 4 covers
+    import jax.numpy as jnp
+
+    from ntk_ode.kernels import strategy
+    from ntk_ode.kernels.adapt import TERMS_LADDER
+    from ntk_ode.kernels.duals import Duals, mehler_certificate
+    from ntk_ode.kernels.grids import chebyshev_grid
+    from ntk_ode.kernels.problem import Problem
+
+    model = no.NeuralODE("softplus", T=1.0, sigma_w=6.0)
+    x = np.random.default_rng(0).standard_normal((1, 5))
+    x = jnp.asarray(x * np.sqrt(5) / np.linalg.norm(x))
+    grids = chebyshev_grid(24, 1.0), chebyshev_grid(32, 1.0)
+
+    def change(duals):
+        problem = Problem(model, duals, x, x, True)
+        a, b = (problem.solve(g, shard=False)[:, :2] for g in grids)
+        bound = 0.0 if duals.quad else mehler_certificate(duals, problem.probed_variances(grids[1], [0]))
+        return float(np.max(np.abs(a - b) / np.abs(b))), bound
+
+    exact, _ = change(Duals(model.activation, 192, quad=True))
+    bounds = {k: change(Duals(model.activation, k)) for k in TERMS_LADDER[3:]}
+    near = max((k for k, (_, b) in bounds.items() if b <= strategy.STAND_IN_BOUND), key=lambda k: bounds[k][1])
+    assert bounds[near][1] > 1e-2 * strategy.STAND_IN_BOUND  # a series near the bound is measured
+    for k in (near, TERMS_LADDER[-1]):
+        assert 0.5 * exact <= bounds[k][0] <= 2.0 * exact, (k, bounds[k], exact)
+
+
 @pytest.mark.parametrize("activation, sigma_w", [("softplus", 3.0), ("tanh", 4.0)])
 def test_newton_with_quadrature_duals_matches_the_certified_series(activation, sigma_w):
     # quadrature duals solve Sigma by Newton's method (dPhi and E phi'' phi as derivatives), from
