@@ -324,10 +324,11 @@ def pair_kernels(
 # change of the kernels between two time grids is far smaller than the kernels' own response to
 # the duals' error, so that error must nearly cancel between the grids, and cancels less the larger
 # it is. Measured against quadrature on the same grids (softplus, sigma_w T = 6, one input, 24 -> 32
-# intervals: quadrature 9.9e-10 relative): series with bounds 7e-4, 2.4e-4, 2.7e-5, 1.3e-6 (640 to
+# intervals: quadrature 9.9e-10 relative): series with bounds 8e-4, 2.6e-4, 3.2e-5, 1.7e-6 (640 to
 # 4096 terms) measured 1.7e-10, 3.7e-10, 7.5e-10, 9.6e-10, i.e. 5.8x, 2.7x, 1.3x and 1.03x too
 # small (gelu, two inputs: 6e-4 -> 6%, 3e-5 -> 0.2%). Below 1e-4 the change is understated by
-# at most ~2x there, which the factor 4 of the grid estimate (adapt.choose_grid) still covers.
+# at most ~2x there (1536 terms, 8.4e-5: 1.65x), which the factor 4 of the grid estimate
+# (adapt.choose_grid) still covers. docs/benchmarks.md has the table.
 STAND_IN_BOUND = 1e-4
 
 
