@@ -57,7 +57,7 @@ def certify(duals: Duals, problem: Problem, grid: Grid, inputs: np.ndarray) -> f
     """Relative error bound of the duals at the node variances of ``inputs`` on ``grid``.
 
     Args:
-        duals: the duals in use (``problem.duals``).
+        duals: the duals (the variances are those of their own solution).
         problem: the pairs.
         grid: the time grid.
         inputs: the probed inputs.
@@ -67,7 +67,7 @@ def certify(duals: Duals, problem: Problem, grid: Grid, inputs: np.ndarray) -> f
     """
     if duals.closed:
         return 0.0
-    v = problem.probed_variances(grid, inputs)
+    v = problem.probed_variances(grid, inputs, duals)
     return quad_certificate(duals, v) if duals.quad else mehler_certificate(duals, v)
 
 
@@ -114,7 +114,8 @@ def pick_duals(
 def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs: np.ndarray, target: float) -> tuple[Duals, float]:
     """Fewest Mehler terms (trimmed) whose certified dual error is below ``target``; quadrature
     duals when no series up to ``TERMS_LADDER[-1]`` terms can; the better of the two otherwise.
-    Sets ``problem.duals`` to the choice.
+    The single-input solutions of every rung solved are kept in ``problem``; ``problem.duals``
+    is left as it is.
 
     Args:
         duals0: the first duals tried.
@@ -129,16 +130,13 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs: np.ndarray
     """
 
     def certify_on_problem(duals):
-        problem.duals = duals  # the single-input solutions are kept per duals
         return certify(duals, problem, grid, inputs)
 
     if duals0.closed:
-        problem.duals = duals0
         return duals0, 0.0
     # the Mehler rungs are certified at the node variances of one solve (the first rung's), not
     # one solve per rung; the choice is then certified again at its own solution
-    problem.duals = duals0
-    v0 = problem.probed_variances(grid, inputs)
+    v0 = problem.probed_variances(grid, inputs, duals0)
 
     def certify_at_v0(duals):
         # quadrature too at v0, without its own solve: the caller certifies it again at the
@@ -149,21 +147,19 @@ def choose_terms(duals0: Duals, problem: Problem, grid: Grid, inputs: np.ndarray
     if not duals.quad and duals.terms != duals0.terms:
         delta = certify_on_problem(duals)
         if delta > target:  # the variances moved with the duals: the ladder from here, screened there
-            v1 = problem.probed_variances(grid, inputs)
+            v1 = problem.probed_variances(grid, inputs, duals)
             duals, delta = pick_duals(
                 duals, certify_on_problem, target, screen=lambda ks: mehler_screen(duals.act, v1, ks)
             )
-    problem.duals = duals
     if duals.closed or duals.quad or delta > target:
         return duals, delta
     # trim as far as the target allows (tail ~ terms * threshold^2), else to 1e-10
     for threshold in (max(1e-10, 0.5 * math.sqrt(target / duals.terms)), 1e-10):
-        trimmed = trim_terms(duals, problem.probed_tables(grid, inputs), threshold)
+        trimmed = trim_terms(duals, problem.probed_tables(grid, inputs, duals), threshold)
         if trimmed.terms < duals.terms:
             delta_t = certify_on_problem(trimmed)
             if delta_t <= target:
                 return trimmed, delta_t
-            problem.duals = duals
     return duals, delta
 
 

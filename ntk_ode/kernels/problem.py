@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .core import hyperparameters, raise_on_failure, solve_pairs, solve_singles, substitution
+from .duals import Duals
 from .grids import Grid
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "NEAR_DUPLICATE",
     "SINGLE_COVARIANCE_BYTES",
     "Problem",
+    "Singles",
     "equal_inputs",
     "identical_pairs",
     "input_covariance",
@@ -48,6 +50,24 @@ def input_covariance(model: NeuralODE, x1: jax.Array, x2: jax.Array) -> jax.Arra
         The covariances (...,).
     """
     return model.input_scale(x1.shape[-1]) ** 2 * jnp.sum(x1 * x2, axis=-1)
+
+
+class Singles(NamedTuple):
+    """The single-input solutions on one grid with one duals, one row per distinct
+    self-covariance (:meth:`Problem.solved`); rows not solved yet hold zeros.
+
+    Attributes:
+        v: node variances (rows, M).
+        tables: coefficient tables (rows, M, terms) each, or ``()``.
+        done: (rows,) numpy mask of the rows solved.
+        S: the covariances Sigma (rows, M, M), or None when not kept (grids solved by
+            substitution, or more than ``SINGLE_COVARIANCE_BYTES`` for all rows).
+    """
+
+    v: jax.Array
+    tables: tuple
+    done: np.ndarray
+    S: jax.Array | None
 
 
 class Problem:
@@ -103,10 +123,11 @@ class Problem:
         """
         return [int(np.argmax(self.input_s00)), int(np.argmin(self.input_s00))]
 
-    def singles(self, grid: Grid, inputs: Sequence[int] | np.ndarray | None = None) -> tuple[jax.Array, Any]:
-        """Variances and coefficient tables on ``grid``, one row per distinct self-covariance
-        (``rows(inputs)``). The rows of ``inputs`` (None: all) are solved, once per grid and
-        duals; rows not asked for yet hold zeros.
+    def solved(
+        self, grid: Grid, inputs: Sequence[int] | np.ndarray | None = None, duals: Duals | None = None
+    ) -> Singles:
+        """The single-input solutions on ``grid`` with ``duals`` (None: ``self.duals``), with the
+        rows of ``inputs`` (None: all) solved, once per grid and duals.
 
         With quadrature duals the solves start from the solution with other duals on the same
         grid when one is kept (the stand-in series of the grid choice): a few Newton steps
@@ -115,80 +136,91 @@ class Problem:
         Args:
             grid: the time grid.
             inputs: indices into X, or None for all.
+            duals: the duals, or None for ``self.duals``.
+
+        Returns:
+            The :class:`Singles` (one row per distinct self-covariance, ``rows(inputs)``).
+        """
+        duals = self.duals if duals is None else duals
+        key = (grid, duals)
+        rows = np.arange(self.s00_values.shape[0]) if inputs is None else self.rows(inputs)
+        entry = self._singles.get(key)
+        todo = rows if entry is None else rows[~entry.done[rows]]
+        if todo.size:
+            v, tabs, S = self._solve_singles(grid, duals, todo, self._warm_start(grid, duals, todo))
+            if entry is None:
+                U = self.s00_values.shape[0]
+                zeros = lambda a: jnp.zeros((U,) + a.shape[1:], a.dtype)  # noqa: E731
+                keep = S is not None and U * S[0].size * S.dtype.itemsize <= SINGLE_COVARIANCE_BYTES
+                entry = Singles(zeros(v), tuple(zeros(t) for t in tabs), np.zeros(U, bool), zeros(S) if keep else None)
+            entry = Singles(
+                entry.v.at[todo].set(v),
+                tuple(t.at[todo].set(n) for t, n in zip(entry.tables, tabs)),
+                entry.done,
+                None if entry.S is None else entry.S.at[todo].set(S),
+            )
+            entry.done[todo] = True
+            self._singles[key] = entry
+        assert entry is not None, "solved: no inputs asked for"
+        return entry
+
+    def singles(
+        self, grid: Grid, inputs: Sequence[int] | np.ndarray | None = None, duals: Duals | None = None
+    ) -> tuple[jax.Array, Any]:
+        """Variances and coefficient tables of :meth:`solved`.
+
+        Args:
+            grid: the time grid.
+            inputs: indices into X, or None for all.
+            duals: the duals, or None for ``self.duals``.
 
         Returns:
             ``(v (rows, M), tables)``.
         """
-        key = (grid, self.duals)
-        rows = np.arange(self.s00_values.shape[0]) if inputs is None else self.rows(inputs)
-        entry = self._singles.get(key)
-        todo = rows if entry is None else rows[~entry[2][rows]]
-        if todo.size:
-            v, tabs, S = self._solve_singles(grid, todo, self._warm_start(grid, todo))
-            U = self.s00_values.shape[0]
-            if entry is None:
-                zeros = lambda a: jnp.zeros((U,) + a.shape[1:], a.dtype)
-                keep = S is not None and U * S[0].size * S.dtype.itemsize <= SINGLE_COVARIANCE_BYTES
-                entry = (zeros(v), tuple(zeros(t) for t in tabs), np.zeros(U, bool), zeros(S) if keep else None)
-            full = None if entry[3] is None else entry[3].at[todo].set(S)
-            entry = (entry[0].at[todo].set(v), tuple(t.at[todo].set(n) for t, n in zip(entry[1], tabs)), entry[2], full)
-            entry[2][todo] = True
-            self._singles[key] = entry
-        assert entry is not None, "singles: no inputs asked for"
-        return entry[0], entry[1]
+        entry = self.solved(grid, inputs, duals)
+        return entry.v, entry.tables
 
-    def covariances(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> jax.Array | None:
-        """The single-input Sigma (rows, M, M) on ``grid``, one row per distinct self-covariance,
-        with the rows of ``inputs`` solved; None when not kept (grids solved by substitution,
-        or more than ``SINGLE_COVARIANCE_BYTES`` for all rows).
-
-        Args:
-            grid: the time grid.
-            inputs: indices into X.
-
-        Returns:
-            The array, or None.
-        """
-        self.singles(grid, inputs)
-        return self._singles[(grid, self.duals)][3]
-
-    def _warm_start(self, grid, rows):
+    def _warm_start(self, grid, duals, rows):
         """First iterates for quadrature-dual solves of ``rows`` on ``grid``: a kept solution on
         the same grid that has them all (with quadrature duals first, then the most Mehler
         terms), else None."""
-        if not self.duals.quad or substitution(self.duals, grid):  # (cheap duals: a second
+        if not duals.quad or substitution(duals, grid):  # (cheap duals: a second
             return None  # compilation would cost more than it saves; substitution: no iteration)
         kept = [
-            ((d.quad, d.terms), e[3])
+            ((d.quad, d.terms), e.S)
             for (g, d), e in self._singles.items()
-            if g is grid and e[3] is not None and e[2][rows].all()
+            if g is grid and e.S is not None and e.done[rows].all()
         ]
         return max(kept, key=lambda k: k[0])[1][rows] if kept else None
 
-    def probed_variances(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> np.ndarray:
+    def probed_variances(
+        self, grid: Grid, inputs: Sequence[int] | np.ndarray, duals: Duals | None = None
+    ) -> np.ndarray:
         """The node variances of ``inputs`` on ``grid``.
 
         Args:
             grid: the time grid.
             inputs: indices into X.
+            duals: the duals, or None for ``self.duals``.
 
         Returns:
             (distinct inputs, M) numpy array.
         """
-        v, _ = self.singles(grid, inputs)
+        v, _ = self.singles(grid, inputs, duals)
         return np.asarray(v)[self.rows(inputs)]
 
-    def probed_tables(self, grid: Grid, inputs: Sequence[int] | np.ndarray) -> tuple:
+    def probed_tables(self, grid: Grid, inputs: Sequence[int] | np.ndarray, duals: Duals | None = None) -> tuple:
         """The coefficient tables of ``inputs`` on ``grid``.
 
         Args:
             grid: the time grid.
             inputs: indices into X.
+            duals: the duals, or None for ``self.duals``.
 
         Returns:
             Numpy tables (distinct inputs, M, terms), or ``()`` for closed forms.
         """
-        _, tabs = self.singles(grid, inputs)
+        _, tabs = self.singles(grid, inputs, duals)
         rows = self.rows(inputs)
         return tuple(np.asarray(t[rows]) for t in tabs)
 
@@ -201,11 +233,11 @@ class Problem:
         for key in [k for k in self._singles if k[0] is grid]:
             del self._singles[key]
 
-    def _solve_singles(self, grid, rows, init=None):
+    def _solve_singles(self, grid, duals, rows, init=None):
         s00 = self.s00_values
-        if self.duals.per_input_batch:
+        if duals.per_input_batch:
             parts = [
-                solve_singles(self.duals, grid, self.hyper, s00[r : r + 1], None if init is None else init[k : k + 1])
+                solve_singles(duals, grid, self.hyper, s00[r : r + 1], None if init is None else init[k : k + 1])
                 for k, r in enumerate(rows)
             ]
             v, ok = jnp.concatenate([p[0] for p in parts]), jnp.concatenate([p[2] for p in parts])
@@ -216,9 +248,7 @@ class Problem:
             n = rows.size
             size = 2 ** math.ceil(math.log2(n)) if n <= 256 else 256 * math.ceil(n / 256)
             pad = np.concatenate([np.arange(n), np.full(size - n, n - 1)])
-            v, tabs, ok, S = solve_singles(
-                self.duals, grid, self.hyper, s00[rows[pad]], None if init is None else init[pad]
-            )
+            v, tabs, ok, S = solve_singles(duals, grid, self.hyper, s00[rows[pad]], None if init is None else init[pad])
             v, tabs, ok = v[:n], tuple(t[:n] for t in tabs), ok[:n]
             S = None if S is None else S[:n]
         nan = ~np.isfinite(np.asarray(v)).all()
@@ -262,9 +292,10 @@ class Problem:
             out[~same] = self.solve(grid, sel[~same], block_size, progress, shard)
         # an input with itself: its single-input Sigma, once per distinct self-covariance
         rows, back = np.unique(self.slot[self.i1[sel[same]]], return_inverse=True)
-        S = self.covariances(grid, self.i1[sel[same]])
-        v, tabs = self.singles(grid, self.i1[sel[same]])
-        out[same] = self._pairs(grid, self.s00_values[rows], rows, rows, v, tabs, block_size, progress, shard, S)[back]
+        e = self.solved(grid, self.i1[sel[same]])
+        out[same] = self._pairs(
+            grid, self.s00_values[rows], rows, rows, e.v, e.tables, block_size, progress, shard, e.S
+        )[back]
         return out
 
     def _pairs(self, grid, s00, r1, r2, v, tabs, block_size, progress, shard, S=None):
@@ -286,7 +317,7 @@ class Problem:
             return None
         sel = np.arange(self.i1.size) if sel is None else np.asarray(sel, int)
         same = equal_inputs(self, sel)
-        if not same.any() or self.covariances(grid, self.i1[sel[same]]) is None:
+        if not same.any() or self.solved(grid, self.i1[sel[same]]).S is None:
             return None
         return same
 

@@ -192,11 +192,7 @@ def _note_slow_duals(model, problem, duals0, grid, inputs) -> None:
     The variances quoted are ``duals0``'s solution (kept from the choice of the duals: no solve)."""
     import logging
 
-    quad, problem.duals = problem.duals, duals0
-    try:
-        v = float(np.max(problem.probed_variances(grid, inputs)))
-    finally:
-        problem.duals = quad
+    v = float(np.max(problem.probed_variances(grid, inputs, duals0)))
     s00 = float(np.max(problem.input_s00))
     logging.getLogger("ntk_ode").warning(
         "kernel_fn: the node variances reach about %.3g (largest input variance input_scale^2 |x|^2 = %.3g, "
@@ -357,14 +353,14 @@ def stand_in(problem: Problem, grid: Grid, inputs: np.ndarray) -> Iterator[None]
     if not duals.quad:
         yield
         return
-    problem.duals = series = Duals(duals.act, TERMS_LADDER[-1])
+    series = Duals(duals.act, TERMS_LADDER[-1])
     try:
-        try:
-            bound = mehler_screen(series.act, problem.probed_variances(grid, inputs), (series.terms,))[0]
-        except (FloatingPointError, RuntimeError):  # the series' own solve failed: no stand-in
-            bound = math.inf
-        if not bound <= STAND_IN_BOUND:
-            problem.duals = duals
+        bound = mehler_screen(series.act, problem.probed_variances(grid, inputs, series), (series.terms,))[0]
+    except (FloatingPointError, RuntimeError):  # the series' own solve failed: no stand-in
+        bound = math.inf
+    if bound <= STAND_IN_BOUND:
+        problem.duals = series
+    try:
         yield
     finally:
         problem.duals = duals
